@@ -1,0 +1,199 @@
+"""Settings: one object, read from a .env file and the environment, that everything else takes.
+
+Real environment variables override the file; a missing file is not an error; a malformed value
+raises ConfigError naming the variable. Passwords are SecretStr and never appear in repr or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .defaults import (
+    BROKER_DB_OFFSET,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HEALTH_CHECK_INTERVAL,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_LOG_MAXLEN,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_SOCKET_TIMEOUT,
+)
+from .errors import ConfigError
+
+
+def _env(name: str) -> Any:
+    return Field(None, validation_alias=name)
+
+
+class Settings(BaseSettings):
+    """Everything tradebus reads from the environment. Field docs name the variable."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    # Redis (the bus). REDIS_URL, when set, wins over the host/port/db/user/password parts.
+    redis_url: SecretStr | None = _env("REDIS_URL")
+    redis_host: str = Field("localhost", validation_alias="REDIS_HOST")
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias="REDIS_PORT")
+    redis_db: int = Field(0, ge=0, validation_alias="REDIS_DB")
+    redis_username: str | None = _env("REDIS_USERNAME")
+    redis_password: SecretStr | None = _env("REDIS_PASSWORD")
+    # TLS: REDIS_SSL=true (or a rediss:// URL), with optional CA bundle and client certificate.
+    redis_ssl: bool = Field(False, validation_alias="REDIS_SSL")
+    redis_ssl_ca_certs: str | None = _env("REDIS_SSL_CA_CERTS")
+    redis_ssl_certfile: str | None = _env("REDIS_SSL_CERTFILE")
+    redis_ssl_keyfile: str | None = _env("REDIS_SSL_KEYFILE")
+    redis_ssl_cert_reqs: str = Field("required", validation_alias="REDIS_SSL_CERT_REQS")
+    redis_connect_timeout: float = Field(
+        DEFAULT_CONNECT_TIMEOUT, gt=0, validation_alias="REDIS_CONNECT_TIMEOUT"
+    )
+    redis_socket_timeout: float = Field(
+        DEFAULT_SOCKET_TIMEOUT, gt=0, validation_alias="REDIS_SOCKET_TIMEOUT"
+    )
+    redis_health_check_interval: int = Field(
+        DEFAULT_HEALTH_CHECK_INTERVAL,
+        ge=0,
+        validation_alias="REDIS_HEALTH_CHECK_INTERVAL",
+    )
+
+    # Celery broker. Default: the bus's Redis, database REDIS_DB + 1. amqp:// works too.
+    celery_broker_url: SecretStr | None = _env("CELERY_BROKER_URL")
+
+    # tradebus itself
+    key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
+    log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES"
+    )
+
+    @field_validator("redis_ssl_cert_reqs")
+    @classmethod
+    def _v_cert_reqs(cls, v: str) -> str:
+        if v not in ("required", "optional", "none"):
+            raise ValueError("must be one of required, optional, none")
+        return v
+
+    @field_validator("redis_url", "celery_broker_url")
+    @classmethod
+    def _v_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        scheme = urlsplit(v.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+socket", "amqp", "amqps", "pyamqp", "memory"):
+            raise ValueError(f"unsupported URL scheme {scheme!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _v_bus_url(self) -> Settings:
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url.get_secret_value()).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"REDIS_URL must be redis://, rediss:// or unix://, not {scheme}://")
+        return self
+
+    # --- derived -----------------------------------------------------------------------------------
+
+    @property
+    def bus_url(self) -> str:
+        """The Redis URL the bus connects to (contains the password: never log it, use safe_url)."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return self._compose_url(self.redis_db)
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker URL (may contain a password: never log it)."""
+        if self.celery_broker_url is not None:
+            return self.celery_broker_url.get_secret_value()
+        parts = urlsplit(self.bus_url)
+        if parts.scheme == "unix":
+            return f"redis+socket://{parts.path}?virtual_host={self._bus_db() + BROKER_DB_OFFSET}"
+        return urlunsplit(parts._replace(path=f"/{self._bus_db() + BROKER_DB_OFFSET}"))
+
+    def _bus_db(self) -> int:
+        if self.redis_url is None:
+            return self.redis_db
+        parts = urlsplit(self.redis_url.get_secret_value())
+        path = parts.path.strip("/")
+        if parts.scheme == "unix":
+            for q in parts.query.split("&"):
+                if q.startswith("db="):
+                    return int(q[3:])
+            return 0
+        return int(path) if path.isdigit() else 0
+
+    def _compose_url(self, db: int) -> str:
+        scheme = "rediss" if self.redis_ssl else "redis"
+        auth = ""
+        if self.redis_password is not None and self.redis_password.get_secret_value():
+            user = quote(self.redis_username or "", safe="")
+            auth = f"{user}:{quote(self.redis_password.get_secret_value(), safe='')}@"
+        elif self.redis_username:
+            auth = f"{quote(self.redis_username, safe='')}@"
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/{db}"
+
+    def ssl_options(self) -> dict[str, Any]:
+        """Keyword arguments for redis-py when the bus URL is rediss://."""
+        if urlsplit(self.bus_url).scheme != "rediss":
+            return {}
+        opts: dict[str, Any] = {"ssl_cert_reqs": self.redis_ssl_cert_reqs}
+        if self.redis_ssl_ca_certs:
+            opts["ssl_ca_certs"] = self.redis_ssl_ca_certs
+        if self.redis_ssl_certfile:
+            opts["ssl_certfile"] = self.redis_ssl_certfile
+        if self.redis_ssl_keyfile:
+            opts["ssl_keyfile"] = self.redis_ssl_keyfile
+        return opts
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, value
+        yield "bus_url", safe_url(self.bus_url)
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` — the only form that may be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def LoadEnvironmentVariables(path: str | Path | None = ".env", **overrides: Any) -> Settings:  # noqa: N802
+    """Read settings from ``path`` (if it exists) and the environment; the environment wins.
+
+    Named as in the reference README. Keyword arguments override both (handy in tests).
+    """
+    env_file = Path(path) if path is not None else None
+    try:
+        if env_file is not None and env_file.is_file():
+            return Settings(_env_file=env_file, _env_file_encoding="utf-8", **overrides)  # type: ignore[call-arg]
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise _config_error(e) from None
+
+
+def _config_error(e: ValidationError) -> ConfigError:
+    problems = []
+    for err in e.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        var = _VARIABLE_OF.get(field, field.upper() or "settings")
+        value = err.get("input")
+        if isinstance(value, str) and ("password" in field or "url" in field):
+            value = "***"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{var}={value!r}: {msg}" if field else msg)
+    return ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+_VARIABLE_OF = {
+    name: field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
+    for name, field in Settings.model_fields.items()
+}
