@@ -159,3 +159,24 @@ class Keys:
     def kill_switch(self) -> str:
         """Hash: symbol -> reason, set when the executor must refuse new orders."""
         return f"{self.prefix}:killswitch"
+
+    # risk, notify, reconcile (H3)
+    def symbol_fence(self, symbol: str) -> str:
+        """String: highest reconciliation fencing token that wrote to this symbol's keys."""
+        return f"{self._sym(symbol)}:fence"
+
+    def notified(self, event_id: str) -> str:
+        """Hash: sink name -> 'ok' / 'failed' for one event (a retry does not resend what was delivered)."""
+        return f"{self.prefix}:notified:{event_id}"
+
+    def stale_orders(self) -> str:
+        """Hash: 'symbol|order_id' -> JSON of pending orders older than the configured age."""
+        return f"{self.prefix}:reconcile:stale_orders"
+
+    def reconcile_runs(self) -> str:
+        """Hash: job name -> JSON of its last effective run (time, fencing token, summary)."""
+        return f"{self.prefix}:reconcile:runs"
+
+    def scratch(self, run_id: str) -> Keys:
+        """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
+        return Keys(f"{self.prefix}:scratch:{run_id}")
