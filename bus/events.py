@@ -45,11 +45,9 @@ class TradeEventType(str, Enum):
         if isinstance(value, cls):
             return value
         if isinstance(value, str):
-            try:
-                return cls(value)
-            except ValueError:
-                if value.upper() in cls.__members__:
-                    return cls[value.upper()]
+            found = cls._value2member_map_.get(value) or cls.__members__.get(value.upper())
+            if found is not None:
+                return found  # type: ignore[return-value]
         valid = ", ".join(m.value for m in cls)
         raise EventValidationError(
             f"event_type {value!r} is not a known event type; valid: {valid}", field="event_type", value=value
@@ -81,6 +79,7 @@ SIDES = {
 ID_FIELDS = frozenset({"order_id", "position_id", "trade_id", "signal_id"})
 
 
+_CANONICAL_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 _EVENT_ID = re.compile(r"[^\s:|]{1,128}")
 _ENTITY_ID = re.compile(r"[^\s:*?\[\]{}|]{1,128}")
 
@@ -119,6 +118,13 @@ def _check_number(field: str, value: Any, *, positive: bool) -> None:
 def _normalise_timestamp(value: Any) -> str:
     """ISO-8601 in UTC. A naive value (``datetime.utcnow().isoformat()``) is taken as UTC."""
     if isinstance(value, str):
+        if _CANONICAL_UTC.fullmatch(value):
+            # already in the form we emit: only check that it is a real date-time
+            try:
+                datetime.fromisoformat(value)
+                return value
+            except ValueError:
+                raise _bad("timestamp", value, "not an ISO-8601 date-time") from None
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
@@ -230,9 +236,27 @@ class TradeEvent(BaseModel):
 
     @classmethod
     def from_dict(cls, obj: Any) -> TradeEvent:
+        """Build from a decoded JSON object. Same rules as the constructor, without pydantic's
+        second pass: decoding sits on the subscriber's and the workers' hot path."""
         if not isinstance(obj, dict):
             raise EventValidationError(f"an event must be a JSON object, got {type(obj).__name__}", field="json")
-        return cls(**obj)
+        unknown = obj.keys() - _FIELDS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _bad(name, obj[name], "unknown field (put custom values in data)")
+        v = cls._validate(obj)
+        for name in _OPTIONAL_STR:
+            value = v.get(name)
+            if value is not None and type(value) is not str:
+                raise _bad(name, value, "must be a string or null")
+            v[name] = value
+        v["schema_version"] = SCHEMA_VERSION
+        event = cls.__new__(cls)
+        object.__setattr__(event, "__dict__", {f: v[f] for f in _FIELD_ORDER})
+        object.__setattr__(event, "__pydantic_fields_set__", set(obj))
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
+        return event
 
     # --- helpers: one per event type; extra keyword arguments are kept in `data` ---------------------
 
@@ -351,29 +375,50 @@ class TradeEvent(BaseModel):
         return cls._create(TradeEventType.SIGNAL_REJECTED, symbol, {"signal_id": signal_id, "reason": reason}, extra)
 
 
+_FIELD_ORDER = tuple(TradeEvent.model_fields)
+_FIELDS = frozenset(_FIELD_ORDER)
+_OPTIONAL_STR = ("correlation_id", "causation_id", "source")
+
+
 def _validate_data(v: Any) -> dict[str, Any]:
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise _bad("data", v, "must be a JSON object (dict)")
-    _check_finite(v, "data")
     data = dict(v)
     for field, value in v.items():
-        if value is None:
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise _bad(f"data.{field}", value, "numbers must be finite")
+        elif kind is not str and kind is not int and value is not None:
+            _check_finite(value, f"data.{field}")
+        if type(field) is not str:
+            raise _bad("data", field, "keys must be strings")
+        rule = _FIELD_RULE.get(field)
+        if rule is None or value is None:
             continue
-        if field in PRICE_FIELDS or field in VOLUME_FIELDS:
+        if rule == "positive":
             _check_number(field, value, positive=True)
-        elif field == "pnl":
+        elif rule == "number":
             _check_number(field, value, positive=False)
-        elif field in SIDES:
+        elif rule == "id":
+            data[field] = _id_string(field, value)
+        else:
             allowed = SIDES[field]
             norm = value.upper() if isinstance(value, str) else value
             if norm not in allowed:
                 raise _bad(f"data.{field}", value, f"must be one of {', '.join(sorted(allowed))}")
             data[field] = norm
-        elif field in ID_FIELDS:
-            data[field] = _id_string(field, value)
     return data
+
+
+_FIELD_RULE = {
+    **{f: "positive" for f in PRICE_FIELDS | VOLUME_FIELDS},
+    "pnl": "number",
+    **{f: "id" for f in ID_FIELDS},
+    **{f: "side" for f in SIDES},
+}
 
 
 def _id_string(field: str, value: Any) -> str:
