@@ -40,8 +40,9 @@ log = logging.getLogger("tradebus.notify")
 
 # Seconds a webhook may take to answer before the attempt counts as failed (and is retried).
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
-# Event types that notify by default: risk events, rejections, failures and closes (issue 4).
-DEFAULT_NOTIFY_TYPES = ("risk.*", "order.rejected", "trade.failed", "position.closed")
+# Event types that notify: every event the routing table sends to the notify task (its default route
+# picks risk events, rejections, failures and closes); TRADEBUS_NOTIFY_TYPES narrows it further.
+DEFAULT_NOTIFY_TYPES = ("*",)
 # Seconds a per-event delivery record is kept (longer than any retry schedule).
 NOTIFIED_TTL_SECONDS = 7 * 24 * 3600
 SIGNATURE_HEADER = "X-Tradebus-Signature"
