@@ -1,0 +1,325 @@
+"""The executor side of the bus: ``ExecutorBuilder.build_from_config`` as in the reference README.
+
+``OrderExecutor`` sends orders to a ``BrokerClient`` and turns every broker update into a TradeEvent,
+published through an ``OutboxPublisher`` (a bus failure is logged and the event waits on local disk;
+trading goes on). The events of one trade share a correlation id; each event's ``causation_id`` is the
+event that caused it (order.created <- order.partially_filled <- order.filled <- position.opened ...).
+
+Kill switch: a RISK_LIMIT_BREACHED for a symbol (published by this executor, received from the bus, or
+set in the Redis hash ``Keys.kill_switch()``) makes the executor refuse new orders on that symbol,
+publishing ORDER_REJECTED with reason ``kill switch: ...``, until ``reset_kill_switch(symbol)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .channels import Keys
+from .errors import ConfigError
+from .events import TradeEvent
+from .events import TradeEventType as T
+from .outbox import (
+    DEFAULT_OUTBOX_MAX_BYTES,
+    DEFAULT_OUTBOX_MAX_EVENTS,
+    DEFAULT_OUTBOX_RETRY_INTERVAL,
+    Outbox,
+    OutboxPublisher,
+)
+from .paper_broker import BrokerClient, BrokerUpdate, Number, PaperBroker
+
+KILL_SWITCH_PREFIX = "kill switch: "
+
+
+# --- kill switch in Redis (hash symbol -> reason), shared by every executor and the CLI -------------
+
+def engage_kill_switch(client: redis.Redis, keys: Keys, symbol: str, reason: str) -> None:
+    client.hset(keys.kill_switch(), symbol, reason)
+
+
+def release_kill_switch(client: redis.Redis, keys: Keys, symbol: str) -> bool:
+    return bool(client.hdel(keys.kill_switch(), symbol))
+
+
+def kill_switch_reason(client: redis.Redis, keys: Keys, symbol: str) -> str | None:
+    raw = client.hget(keys.kill_switch(), symbol)
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def kill_switches(client: redis.Redis, keys: Keys) -> dict[str, str]:
+    raw = client.hgetall(keys.kill_switch())
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class ExecutorConfig:
+    source: str = "executor"
+    symbols: tuple[str, ...] = ()  # symbols this executor trades (breach subscription); () = all
+    outbox_path: str | None = None  # default: $XDG_STATE_HOME/tradebus/outbox-{source}.sqlite3
+    outbox_max_events: int = DEFAULT_OUTBOX_MAX_EVENTS
+    outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
+    outbox_retry_interval: float = DEFAULT_OUTBOX_RETRY_INTERVAL
+    listen_for_breaches: bool = True  # subscribe to risk.limit_breached on the bus (if it can subscribe)
+
+    @classmethod
+    def coerce(cls, config: ExecutorConfig | Mapping[str, Any] | None) -> ExecutorConfig:
+        if isinstance(config, cls):
+            return config
+        values = dict(config or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown executor config keys: {', '.join(sorted(unknown))}")
+        if "symbols" in values:
+            values["symbols"] = tuple(values["symbols"])
+        return cls(**values)
+
+    def resolved_outbox_path(self) -> Path:
+        if self.outbox_path:
+            return Path(self.outbox_path)
+        state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+        return Path(state) / "tradebus" / f"outbox-{self.source}.sqlite3"
+
+
+@dataclass(frozen=True)
+class OrderTicket:
+    order_id: str
+    status: str  # pending / partially_filled / filled / rejected ...
+    correlation_id: str
+    reason: str | None = None
+
+
+class _NullBus:
+    """Stands in when no event bus is given: events are not published anywhere."""
+
+    def publish(self, event: TradeEvent) -> None:
+        return None
+
+
+# --- the executor ---------------------------------------------------------------------------------
+
+class OrderExecutor:
+    """Places orders through ``broker`` and publishes what happens (see the module docstring)."""
+
+    def __init__(self, broker: BrokerClient, publisher: OutboxPublisher, *, source: str = "executor",
+                 logger: logging.Logger | None = None, redis_client: redis.Redis | None = None,
+                 keys: Keys | None = None) -> None:
+        self.broker = broker
+        self.publisher = publisher
+        self.source = source
+        self.log = logger or logging.getLogger(__name__)
+        self.redis_client = redis_client
+        self.keys = keys
+        self._killed: dict[str, str] = {}
+        self._chain: dict[str, tuple[str, str]] = {}  # "O:id"/"P:id" -> (correlation_id, last event id)
+        self._ctx = threading.local()  # the correlation/causation of the order being placed
+        broker.add_listener(self._on_update)
+
+    # orders and positions
+    def place_order(self, symbol: str, side: str, volume: Number, *, order_type: str = "MARKET",
+                    price: Number | None = None, sl: Number | None = None, tp: Number | None = None,
+                    correlation_id: str | None = None, causation_id: str | None = None) -> OrderTicket:
+        corr = correlation_id or uuid.uuid4().hex
+        halted = self.kill_switch_reason(symbol)
+        if halted is not None or self.publisher.is_full:
+            why = KILL_SWITCH_PREFIX + halted if halted is not None else "outbox full: cannot record events"
+            oid = f"REJ-{uuid.uuid4().hex[:12]}"
+            ev = self._emit(TradeEvent.create_order_rejected(
+                symbol, oid, why, side=side.upper(), volume=float(volume), correlation_id=corr,
+                causation_id=causation_id))
+            self._emit(TradeEvent.create_trade_failed(symbol, why, trade_id=oid, correlation_id=corr,
+                                                      causation_id=ev.event_id))
+            self.log.warning("order refused on %s: %s", symbol, why)
+            return OrderTicket(oid, "rejected", corr, why)
+        self._ctx.pending = (corr, causation_id)
+        try:
+            oid = self.broker.place_order(symbol, side, volume, order_type=order_type, price=price, sl=sl, tp=tp)
+        finally:
+            self._ctx.pending = None
+        info = self.broker.order(oid) or {}
+        return OrderTicket(oid, info.get("status", "unknown"), corr, info.get("reason"))
+
+    def buy(self, symbol: str, volume: Number, **kw: Any) -> OrderTicket:
+        return self.place_order(symbol, "BUY", volume, **kw)
+
+    def sell(self, symbol: str, volume: Number, **kw: Any) -> OrderTicket:
+        return self.place_order(symbol, "SELL", volume, **kw)
+
+    def cancel_order(self, order_id: str, reason: str | None = None) -> None:
+        self.broker.cancel_order(order_id, reason)
+
+    def modify_order(self, order_id: str, **changes: Number) -> None:
+        self.broker.modify_order(order_id, **changes)
+
+    def close_position(self, position_id: str, volume: Number | None = None) -> None:
+        self.broker.close_position(position_id, volume)
+
+    def modify_position(self, position_id: str, **changes: Number) -> None:
+        self.broker.modify_position(position_id, **changes)
+
+    # publishing
+    def publish(self, event: TradeEvent) -> TradeEvent:
+        """Publish any event through the executor (never raises on a bus failure)."""
+        return self._emit(event)
+
+    def report_risk_breach(self, symbol: str, rule: str, limit: float, value: float, **extra: Any) -> TradeEvent:
+        """Publish RISK_LIMIT_BREACHED and halt new orders on ``symbol``."""
+        return self._emit(TradeEvent.create_risk_limit_breached(symbol, rule, limit, value, **extra))
+
+    def _emit(self, event: TradeEvent) -> TradeEvent:
+        if event.source is None:
+            event = event.model_copy(update={"source": self.source})
+        if event.event_type is T.RISK_LIMIT_BREACHED:
+            self.on_risk_event(event)
+        self.publisher.publish(event)
+        return event
+
+    def _on_update(self, u: BrokerUpdate) -> None:
+        data = {k: float(v) if isinstance(v, Decimal) else v for k, v in u.data.items()}
+        oid, pid = u.data.get("order_id") or u.data.get("trade_id"), u.data.get("position_id")
+        okey, pkey = f"O:{oid}", f"P:{pid}"
+        if u.kind in (T.ORDER_CREATED, T.ORDER_REJECTED) and okey not in self._chain:
+            corr, cause = getattr(self._ctx, "pending", None) or (uuid.uuid4().hex, None)
+        elif u.kind.is_order or u.kind in (T.TRADE_EXECUTED, T.TRADE_FAILED, T.POSITION_OPENED):
+            corr, cause = self._chain.get(okey) or (uuid.uuid4().hex, None)
+        else:  # position events, stop-loss / take-profit hits
+            corr, cause = self._chain.get(pkey) or (uuid.uuid4().hex, None)
+        ev = self._emit(TradeEvent(event_type=u.kind, symbol=u.symbol, data=data, correlation_id=corr,
+                                   causation_id=cause, source=self.source))
+        if u.kind.is_order:
+            self._chain[okey] = (corr, ev.event_id)
+            if u.kind is T.ORDER_CANCELLED and not u.data.get("filled_volume"):
+                self._chain.pop(okey, None)
+        elif u.kind in (T.TRADE_EXECUTED, T.TRADE_FAILED):
+            self._chain.pop(okey, None)
+        elif u.kind is T.POSITION_CLOSED:
+            self._chain.pop(pkey, None)
+        elif pid is not None:
+            self._chain[pkey] = (corr, ev.event_id)
+
+    # kill switch
+    def on_risk_event(self, event: TradeEvent) -> None:
+        """Handler for RISK_LIMIT_BREACHED (own or from the bus): halt new orders on its symbol."""
+        if event.event_type is not T.RISK_LIMIT_BREACHED:
+            return
+        d = event.data
+        reason = f"{d.get('rule', 'risk')} breached ({d.get('value')} > {d.get('limit')}), event {event.event_id}"
+        if event.symbol not in self._killed:
+            self.log.warning("kill switch engaged for %s: %s", event.symbol, reason)
+        self._killed[event.symbol] = reason
+        self._redis(engage_kill_switch, event.symbol, reason)
+
+    def kill_switch_reason(self, symbol: str) -> str | None:
+        """Why new orders on ``symbol`` are refused, or None. The Redis hash is the authority when reachable."""
+        if self.redis_client is None or self.publisher.pending:  # bus down: don't wait on it per order
+            return self._killed.get(symbol)
+        try:
+            reason = kill_switch_reason(self.redis_client, self.keys or Keys(), symbol)
+        except redis.RedisError:
+            return self._killed.get(symbol)
+        if reason is None:
+            self._killed.pop(symbol, None)  # reset elsewhere (CLI, another executor)
+        else:
+            self._killed[symbol] = reason
+        return reason
+
+    def reset_kill_switch(self, symbol: str) -> None:
+        self._killed.pop(symbol, None)
+        self._redis(release_kill_switch, symbol)
+        self.log.warning("kill switch reset for %s", symbol)
+
+    def _redis(self, fn: Any, *args: Any) -> None:
+        if self.redis_client is None:
+            return
+        try:
+            fn(self.redis_client, self.keys or Keys(), *args)
+        except redis.RedisError as e:
+            self.log.warning("kill switch not written to Redis (%s); kept locally", e)
+
+
+class TradeExecutor:
+    """What ``ExecutorBuilder.build_from_config`` returns: the broker, the OrderExecutor and the outbox."""
+
+    def __init__(self, config: ExecutorConfig, client: BrokerClient, order_executor: OrderExecutor,
+                 publisher: OutboxPublisher, event_bus: Any, logger: logging.Logger) -> None:
+        self.config, self.client, self.order_executor = config, client, order_executor
+        self.publisher, self.event_bus, self.log = publisher, event_bus, logger
+        self._listener: Any = None
+
+    def __getattr__(self, name: str) -> Any:  # buy / sell / place_order / close_position / ... / kill switch
+        return getattr(self.order_executor, name)
+
+    @property
+    def pending_events(self) -> int:
+        """Events waiting in the outbox for the bus."""
+        return self.publisher.pending
+
+    def flush(self) -> int:
+        """Send what waits in the outbox, in order; returns how many went out (stops at a bus failure)."""
+        return self.publisher.flush()
+
+    def start(self) -> TradeExecutor:
+        """Listen for risk.limit_breached on the bus, if the bus can subscribe and the config asks for it."""
+        bus, handler = self.event_bus, self.order_executor.on_risk_event
+        if self._listener is not None or not self.config.listen_for_breaches:
+            return self
+        if not hasattr(bus, "listen_in_thread"):
+            return self
+        if self.config.symbols and hasattr(bus, "subscribe"):
+            for symbol in self.config.symbols:
+                bus.subscribe(symbol, T.RISK_LIMIT_BREACHED, handler)
+        elif hasattr(bus, "subscribe_type"):
+            bus.subscribe_type(T.RISK_LIMIT_BREACHED, handler)
+        else:
+            return self
+        self._listener = bus.listen_in_thread()
+        return self
+
+    def close(self) -> None:
+        """Stop the breach listener and close the outbox (what is queued stays on disk)."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener.join(5.0)
+            self._listener = None
+        self.publisher.close()
+
+    def __enter__(self) -> TradeExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ExecutorBuilder:
+    @staticmethod
+    def build_from_config(config: ExecutorConfig | Mapping[str, Any] | None = None,
+                          client: BrokerClient | None = None, event_bus: Any = None,
+                          logger: logging.Logger | None = None) -> TradeExecutor:
+        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
+        cfg = ExecutorConfig.coerce(config)
+        log = logger or logging.getLogger(f"tradebus.executor.{cfg.source}")
+        broker = client if client is not None else PaperBroker(symbols=cfg.symbols or None)
+        outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events,
+                        max_bytes=cfg.outbox_max_bytes)
+        publisher = OutboxPublisher(event_bus if event_bus is not None else _NullBus(), outbox, logger=log,
+                                    retry_interval=cfg.outbox_retry_interval)
+        if len(outbox):
+            log.warning("outbox %s holds %d events from before; flushing", outbox.path, len(outbox))
+            publisher.flush()
+        executor = OrderExecutor(broker, publisher, source=cfg.source, logger=log,
+                                 redis_client=getattr(event_bus, "client", None), keys=getattr(event_bus, "keys", None))
+        return TradeExecutor(cfg, broker, executor, publisher, event_bus, log).start()

@@ -1,0 +1,61 @@
+"""Helpers for the executor tests (H4): the bus to publish through, and polling with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bus.channels import Keys, channel
+from bus.events import TradeEvent
+
+
+class StreamBus:
+    """A minimal real-Redis bus (XADD to the symbol's log + PUBLISH), used only while bus.redis_bus is
+    not there yet, and in subprocesses that need a bus that fails for real."""
+
+    def __init__(self, url: str, key_prefix: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
+        self.keys = Keys(key_prefix)
+
+    def publish(self, event: TradeEvent) -> str:
+        raw = event.encode()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.keys.log(event.symbol), {"event": raw})
+        pipe.publish(channel(event.symbol, event.event_type), raw)
+        log_id, _ = pipe.execute()
+        return log_id.decode()
+
+    def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
+        rows = self.client.xrange(self.keys.log(symbol), min=after, count=count)
+        return [(i.decode(), TradeEvent.from_json(f[b"event"])) for i, f in rows]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_bus(url: str, key_prefix: str) -> Any:
+    """H1's RedisEventBus when it exists, else StreamBus."""
+    try:
+        from bus.redis_bus import RedisEventBus
+    except ImportError:
+        return StreamBus(url, key_prefix)
+    return RedisEventBus(url, key_prefix=key_prefix)
+
+
+def has_subscriber_api(bus: Any) -> bool:
+    return hasattr(bus, "listen_in_thread") and (hasattr(bus, "subscribe_type") or hasattr(bus, "subscribe"))
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``condition`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
