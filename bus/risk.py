@@ -32,7 +32,7 @@ import redis
 from .channels import Keys
 from .errors import ConfigError
 from .events import TradeEvent, TradeEventType
-from .state_view import active_positions, known_symbols
+from .state import active_positions
 
 log = logging.getLogger("tradebus.risk")
 
@@ -148,6 +148,14 @@ class Breach:
 
 
 # --- evaluation ------------------------------------------------------------------------------------
+
+def known_symbols(client: redis.Redis, keys: Keys, extra: str | None = None) -> list[str]:
+    """Every symbol with a log (plus ``extra``), sorted."""
+    symbols = {s.decode() if isinstance(s, bytes) else str(s) for s in client.smembers(keys.symbols())}
+    if extra:
+        symbols.add(extra)
+    return sorted(symbols)
+
 
 def _volume(data: Mapping[str, Any], *names: str) -> Decimal | None:
     for name in names:

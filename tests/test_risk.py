@@ -18,6 +18,7 @@ from bus.risk import (
     evaluate,
     record_realised_pnl,
 )
+from bus.state import apply_event
 
 pytestmark = pytest.mark.redis
 SYM = "XAUUSD"
@@ -29,10 +30,9 @@ def keys(key_prefix):
 
 
 def open_position(client, keys, symbol, position_id, volume):
-    """Given: what the state projection leaves for an active position."""
-    client.hset(keys.position(symbol, position_id), mapping={
-        "position_id": position_id, "symbol": symbol, "status": "active", "volume": volume})
-    client.sadd(keys.active_positions(symbol), position_id)
+    """Given: an active position in the state projection (and the symbol known, as publish does)."""
+    event = TradeEvent.create_position_opened(symbol, position_id, 100.0, float(volume), "LONG")
+    assert apply_event(client, keys, event)
     client.sadd(keys.symbols(), symbol)
 
 
