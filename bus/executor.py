@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from .broker import BrokerClient, BrokerUpdate, Number
 from .channels import Keys
 from .errors import ConfigError
 from .events import TradeEvent
@@ -35,7 +36,7 @@ from .outbox import (
     Outbox,
     OutboxPublisher,
 )
-from .paper_broker import BrokerClient, BrokerUpdate, Number, PaperBroker
+from .paper_broker import PaperBroker
 
 KILL_SWITCH_PREFIX = "kill switch: "
 
@@ -321,5 +322,6 @@ class ExecutorBuilder:
             log.warning("outbox %s holds %d events from before; flushing", outbox.path, len(outbox))
             publisher.flush()
         executor = OrderExecutor(broker, publisher, source=cfg.source, logger=log,
-                                 redis_client=getattr(event_bus, "client", None), keys=getattr(event_bus, "keys", None))
+                                 redis_client=getattr(event_bus, "client", None),
+                                 keys=getattr(event_bus, "keys", None))
         return TradeExecutor(cfg, broker, executor, publisher, event_bus, log).start()

@@ -1,58 +1,27 @@
-"""The broker the executor talks to (``BrokerClient``) and a paper implementation (``PaperBroker``).
+"""A simulated broker account for the demo, tests and paper trading.
 
-A broker reports what happened as ``BrokerUpdate`` records, in order, to its listeners; the executor
-turns them into TradeEvents. Money and volumes are ``Decimal`` here; floats appear only in events.
-
-PaperBroker: market and limit orders against prices set with ``set_price`` (or ``RandomWalkFeed``);
-orders larger than ``max_fill_volume`` fill in chunks, one chunk now and one per price update; rejects
-for an unknown symbol, an invalid volume or price, and insufficient margin; stop-loss / take-profit
-checked on every price update; one position per filled order (hedging account).
+PaperBroker (a ``BrokerClient``, see bus/broker.py): market and limit orders against prices set
+with ``set_price`` (or ``RandomWalkFeed``); orders larger than ``max_fill_volume`` fill in chunks, one chunk now and one per price update; rejects
+for an unknown symbol, an invalid volume or price, and insufficient margin; stop-loss /
+take-profit checked on every price update; one position per filled order (hedging account).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from .broker import BrokerClient, BrokerUpdate, Number, RandomWalkFeed, dec
 from .events import TradeEventType as T
 
-Number = Decimal | int | float | str
+__all__ = ["BrokerClient", "BrokerUpdate", "Number", "PaperBroker", "RandomWalkFeed", "dec"]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BrokerUpdate:
-    """One thing that happened at the broker. ``data`` holds the event fields (Decimals for numbers)."""
-
-    kind: T
-    symbol: str
-    data: Mapping[str, Any]
-
-
-@runtime_checkable
-class BrokerClient(Protocol):
-    def add_listener(self, listener: Callable[[BrokerUpdate], None]) -> None: ...
-    def place_order(self, symbol: str, side: str, volume: Number, *, order_type: str = "MARKET",
-                    price: Number | None = None, sl: Number | None = None, tp: Number | None = None) -> str: ...
-    def cancel_order(self, order_id: str, reason: str | None = None) -> None: ...
-    def modify_order(self, order_id: str, **changes: Number) -> None: ...
-    def close_position(self, position_id: str, volume: Number | None = None) -> None: ...
-    def modify_position(self, position_id: str, **changes: Number) -> None: ...
-    def order(self, order_id: str) -> dict[str, Any] | None: ...
-    def positions(self) -> list[dict[str, str]]:
-        """Open positions: [{"symbol","position_id","direction","volume","entry_price"}], decimals as str."""
-        ...
-
-
-def dec(value: Number) -> Decimal:
-    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 @dataclass
@@ -314,28 +283,3 @@ class PaperBroker:
 
 def _opt(value: Number | None) -> Decimal | None:
     return None if value is None else dec(value)
-
-
-class RandomWalkFeed:
-    """Seeded random-walk prices pushed into a broker with ``set_price``."""
-
-    def __init__(self, broker: PaperBroker, prices: Mapping[str, Number], *, seed: int | None = None,
-                 volatility: float = 0.001, tick: Number = "0.01") -> None:
-        self.broker = broker
-        self.prices = {s: dec(p) for s, p in prices.items()}
-        self.rng = random.Random(seed)
-        self.volatility = volatility
-        self.tick = dec(tick)
-        for symbol, px in self.prices.items():
-            broker.set_price(symbol, px)
-
-    def step(self) -> dict[str, Decimal]:
-        for symbol, px in self.prices.items():
-            moved = px * dec(1 + self.rng.gauss(0.0, self.volatility))
-            self.prices[symbol] = max(self.tick, moved.quantize(self.tick))
-            self.broker.set_price(symbol, self.prices[symbol])
-        return dict(self.prices)
-
-    def run(self, steps: int) -> None:
-        for _ in range(steps):
-            self.step()

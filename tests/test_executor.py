@@ -40,9 +40,16 @@ def executor(tmp_path: Path, event_bus: Any) -> Iterator[TradeExecutor]:
     broker.set_price("XAUUSD", "2000")
     broker.set_price("BTCUSD", "45000")
     ex = ExecutorBuilder.build_from_config(
-        config={"source": "test-exec", "outbox_path": str(tmp_path / "outbox.db"), "outbox_retry_interval": 0,
-                "symbols": ["XAUUSD", "BTCUSD"]},
-        client=broker, event_bus=event_bus, logger=None)
+        config={
+            "source": "test-exec",
+            "outbox_path": str(tmp_path / "outbox.db"),
+            "outbox_retry_interval": 0,
+            "symbols": ["XAUUSD", "BTCUSD"],
+        },
+        client=broker,
+        event_bus=event_bus,
+        logger=None,
+    )
     yield ex
     ex.close()
 
@@ -52,7 +59,8 @@ def log_of(bus: Any, symbol: str = "XAUUSD") -> list[TradeEvent]:
 
 
 def test_full_trade_publishes_in_order_with_one_correlation_and_a_causation_chain(
-        executor: TradeExecutor, event_bus: Any) -> None:
+    executor: TradeExecutor, event_bus: Any
+) -> None:
     # Given a buy of 2 lots that the broker fills 1 lot per price update
     ticket = executor.buy("XAUUSD", "2", sl="1900", tp="2100", causation_id="signal-1")
     assert ticket.status == "partially_filled"
@@ -65,8 +73,14 @@ def test_full_trade_publishes_in_order_with_one_correlation_and_a_causation_chai
     # Then the log holds the whole trade, in order
     events = log_of(event_bus)
     assert [e.event_type for e in events] == [
-        T.ORDER_CREATED, T.ORDER_PARTIALLY_FILLED, T.ORDER_FILLED, T.POSITION_OPENED, T.TRADE_EXECUTED,
-        T.POSITION_PARTIALLY_CLOSED, T.POSITION_CLOSED]
+        T.ORDER_CREATED,
+        T.ORDER_PARTIALLY_FILLED,
+        T.ORDER_FILLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+        T.POSITION_PARTIALLY_CLOSED,
+        T.POSITION_CLOSED,
+    ]
     created, partial, filled, opened, executed, part_close, closed = events
     assert {e.correlation_id for e in events} == {ticket.correlation_id}
     assert {e.source for e in events} == {"test-exec"}
@@ -91,7 +105,11 @@ def test_stop_loss_chain(executor: TradeExecutor, event_bus: Any) -> None:
     executor.client.set_price("XAUUSD", "2011")
     events = log_of(event_bus)
     assert [e.event_type for e in events][-4:] == [
-        T.POSITION_OPENED, T.TRADE_EXECUTED, T.STOP_LOSS_HIT, T.POSITION_CLOSED]
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+        T.STOP_LOSS_HIT,
+        T.POSITION_CLOSED,
+    ]
     opened, _, hit, closed = events[-4:]
     assert hit.causation_id == opened.event_id and closed.causation_id == hit.event_id
     assert {e.correlation_id for e in events} == {ticket.correlation_id}
@@ -108,10 +126,22 @@ def test_modify_cancel_and_reject_events(executor: TradeExecutor, event_bus: Any
     executor.modify_position(pid, tp="2050")
     events = log_of(event_bus)
     assert [e.event_type for e in events] == [
-        T.ORDER_CREATED, T.ORDER_MODIFIED, T.ORDER_CANCELLED, T.ORDER_REJECTED, T.TRADE_FAILED,
-        T.ORDER_CREATED, T.ORDER_FILLED, T.POSITION_OPENED, T.TRADE_EXECUTED, T.POSITION_MODIFIED]
+        T.ORDER_CREATED,
+        T.ORDER_MODIFIED,
+        T.ORDER_CANCELLED,
+        T.ORDER_REJECTED,
+        T.TRADE_FAILED,
+        T.ORDER_CREATED,
+        T.ORDER_FILLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+        T.POSITION_MODIFIED,
+    ]
     assert events[1].data["price"] == 1991.0 and events[1].causation_id == events[0].event_id
-    assert events[2].data["reason"] == "changed my mind" and events[2].causation_id == events[1].event_id
+    assert (
+        events[2].data["reason"] == "changed my mind"
+        and events[2].causation_id == events[1].event_id
+    )
     assert bad.status == "rejected" and "invalid volume" in events[3].data["reason"]
     assert events[3].correlation_id == events[4].correlation_id == bad.correlation_id
     assert events[4].causation_id == events[3].event_id
@@ -120,16 +150,24 @@ def test_modify_cancel_and_reject_events(executor: TradeExecutor, event_bus: Any
 
 
 def test_kill_switch_from_own_breach_refuses_orders_until_reset(
-        executor: TradeExecutor, event_bus: Any, redis_client: redis.Redis, key_prefix: str) -> None:
+    executor: TradeExecutor, event_bus: Any, redis_client: redis.Redis, key_prefix: str
+) -> None:
     breach = executor.report_risk_breach("XAUUSD", "max_drawdown", 1000.0, 1250.0)
     refused = executor.buy("XAUUSD", "0.1")
     other = executor.buy("BTCUSD", "0.1")
     assert refused.status == "rejected" and other.status == "filled"
     assert refused.reason.startswith("kill switch: max_drawdown")
     events = log_of(event_bus)
-    assert [e.event_type for e in events] == [T.RISK_LIMIT_BREACHED, T.ORDER_REJECTED, T.TRADE_FAILED]
+    assert [e.event_type for e in events] == [
+        T.RISK_LIMIT_BREACHED,
+        T.ORDER_REJECTED,
+        T.TRADE_FAILED,
+    ]
     assert events[0].event_id == breach.event_id
-    assert events[1].data["reason"].startswith("kill switch: ") and events[1].data["order_id"] == refused.order_id
+    assert (
+        events[1].data["reason"].startswith("kill switch: ")
+        and events[1].data["order_id"] == refused.order_id
+    )
     # other executors and the CLI see it in Redis
     assert set(kill_switches(redis_client, Keys(key_prefix))) == {"XAUUSD"}
     assert executor.client.positions()[0]["symbol"] == "BTCUSD"
@@ -139,7 +177,8 @@ def test_kill_switch_from_own_breach_refuses_orders_until_reset(
 
 
 def test_kill_switch_set_and_released_in_redis_by_someone_else(
-        executor: TradeExecutor, event_bus: Any, redis_client: redis.Redis, key_prefix: str) -> None:
+    executor: TradeExecutor, event_bus: Any, redis_client: redis.Redis, key_prefix: str
+) -> None:
     keys = Keys(key_prefix)
     engage_kill_switch(redis_client, keys, "BTCUSD", "daily loss limit")
     assert executor.sell("BTCUSD", "0.1").reason == "kill switch: daily loss limit"
@@ -150,33 +189,51 @@ def test_kill_switch_set_and_released_in_redis_by_someone_else(
     assert types[:2] == [T.ORDER_REJECTED, T.TRADE_FAILED] and types[-1] is T.TRADE_EXECUTED
 
 
-def test_kill_switch_learned_from_the_bus(executor: TradeExecutor, event_bus: Any, redis_url: str,
-                                         key_prefix: str) -> None:
+def test_kill_switch_learned_from_the_bus(
+    executor: TradeExecutor, event_bus: Any, redis_url: str, key_prefix: str
+) -> None:
     if not has_subscriber_api(event_bus):
         pytest.skip("bus.redis_bus (subscribe + listen_in_thread) not available yet")
     # Given a risk worker elsewhere publishing a breach on the bus (and writing no kill-switch hash)
     risk_bus = make_bus(redis_url, key_prefix)
     try:
-        breach = TradeEvent.create_risk_limit_breached("BTCUSD", "exposure", 10.0, 12.0, source="risk")
+        breach = TradeEvent.create_risk_limit_breached(
+            "BTCUSD", "exposure", 10.0, 12.0, source="risk"
+        )
         # pub/sub is at-most-once and the listener may still be subscribing: publish until it is seen
         wait_for(lambda: risk_bus.publish(breach) and executor.order_executor._killed.get("BTCUSD"))
     finally:
         risk_bus.close()
     refused = executor.buy("BTCUSD", "0.1")
-    assert refused.status == "rejected" and "exposure" in refused.reason and breach.event_id in refused.reason
+    assert (
+        refused.status == "rejected"
+        and "exposure" in refused.reason
+        and breach.event_id in refused.reason
+    )
 
 
 def test_config_as_dataclass_or_dict(tmp_path: Path, event_bus: Any) -> None:
     with pytest.raises(ConfigError, match="outbox_pth"):
-        ExecutorBuilder.build_from_config(config={"outbox_pth": "x"}, client=PaperBroker(), event_bus=event_bus)
-    cfg = ExecutorConfig(source="cfg", outbox_path=str(tmp_path / "o.db"), listen_for_breaches=False)
-    with ExecutorBuilder.build_from_config(config=cfg, client=None, event_bus=event_bus, logger=None) as ex:
+        ExecutorBuilder.build_from_config(
+            config={"outbox_pth": "x"}, client=PaperBroker(), event_bus=event_bus
+        )
+    cfg = ExecutorConfig(
+        source="cfg", outbox_path=str(tmp_path / "o.db"), listen_for_breaches=False
+    )
+    with ExecutorBuilder.build_from_config(
+        config=cfg, client=None, event_bus=event_bus, logger=None
+    ) as ex:
         assert isinstance(ex.client, PaperBroker) and ex.config is cfg
         ex.client.set_price("XAUUSD", "2000")
         assert ex.buy("XAUUSD", "0.1").status == "filled"
     assert [e.source for e in log_of(event_bus)] == ["cfg"] * 4
 
 
-def test_default_outbox_path_follows_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_outbox_path_follows_xdg_state_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert ExecutorConfig(source="s1").resolved_outbox_path() == tmp_path / "tradebus" / "outbox-s1.sqlite3"
+    assert (
+        ExecutorConfig(source="s1").resolved_outbox_path()
+        == tmp_path / "tradebus" / "outbox-s1.sqlite3"
+    )

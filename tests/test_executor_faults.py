@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 def session(executor: Any, feed: RandomWalkFeed, rounds: int) -> None:
     """Some trading: open, tick, partially close, close, with SL/TP levels that may trigger."""
     for _ in range(rounds):
-        executor.buy("XAUUSD", "1.5", sl=str(feed.prices["XAUUSD"] - 30), tp=str(feed.prices["XAUUSD"] + 30))
+        executor.buy(
+            "XAUUSD", "1.5", sl=str(feed.prices["XAUUSD"] - 30), tp=str(feed.prices["XAUUSD"] + 30)
+        )
         feed.step()
         for pos in executor.client.positions():
             executor.close_position(pos["position_id"], "0.5")
@@ -47,17 +49,26 @@ def assert_consistent(events: list[TradeEvent]) -> None:
 
 
 def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
-        tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given an executor trading through a Redis it does not control
     bus = make_bus(own_redis.url, key_prefix)
     broker = PaperBroker(max_fill_volume="1", id_prefix="f-")
     feed = RandomWalkFeed(broker, {"XAUUSD": "2000"}, seed=3, volatility=0.002)
     emitted: list[TradeEvent] = []
     ex = ExecutorBuilder.build_from_config(
-        config={"source": "fault", "outbox_path": str(tmp_path / "ob.db"), "outbox_retry_interval": 0},
-        client=broker, event_bus=bus)
+        config={
+            "source": "fault",
+            "outbox_path": str(tmp_path / "ob.db"),
+            "outbox_retry_interval": 0,
+        },
+        client=broker,
+        event_bus=bus,
+    )
     publish = ex.publisher.publish
-    ex.publisher.publish = lambda ev: (emitted.append(ev), publish(ev))[1]  # record what the executor emits
+    ex.publisher.publish = lambda ev: (emitted.append(ev), publish(ev))[
+        1
+    ]  # record what the executor emits
     session(ex, feed, 3)
     before = len(emitted)
     # When Redis goes away mid-session, trading goes on
@@ -77,13 +88,16 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
     logged = [e for _, e in bus.read_log("XAUUSD")]
     assert [e.event_id for e in logged] == [e.event_id for e in emitted]
     assert_consistent(logged)
-    assert {T.POSITION_PARTIALLY_CLOSED, T.POSITION_CLOSED, T.ORDER_PARTIALLY_FILLED} <= {e.event_type for e in logged}
+    assert {T.POSITION_PARTIALLY_CLOSED, T.POSITION_CLOSED, T.ORDER_PARTIALLY_FILLED} <= {
+        e.event_type for e in logged
+    }
     ex.close()
     bus.close()
 
 
 def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
-        tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
     # Given an executor process that trades with its bus down and is then SIGKILLed
     outbox = tmp_path / "ob.db"
     code = textwrap.dedent(f"""
@@ -104,34 +118,50 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
         print(ex.pending_events, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert proc.returncode == -9, proc.stderr
     queued = int(proc.stdout.strip())
     assert queued == 5 * 6  # created, partial, filled, opened, executed, closed
     # When a new executor starts on the same outbox with the bus up
     bus = make_bus(redis_url, key_prefix)
     with ExecutorBuilder.build_from_config(
-            config={"source": "next", "outbox_path": str(outbox), "listen_for_breaches": False},
-            client=PaperBroker(), event_bus=bus) as ex:
+        config={"source": "next", "outbox_path": str(outbox), "listen_for_breaches": False},
+        client=PaperBroker(),
+        event_bus=bus,
+    ) as ex:
         # Then it flushed the old events at start, in order
         assert ex.pending_events == 0
     logged = [e for _, e in bus.read_log("XAUUSD")]
     assert len(logged) == queued and {e.source for e in logged} == {"crashy"}
     assert [e.event_type for e in logged[:6]] == [
-        T.ORDER_CREATED, T.ORDER_PARTIALLY_FILLED, T.ORDER_FILLED, T.POSITION_OPENED, T.TRADE_EXECUTED,
-        T.POSITION_CLOSED]
+        T.ORDER_CREATED,
+        T.ORDER_PARTIALLY_FILLED,
+        T.ORDER_FILLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+        T.POSITION_CLOSED,
+    ]
     assert_consistent(logged)
     bus.close()
 
 
 def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
-        tmp_path: Path, key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     bus = make_bus("redis://127.0.0.1:1/0", key_prefix)  # nothing listens there
     broker = PaperBroker()
     broker.set_price("XAUUSD", "2000")
     ex = ExecutorBuilder.build_from_config(
-        config={"outbox_path": str(tmp_path / "ob.db"), "outbox_max_events": 6, "outbox_retry_interval": 60},
-        client=broker, event_bus=bus)
+        config={
+            "outbox_path": str(tmp_path / "ob.db"),
+            "outbox_max_events": 6,
+            "outbox_retry_interval": 60,
+        },
+        client=broker,
+        event_bus=bus,
+    )
     with caplog.at_level(logging.WARNING):
         assert ex.buy("XAUUSD", "0.1").status == "filled"  # 4 events queued
         pid = broker.positions()[0]["position_id"]

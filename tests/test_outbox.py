@@ -96,10 +96,14 @@ def test_appended_events_survive_a_killed_process(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 @pytest.mark.faults
-def test_publisher_queues_during_outage_and_flushes_in_order(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
+def test_publisher_queues_during_outage_and_flushes_in_order(
+    tmp_path: Path, own_redis: EmbeddedRedis
+) -> None:
     sink = StreamSink(own_redis.url)
     now = [0.0]
-    pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db"), retry_interval=5.0, clock=lambda: now[0])
+    pub = OutboxPublisher(
+        sink, Outbox(tmp_path / "ob.db"), retry_interval=5.0, clock=lambda: now[0]
+    )
     events = [event(i) for i in range(10)]
     assert pub.publish(events[0]) is not None
     own_redis.stop()
@@ -121,7 +125,9 @@ def test_publisher_queues_during_outage_and_flushes_in_order(tmp_path: Path, own
 
 @pytest.mark.redis
 @pytest.mark.faults
-def test_explicit_flush_stops_at_the_first_failure(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
+def test_explicit_flush_stops_at_the_first_failure(
+    tmp_path: Path, own_redis: EmbeddedRedis
+) -> None:
     sink = StreamSink(own_redis.url)
     pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db"), retry_interval=0)
     own_redis.stop()
@@ -134,7 +140,9 @@ def test_explicit_flush_stops_at_the_first_failure(tmp_path: Path, own_redis: Em
     pub.close()
 
 
-def test_full_outbox_drops_loudly_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_full_outbox_drops_loudly_and_never_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A bus that cannot connect at all: nothing listens on this port.
     sink = StreamSink("redis://127.0.0.1:1/0")
     pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db", max_events=2), retry_interval=0)

@@ -33,18 +33,32 @@ def test_market_order_fills_and_opens_a_position() -> None:
     assert broker.order(oid)["status"] == "filled"
     opened = seen[2].data
     assert opened["entry_price"] == Decimal("2000.00") and opened["direction"] == "LONG"
-    assert broker.positions() == [{"symbol": "XAUUSD", "position_id": opened["position_id"],
-                                   "direction": "LONG", "volume": "0.10", "entry_price": "2000.00"}]
+    assert broker.positions() == [
+        {
+            "symbol": "XAUUSD",
+            "position_id": opened["position_id"],
+            "direction": "LONG",
+            "volume": "0.10",
+            "entry_price": "2000.00",
+        }
+    ]
 
 
 def test_large_order_fills_in_chunks_one_per_price_update_at_average_price() -> None:
     broker, seen = make_broker(max_fill_volume="1")
     oid = broker.place_order("XAUUSD", "SELL", "2.5")
     assert kinds(seen) == [T.ORDER_CREATED, T.ORDER_PARTIALLY_FILLED]
-    assert seen[1].data["fill_volume"] == Decimal("1") and seen[1].data["remaining_volume"] == Decimal("1.5")
+    assert seen[1].data["fill_volume"] == Decimal("1") and seen[1].data[
+        "remaining_volume"
+    ] == Decimal("1.5")
     broker.set_price("XAUUSD", "2001.00")
     broker.set_price("XAUUSD", "2002.00")
-    assert kinds(seen)[2:] == [T.ORDER_PARTIALLY_FILLED, T.ORDER_FILLED, T.POSITION_OPENED, T.TRADE_EXECUTED]
+    assert kinds(seen)[2:] == [
+        T.ORDER_PARTIALLY_FILLED,
+        T.ORDER_FILLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+    ]
     filled = seen[3].data
     # (1*2000 + 1*2001 + 0.5*2002) / 2.5 = 2000.8
     assert filled["volume"] == Decimal("2.5") and filled["fill_price"] == Decimal("2000.8")
@@ -59,8 +73,13 @@ def test_limit_order_waits_for_its_price_and_can_be_modified() -> None:
     broker.set_price("XAUUSD", "1996")
     assert broker.order(oid)["status"] == "pending"
     broker.modify_order(oid, price="1996.5")
-    assert kinds(seen) == [T.ORDER_CREATED, T.ORDER_MODIFIED, T.ORDER_FILLED, T.POSITION_OPENED,
-                           T.TRADE_EXECUTED]
+    assert kinds(seen) == [
+        T.ORDER_CREATED,
+        T.ORDER_MODIFIED,
+        T.ORDER_FILLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+    ]
     assert seen[2].data["fill_price"] == Decimal("1996")
 
 
@@ -68,8 +87,13 @@ def test_cancel_of_a_partly_filled_order_opens_the_filled_part() -> None:
     broker, seen = make_broker(max_fill_volume="1")
     oid = broker.place_order("XAUUSD", "BUY", "3")
     broker.cancel_order(oid, "enough")
-    assert kinds(seen) == [T.ORDER_CREATED, T.ORDER_PARTIALLY_FILLED, T.ORDER_CANCELLED, T.POSITION_OPENED,
-                           T.TRADE_EXECUTED]
+    assert kinds(seen) == [
+        T.ORDER_CREATED,
+        T.ORDER_PARTIALLY_FILLED,
+        T.ORDER_CANCELLED,
+        T.POSITION_OPENED,
+        T.TRADE_EXECUTED,
+    ]
     assert broker.positions()[0]["volume"] == "1"
     with pytest.raises(KeyError):
         broker.cancel_order(oid)
@@ -77,12 +101,19 @@ def test_cancel_of_a_partly_filled_order_opens_the_filled_part() -> None:
 
 @pytest.mark.parametrize(
     ("symbol", "volume", "why"),
-    [("EURUSD", "1", "unknown symbol"), ("XAUUSD", "0", "invalid volume"), ("XAUUSD", "0.015", "invalid volume"),
-     ("XAUUSD", "-1", "invalid volume"), ("XAUUSD", "2000", "invalid volume"),
-     ("XAUUSD", "600", "insufficient margin")],
+    [
+        ("EURUSD", "1", "unknown symbol"),
+        ("XAUUSD", "0", "invalid volume"),
+        ("XAUUSD", "0.015", "invalid volume"),
+        ("XAUUSD", "-1", "invalid volume"),
+        ("XAUUSD", "2000", "invalid volume"),
+        ("XAUUSD", "600", "insufficient margin"),
+    ],
 )
 def test_rejects(symbol: str, volume: str, why: str) -> None:
-    broker, seen = make_broker(balance=10_000, leverage=100)  # 600 lots * 2000 / 100 = 12,000 > 10,000
+    broker, seen = make_broker(
+        balance=10_000, leverage=100
+    )  # 600 lots * 2000 / 100 = 12,000 > 10,000
     oid = broker.place_order(symbol, "BUY", volume)
     assert kinds(seen) == [T.ORDER_REJECTED, T.TRADE_FAILED]
     assert why in seen[0].data["reason"]
@@ -99,10 +130,16 @@ def test_margin_counts_open_positions() -> None:
 
 @pytest.mark.parametrize(
     ("side", "price", "kind", "pnl"),
-    [("BUY", "1989", T.STOP_LOSS_HIT, "-11"), ("BUY", "2011", T.TAKE_PROFIT_HIT, "11"),
-     ("SELL", "2011", T.STOP_LOSS_HIT, "-11"), ("SELL", "1989", T.TAKE_PROFIT_HIT, "11")],
+    [
+        ("BUY", "1989", T.STOP_LOSS_HIT, "-11"),
+        ("BUY", "2011", T.TAKE_PROFIT_HIT, "11"),
+        ("SELL", "2011", T.STOP_LOSS_HIT, "-11"),
+        ("SELL", "1989", T.TAKE_PROFIT_HIT, "11"),
+    ],
 )
-def test_stop_loss_and_take_profit_trigger_on_price_updates(side: str, price: str, kind: T, pnl: str) -> None:
+def test_stop_loss_and_take_profit_trigger_on_price_updates(
+    side: str, price: str, kind: T, pnl: str
+) -> None:
     broker, seen = make_broker()
     sl, tp = ("1990", "2010") if side == "BUY" else ("2010", "1990")
     broker.place_order("XAUUSD", side, "1", sl=sl, tp=tp)
