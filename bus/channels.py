@@ -171,11 +171,15 @@ class Keys:
 
     def stale_orders(self) -> str:
         """Hash: 'symbol|order_id' -> JSON of pending orders older than the configured age."""
-        return f"{self.prefix}:reconcile:stale_orders"
+        return f"{self.prefix}:{{reconcile}}:stale_orders"
 
     def reconcile_runs(self) -> str:
         """Hash: job name -> JSON of its last effective run (time, fencing token, summary)."""
-        return f"{self.prefix}:reconcile:runs"
+        return f"{self.prefix}:{{reconcile}}:runs"
+
+    def job_fence(self) -> str:
+        """String: highest fencing token that wrote reconciliation's global keys (same slot as them)."""
+        return f"{self.prefix}:{{reconcile}}:fence"
 
     def scratch(self, run_id: str) -> Keys:
         """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
