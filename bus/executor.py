@@ -76,6 +76,7 @@ class ExecutorConfig:
     outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
     outbox_retry_interval: float = DEFAULT_OUTBOX_RETRY_INTERVAL
     listen_for_breaches: bool = True  # subscribe to risk.limit_breached on the bus (if it can subscribe)
+    outbox_flush_interval: float = 1.0  # seconds between background flushes of a non-empty outbox; 0 = off
 
     @classmethod
     def coerce(cls, config: ExecutorConfig | Mapping[str, Any] | None) -> ExecutorConfig:
@@ -140,7 +141,7 @@ class OrderExecutor:
             why = KILL_SWITCH_PREFIX + halted if halted is not None else "outbox full: cannot record events"
             oid = f"REJ-{uuid.uuid4().hex[:12]}"
             ev = self._emit(TradeEvent.create_order_rejected(
-                symbol, oid, why, side=side.upper(), volume=float(volume), correlation_id=corr,
+                symbol, oid, why, side=side.upper(), requested_volume=str(volume), correlation_id=corr,
                 causation_id=causation_id))
             self._emit(TradeEvent.create_trade_failed(symbol, why, trade_id=oid, correlation_id=corr,
                                                       causation_id=ev.event_id))
@@ -260,8 +261,12 @@ class TradeExecutor:
         self.config, self.client, self.order_executor = config, client, order_executor
         self.publisher, self.event_bus, self.log = publisher, event_bus, logger
         self._listener: Any = None
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def __getattr__(self, name: str) -> Any:  # buy / sell / place_order / close_position / ... / kill switch
+        if name == "order_executor":
+            raise AttributeError(name)
         return getattr(self.order_executor, name)
 
     @property
@@ -274,7 +279,22 @@ class TradeExecutor:
         return self.publisher.flush()
 
     def start(self) -> TradeExecutor:
-        """Listen for risk.limit_breached on the bus, if the bus can subscribe and the config asks for it."""
+        """Start the background outbox flusher and the risk.limit_breached listener (as configured)."""
+        if self._flusher is None and self.config.outbox_flush_interval > 0:
+            self._flusher = threading.Thread(target=self._flush_loop, name="tradebus-outbox", daemon=True)
+            self._flusher.start()
+        return self._start_listener()
+
+    def _flush_loop(self) -> None:
+        # Idle executors publish nothing, so nothing else would notice that Redis is back.
+        while not self._stop.wait(self.config.outbox_flush_interval):
+            if self.publisher.pending:
+                try:
+                    self.publisher.flush()
+                except Exception:  # keep flushing later; never die silently
+                    self.log.exception("background outbox flush failed")
+
+    def _start_listener(self) -> TradeExecutor:
         bus, handler = self.event_bus, self.order_executor.on_risk_event
         if self._listener is not None or not self.config.listen_for_breaches:
             return self
@@ -291,7 +311,11 @@ class TradeExecutor:
         return self
 
     def close(self) -> None:
-        """Stop the breach listener and close the outbox (what is queued stays on disk)."""
+        """Stop the flusher and the breach listener; close the outbox (what is queued stays on disk)."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(10.0)
+            self._flusher = None
         if self._listener is not None:
             self._listener.stop()
             self._listener.join(5.0)

@@ -16,7 +16,7 @@ from bus.events import TradeEvent
 from bus.events import TradeEventType as T
 from bus.executor import ExecutorBuilder
 from bus.paper_broker import PaperBroker, RandomWalkFeed
-from tests.support_executor import make_bus
+from tests.support_executor import make_bus, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 REPO = Path(__file__).resolve().parent.parent
@@ -173,5 +173,27 @@ def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
     assert broker.positions() == [] and ex.pending_events == 6
     assert ex.publisher.dropped == 3  # the close + the refusal's two events
     assert "NOT published and NOT stored" in caplog.text and "position.closed" in caplog.text
+    ex.close()
+    bus.close()
+
+
+def test_background_flusher_sends_the_backlog_when_redis_returns_without_new_trading(
+    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str
+) -> None:
+    bus = make_bus(own_redis.url, key_prefix)
+    broker = PaperBroker()
+    broker.set_price("XAUUSD", "2000")
+    ex = ExecutorBuilder.build_from_config(
+        config={"outbox_path": str(tmp_path / "ob.db"), "outbox_flush_interval": 0.05},
+        client=broker,
+        event_bus=bus,
+    )
+    own_redis.stop()
+    ticket = ex.buy("XAUUSD", "0.1")
+    assert ex.pending_events == 4
+    own_redis.start()
+    wait_for(lambda: ex.pending_events == 0)  # nobody trades: the flusher notices Redis is back
+    assert {e.correlation_id for _, e in bus.read_log("XAUUSD")} == {ticket.correlation_id}
+    assert len(bus.read_log("XAUUSD")) == 4
     ex.close()
     bus.close()
