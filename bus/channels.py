@@ -122,6 +122,11 @@ class Keys:
         """Set of event ids already applied to one order/position (idempotency)."""
         return f"{self._sym(symbol)}:applied:{kind}:{entity_id}"
 
+    def pending_dispatch_for(self, symbol: str) -> str:
+        """Sorted set: log ids of ``symbol`` whose routed tasks are not yet recorded as enqueued
+        (score: ms time of publish). The bus adds them; beat re-dispatches the stale ones."""
+        return f"{self._sym(symbol)}:dispatch:pending"
+
     def risk(self, symbol: str) -> str:
         """Hash: per-symbol risk counters."""
         return f"{self._sym(symbol)}:risk"
@@ -184,3 +189,12 @@ class Keys:
     def scratch(self, run_id: str) -> Keys:
         """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
         return Keys(f"{self.prefix}:scratch:{run_id}")
+
+    # dispatch and task bookkeeping (H2)
+    def pending_dispatch_for(self, symbol: str) -> str:
+        """Sorted set: log ids of this symbol logged but not yet recorded as enqueued (score: ms)."""
+        return f"{self._sym(symbol)}:dispatch:pending"
+
+    def deliveries(self, task_id: str) -> str:
+        """Counter: redeliveries of one task message (poison-message cap)."""
+        return f"{self.prefix}:deliveries:{task_id}"

@@ -445,3 +445,70 @@ def _from_pydantic(e: ValidationError, fields: dict[str, Any]) -> EventValidatio
         msg = "field required"
         value = None
     return EventValidationError(f"{loc}={value!r}: {msg}", field=loc, value=value)
+
+
+# --- fast path for events this bus wrote itself (additive; used by the subscriber and read_log) -----
+
+_TYPE_BY_VALUE = {t.value: t for t in TradeEventType}
+_OPTIONAL_STR = ("correlation_id", "causation_id", "source")
+_FIELD_NAMES = frozenset(TradeEvent.model_fields)
+_KNOWN_SYMBOLS: set[str] = set()  # symbols already validated once (bounded below)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _from_trusted_dict(obj: Any) -> TradeEvent:
+    """Build a TradeEvent from a dict produced by ``TradeEvent.encode`` (our own log / broadcast).
+
+    Checks the envelope's structure and types (field set, event type, symbol, id and string fields,
+    schema version, order/position id present) but skips re-normalising the timestamp and
+    re-checking every number in ``data``: those were validated before the event was published.
+    About 10x cheaper than ``TradeEvent(**obj)``. Raises EventValidationError on any mismatch.
+    """
+    if type(obj) is not dict or obj.keys() - _FIELD_NAMES:
+        return TradeEvent.from_dict(obj)  # full path: names the offending field
+    try:
+        event_type = _TYPE_BY_VALUE[obj["event_type"]]
+        symbol = obj["symbol"]
+        timestamp = obj["timestamp"]
+        data = obj["data"]
+        event_id = obj["event_id"]
+    except (KeyError, TypeError):
+        return TradeEvent.from_dict(obj)
+    if symbol not in _KNOWN_SYMBOLS:
+        validate_symbol(symbol)
+        if len(_KNOWN_SYMBOLS) < 10_000:
+            _KNOWN_SYMBOLS.add(symbol)
+    if (
+        type(timestamp) is not str
+        or type(data) is not dict
+        or type(event_id) is not str
+        or not _EVENT_ID.fullmatch(event_id)
+        or obj.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION
+        or (event_type in ORDER_TYPES and not data.get("order_id"))
+        or (event_type in POSITION_TYPES and not data.get("position_id"))
+    ):
+        return TradeEvent.from_dict(obj)
+    for k in _OPTIONAL_STR:
+        v = obj.get(k)
+        if v is not None and type(v) is not str:
+            return TradeEvent.from_dict(obj)
+    event = _new(TradeEvent)
+    _set(event, "__dict__", {
+        "event_type": event_type,
+        "symbol": symbol,
+        "timestamp": timestamp,
+        "data": data,
+        "correlation_id": obj.get("correlation_id"),
+        "causation_id": obj.get("causation_id"),
+        "source": obj.get("source"),
+        "event_id": event_id,
+        "schema_version": SCHEMA_VERSION,
+    })
+    _set(event, "__pydantic_fields_set__", set(obj))
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
+
+
+TradeEvent._from_trusted_dict = staticmethod(_from_trusted_dict)  # type: ignore[attr-defined]

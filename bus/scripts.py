@@ -1,0 +1,61 @@
+"""Lua scripts shipped beside this module: loaded once, called by SHA, re-sent when the server lost them.
+
+A pipeline must not use redis-py's Script objects (they add a SCRIPT EXISTS round trip per execute);
+`stage` queues EVALSHA and `execute_pipeline` re-runs a NOSCRIPT failure with EVAL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+
+class LuaScript:
+    """One script: ``call`` (single command) or ``stage`` (queued on a pipeline)."""
+
+    __slots__ = ("name", "body", "sha")
+
+    def __init__(self, filename: str) -> None:
+        self.name = filename
+        self.body = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.body.encode()).hexdigest()
+
+    def call(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:
+        try:
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # The server restarted or flushed its script cache; nothing ran. EVAL caches it again.
+            return client.execute_command("EVAL", self.body, len(keys), *keys, *args)
+
+    def stage(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def load(self, client_or_pipe: Any) -> Any:
+        return client_or_pipe.execute_command("SCRIPT", "LOAD", self.body)
+
+
+def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = ()) -> list[Any]:
+    """Execute ``pipe`` (built with raise_on_error semantics off) and return its results.
+
+    For a transaction pipeline the caller must have queued ``script.load(pipe)`` first (a NOSCRIPT
+    inside MULTI would let the other commands run without the script). For a plain pipeline every
+    EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client.
+    """
+    commands = list(pipe.command_stack)
+    results = pipe.execute(raise_on_error=False)
+    retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if retry:
+        by_sha = {s.sha: s for s in scripts}
+        client = pipe  # the pipeline is reset after execute and reusable
+        for i in retry:
+            args = commands[i][0]
+            script = by_sha[str(args[1])]
+            client.execute_command("EVAL", script.body, *args[2:])
+        redo = pipe.execute(raise_on_error=False)
+        for i, r in zip(retry, redo, strict=True):
+            results[i] = r
+    return results

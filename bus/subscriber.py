@@ -1,0 +1,352 @@
+"""Subscriber: pub/sub delivery that heals itself from the log (G4).
+
+One unpooled connection (no silent reconnects inside redis-py's PubSub: FACTS.md). Every Redis
+subscription (a channel or a pattern) remembers, per symbol, the last log id it delivered. A
+broadcast carries ``log_id``, ``prev`` (previous id of the symbol) and ``prev_t`` (previous id of the
+symbol+type); when the relevant ``prev`` is newer than what the subscription delivered, the missing
+entries are read from the log (XRANGE, filtered by type) and delivered first, in order, once each.
+After every (re)connect the subscriptions catch up from the log the same way. A message whose id
+was already delivered is dropped. Messages from other tools (no ``log_id``) are validated in full
+and delivered; broadcasts of another key prefix (another tenant) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from .channels import Keys
+from .config import Settings
+from .errors import EventValidationError
+from .events import TradeEvent
+
+log = logging.getLogger(__name__)
+
+_trusted = TradeEvent._from_trusted_dict  # type: ignore[attr-defined]
+Id = tuple[int, int]
+MAX_SEQ = 2**64 - 1
+#: log entries fetched per XRANGE while catching up
+RECOVER_BATCH = 1000
+#: seconds the loop waits for data before checking stop() and health
+POLL_SECONDS = 0.1
+BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
+
+
+def parse_id(raw: str | bytes) -> Id:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(i: Id) -> str:
+    return f"{i[0]}-{i[1]}"
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> TradeEvent | None:
+    """The event of a log entry, or None (logged) when it is unreadable."""
+    raw = fields.get(b"event") or fields.get(b"e")
+    try:
+        return _trusted(orjson.loads(raw))  # type: ignore[arg-type]
+    except (orjson.JSONDecodeError, EventValidationError, TypeError) as e:
+        log.error("unreadable log entry skipped: %s", e)
+        return None
+
+
+def decode_broadcast(raw: bytes | str) -> tuple[TradeEvent, dict[str, str]]:
+    """Split a broadcast into (event, meta) where meta holds log_id/prev/prev_t/bus when present."""
+    obj = orjson.loads(raw)
+    if type(obj) is not dict:
+        raise EventValidationError("a broadcast must be a JSON object", field="json")
+    meta = {k: obj.pop(k) for k in ("log_id", "prev", "prev_t", "bus") if k in obj}
+    return (_trusted(obj) if meta else TradeEvent.from_dict(obj)), meta
+
+
+@dataclass
+class Counters:
+    delivered: int = 0  # handler calls that returned
+    handler_errors: int = 0  # handler calls that raised
+    malformed: int = 0  # messages / log entries that were not a valid event
+    recovered_from_log: int = 0  # events delivered from the log after a gap or reconnect
+    gaps_lost: int = 0  # gaps the log could no longer cover (trimmed past the last delivered id)
+    reconnects: int = 0
+    foreign: int = 0  # broadcasts of another key prefix, ignored
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Sub:
+    __slots__ = ("name", "pattern", "symbol", "type_b", "handlers", "last", "baseline")
+
+    def __init__(self, name: str, pattern: bool, symbol: str | None, type_value: str | None) -> None:
+        self.name, self.pattern, self.symbol = name, pattern, symbol
+        self.type_b = type_value.encode() if type_value else None
+        self.handlers: list[Callable[[TradeEvent], Any]] = []
+        self.last: dict[str, Id] = {}  # symbol -> last delivered log id
+        self.baseline: Id | None = None  # just before the subscription was first made
+
+
+class ListenerHandle:
+    """A listener running in a background thread."""
+
+    def __init__(self, subscriber: Subscriber, thread: threading.Thread) -> None:
+        self._subscriber, self.thread = subscriber, thread
+
+    def stop(self) -> None:
+        self._subscriber.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._subscriber.ready.wait(timeout)
+
+
+class Subscriber:
+    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
+        self._client, self._keys, self._settings = client, keys, settings
+        self._prefix = keys.prefix
+        self._subs: dict[bytes, _Sub] = {}
+        self._unsent: list[_Sub] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._conn: Any = None
+        self.counters = Counters()
+
+    # --- registration ----------------------------------------------------------------------------
+
+    def add(self, name: str, pattern: bool, symbol: str | None, type_value: str | None,
+            handler: Callable[[TradeEvent], Any]) -> None:  # fmt: skip
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        with self._lock:
+            sub = self._subs.get(name.encode())
+            if sub is None:
+                sub = self._subs[name.encode()] = _Sub(name, pattern, symbol, type_value)
+                self._unsent.append(sub)
+            sub.handlers.append(handler)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``listen()`` to return (within ~0.1 s). Safe from any thread and from signal handlers."""
+        self._stop.set()
+
+    def listen_in_thread(self) -> ListenerHandle:
+        thread = threading.Thread(target=self.listen, name="tradebus-listener", daemon=True)
+        thread.start()
+        return ListenerHandle(self, thread)
+
+    def listen(self) -> None:
+        delay = BACKOFF_START
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._conn is None:
+                        self._connect()
+                        delay = BACKOFF_START
+                    elif self._unsent:
+                        self._subscribe(self._take_unsent())
+                    self._pump()
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                    self._drop()
+                    self.counters.reconnects += 1
+                    log.warning("subscriber connection lost (%s: %s); reconnecting in %.2fs",
+                                type(e).__name__, e, delay)  # fmt: skip
+                    self._stop.wait(delay * (0.5 + random.random() / 2))
+                    delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            self._drop()
+            self._stop.clear()
+
+    def _take_unsent(self) -> list[_Sub]:
+        with self._lock:
+            subs, self._unsent = self._unsent, []
+        return subs
+
+    def _drop(self) -> None:
+        self.ready.clear()
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+
+    def close(self) -> None:
+        self.stop()
+        self._drop()
+
+    def _connect(self) -> None:
+        from .redis_bus import raw_connection
+
+        self._take_unsent()  # everything is (re)subscribed below
+        self._conn = raw_connection(self._client, self._settings.redis_socket_timeout)
+        self._conn.connect()
+        self._last_rx = time.monotonic()
+        self._ping_sent = 0.0
+        with self._lock:
+            subs = list(self._subs.values())
+        self._subscribe(subs)
+
+    def _subscribe(self, subs: list[_Sub]) -> None:
+        """SUBSCRIBE/PSUBSCRIBE, wait for the confirmations, catch up from the log, then go on."""
+        if not subs:
+            self.ready.set() if self._subs else None
+            return
+        if any(s.baseline is None for s in subs):
+            secs, micros = self._client.time()
+            base = (int(secs) * 1000 + int(micros) // 1000 - 1, MAX_SEQ)
+            for s in subs:
+                if s.baseline is None:
+                    s.baseline = base
+        conn = self._conn
+        channels = [s.name for s in subs if not s.pattern]
+        patterns = [s.name for s in subs if s.pattern]
+        if channels:
+            conn.send_command("SUBSCRIBE", *channels)
+        if patterns:
+            conn.send_command("PSUBSCRIBE", *patterns)
+        pending, early = len(channels) + len(patterns), []
+        deadline = time.monotonic() + self._settings.redis_socket_timeout
+        while pending:
+            if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                raise redis.TimeoutError("no reply to SUBSCRIBE")
+            reply = conn.read_response()
+            if reply[0] in (b"subscribe", b"psubscribe"):
+                pending -= 1
+            else:
+                early.append(reply)
+        for s in subs:
+            self._catch_up(s)
+        for reply in early:
+            self._on_reply(reply)
+        self.ready.set()
+
+    def _pump(self) -> None:
+        conn = self._conn
+        if not conn.can_read(timeout=POLL_SECONDS):
+            self._idle()
+            return
+        on_reply, stop = self._on_reply, self._stop
+        for _ in range(10_000):
+            on_reply(conn.read_response())
+            if stop.is_set() or not conn.can_read(timeout=0):
+                break
+        self._last_rx = time.monotonic()
+        self._ping_sent = 0.0
+
+    def _idle(self) -> None:
+        """Health check: PING an idle connection; no PONG within the socket timeout means it is dead."""
+        now = time.monotonic()
+        interval = self._settings.redis_health_check_interval or 15
+        if self._ping_sent:
+            if now - self._ping_sent > self._settings.redis_socket_timeout:
+                raise redis.TimeoutError("subscriber connection did not answer PING")
+        elif now - self._last_rx > interval:
+            self._conn.send_command("PING")
+            self._ping_sent = now
+
+    # --- messages --------------------------------------------------------------------------------
+
+    def _on_reply(self, reply: Any) -> None:
+        kind = reply[0]
+        if kind == b"pmessage":
+            sub = self._subs.get(reply[1])
+            if sub is not None:
+                self._on_message(sub, reply[3])
+        elif kind == b"message":
+            sub = self._subs.get(reply[1])
+            if sub is not None:
+                self._on_message(sub, reply[2])
+        # pong and (p)subscribe confirmations need nothing
+
+    def _on_message(self, sub: _Sub, data: bytes) -> None:
+        try:
+            obj = orjson.loads(data)
+            if type(obj) is not dict:
+                raise EventValidationError("a broadcast must be a JSON object", field="json")
+            log_id = obj.pop("log_id", None)
+            if log_id is None:  # published by another tool: validate everything
+                self._deliver(sub, TradeEvent.from_dict(obj))
+                return
+            prev, prev_t, bus = obj.pop("prev", ""), obj.pop("prev_t", ""), obj.pop("bus", None)
+            if bus != self._prefix:
+                self.counters.foreign += 1
+                return
+            event = _trusted(obj)
+            lid = parse_id(log_id)
+        except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
+            self.counters.malformed += 1
+            log.warning("malformed message on %s skipped: %s", sub.name, e)
+            return
+        symbol = event.symbol
+        last = sub.last.get(symbol) or sub.baseline
+        if last is not None:
+            if lid <= last:
+                return  # already delivered (from the log)
+            before = prev_t if sub.type_b else prev
+            if before and parse_id(before) > last:
+                self._recover(sub, symbol, last, log_id)
+        self._deliver(sub, event)
+        sub.last[symbol] = lid
+
+    def _deliver(self, sub: _Sub, event: TradeEvent) -> None:
+        for handler in sub.handlers:
+            try:
+                handler(event)
+                self.counters.delivered += 1
+            except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
+                self.counters.handler_errors += 1
+                log.exception("handler %r failed on event %s", handler, event.event_id)
+
+    # --- recovery from the log ------------------------------------------------------------------
+
+    def _catch_up(self, sub: _Sub) -> None:
+        if sub.symbol is not None:
+            symbols = {sub.symbol}
+        else:
+            symbols = {s.decode() for s in self._client.smembers(self._keys.symbols())}  # type: ignore[union-attr]
+            symbols |= set(sub.last)
+        for symbol in sorted(symbols):
+            start = sub.last.get(symbol) or sub.baseline
+            if start is not None:
+                self._recover(sub, symbol, start, None)
+
+    def _recover(self, sub: _Sub, symbol: str, last: Id, upto: str | None) -> None:
+        """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) this sub wants."""
+        real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
+        start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
+        key, first = self._keys.log(symbol), True
+        while True:
+            entries = self._client.xrange(key, start, end, count=RECOVER_BATCH)
+            if first and real:
+                if entries and parse_id(entries[0][0]) == last:
+                    entries = entries[1:]
+                else:
+                    self.counters.gaps_lost += 1
+                    log.error("log of %s no longer holds %s: events between it and the next entry are "
+                              "lost for %s", symbol, format_id(last), sub.name)  # fmt: skip
+            first = False
+            for raw_id, fields in entries:  # type: ignore[union-attr]
+                if sub.type_b is not None and fields.get(b"type") != sub.type_b:
+                    continue
+                event = decode_entry(fields)
+                if event is None:
+                    self.counters.malformed += 1
+                    continue
+                self._deliver(sub, event)
+                self.counters.recovered_from_log += 1
+                sub.last[symbol] = parse_id(raw_id)
+            if len(entries) < RECOVER_BATCH - 1:
+                return
+            start = f"({entries[-1][0].decode()}"
