@@ -190,11 +190,7 @@ class Keys:
         """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
         return Keys(f"{self.prefix}:scratch:{run_id}")
 
-    # dispatch and task bookkeeping (H2)
-    def pending_dispatch_for(self, symbol: str) -> str:
-        """Sorted set: log ids of this symbol logged but not yet recorded as enqueued (score: ms)."""
-        return f"{self._sym(symbol)}:dispatch:pending"
-
+    # task bookkeeping (H2)
     def deliveries(self, task_id: str) -> str:
         """Counter: redeliveries of one task message (poison-message cap)."""
         return f"{self.prefix}:deliveries:{task_id}"

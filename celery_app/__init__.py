@@ -1,0 +1,74 @@
+"""The Celery app: ``celery -A celery_app worker`` / ``celery -A celery_app beat``.
+
+The module-level ``app`` is built on first access from the environment / ``.env``
+(``bus.config.LoadEnvironmentVariables``); tests and tools build their own with ``make_celery(settings)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bus.config import LoadEnvironmentVariables, Settings
+from bus.routing import MAX_BACKOFF_SECONDS, RoutingTable
+
+from .config import REDELIVERY_CAP, VISIBILITY_TIMEOUT, celery_config
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["app", "make_celery", "routing_from_settings"]
+
+
+def routing_from_settings(settings: Settings) -> RoutingTable:
+    path = getattr(settings, "routes_file", None)
+    return RoutingTable.from_file(path) if path else RoutingTable.default()
+
+
+def make_celery(
+    settings: Settings | None = None,
+    routing: RoutingTable | None = None,
+    *,
+    redelivery_cap: int = REDELIVERY_CAP,
+    set_as_current: bool = True,
+    **overrides: Any,
+) -> Celery:
+    """A Celery app for ``settings`` with every tradebus task registered. Raises RoutingError early."""
+    from celery import Celery, signals
+
+    from .context import TaskContext, on_worker_process_init, on_worker_process_shutdown
+    from .tasks import import_task_modules
+
+    settings = settings if settings is not None else LoadEnvironmentVariables()
+    routing = routing if routing is not None else routing_from_settings(settings)
+    import_task_modules()  # shared tasks: registered on every app, this one included
+    app = Celery("tradebus", set_as_current=set_as_current)
+    app.conf.update(celery_config(settings, routing), **overrides)
+    beat = _beat_schedule(settings)
+    if beat:
+        app.conf.beat_schedule = beat
+    # Countdowns stay well inside the visibility timeout (see celery_app.config).
+    app.tradebus = TaskContext(settings, routing, redelivery_cap, min(MAX_BACKOFF_SECONDS, VISIBILITY_TIMEOUT / 2))  # type: ignore[attr-defined]
+    signals.worker_process_init.connect(on_worker_process_init, weak=False, dispatch_uid="tradebus-init")
+    signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False, dispatch_uid="tradebus-shutdown")
+    return app
+
+
+def _beat_schedule(settings: Settings) -> dict[str, Any]:
+    import importlib
+
+    try:
+        beat = importlib.import_module(f"{__name__}.beat")  # H3: the schedule as data
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.beat":
+            raise
+        return {}
+    fn = getattr(beat, "beat_schedule", None)
+    return fn(settings) if callable(fn) else dict(getattr(beat, "BEAT_SCHEDULE", {}))
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        global app
+        app = make_celery()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,91 @@
+"""The Celery configuration, built from a Settings object (the same settings the bus and tests use)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from bus.config import Settings
+from bus.kombu_messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY
+from bus.routing import MAX_BACKOFF_SECONDS, RoutingTable
+
+# Redis transport: a message taken but not acked within this many seconds is handed to another worker.
+# It must exceed every retry countdown / ETA, or the waiting message is redelivered again and again
+# (celery#2599, kombu#337): routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that.
+VISIBILITY_TIMEOUT = int(2 * MAX_BACKOFF_SECONDS)
+# A message redelivered more often than this (its worker died each time) is dead-lettered, not run.
+REDELIVERY_CAP = 3
+# Hard limit per task: a hung task is killed rather than holding its queue's only prefetch slot.
+TASK_TIME_LIMIT = 600
+
+
+def celery_config(settings: Settings, routing: RoutingTable | None = None) -> dict[str, Any]:
+    from kombu import Exchange, Queue
+
+    routing = routing if routing is not None else RoutingTable.default()
+    broker = settings.broker_url
+    is_redis = urlsplit(broker).scheme in ("redis", "rediss", "redis+socket", "unix", "socket")
+    timeouts = {
+        # Half-open sockets must fail, not hang a worker forever (celery#10569).
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": settings.redis_health_check_interval,
+    }
+    transport: dict[str, Any] = (
+        {"visibility_timeout": VISIBILITY_TIMEOUT, "priority_steps": list(PRIORITY_STEPS), **timeouts}
+        # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
+        if is_redis else {"confirm_publish": True}
+    )
+    # Bounded reconnect attempts while publishing: apply_async/send_task must not hang on a dead broker.
+    transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,
+                     interval_step=0.2, interval_max=0.5)  # fmt: skip
+    queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
+    conf: dict[str, Any] = {
+        "broker_url": broker,
+        "broker_transport_options": transport,
+        # JSON only, in and out: a pickle message is refused, never unpickled (G6).
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the task ran, not when it was received: a worker that dies mid-task leaves the
+        # message to be redelivered (G2). Tasks are idempotent, so running twice is safe (G3).
+        "task_acks_late": True,
+        # ...and if the pool child is killed (SIGKILL, OOM), requeue instead of acking; the base task
+        # counts redeliveries and dead-letters past REDELIVERY_CAP, so a poison task cannot loop.
+        "task_reject_on_worker_lost": True,
+        # A failed task is dead-lettered by the base task before Celery acks it.
+        "task_acks_on_failure_or_timeout": True,
+        # Reserve one message at a time: with acks_late a prefetched backlog would sit unacked on a
+        # busy worker while others idle, and all of it would be redelivered if that worker dies.
+        "worker_prefetch_multiplier": 1,
+        # On a lost broker connection, cancel running acks_late tasks: their messages are redelivered
+        # anyway, and running them to completion too would run each twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Keep trying to reach the broker at start-up (a worker starting before Redis is normal under
+        # compose); explicit because Celery 6 changes the default.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,  # a worker reconnects until the broker is back
+        "broker_connection_timeout": settings.redis_connect_timeout,
+        "broker_heartbeat": 30,  # AMQP: detect a dead RabbitMQ connection within ~a minute
+        "broker_pool_limit": 10,
+        # Publishing (retries, beat, dispatch through Celery) gives up after a bounded time.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+        # No result backend: effects live in Redis state, and task results are never read.
+        "task_ignore_result": True,
+        "task_time_limit": TASK_TIME_LIMIT,
+        # One queue per concern, so operators can scale state, risk, notify and reconcile apart.
+        "task_queues": queues,
+        "task_default_queue": "tradebus.state",
+        "task_routes": {f"tradebus.{c}.*": {"queue": f"tradebus.{c}"}
+                        for c in ("state", "risk", "notify", "reconcile")},
+        "task_default_priority": 0,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }  # fmt: skip
+    return conf

@@ -1,0 +1,58 @@
+"""Per-app, per-process resources of the tasks: settings, keys, routing and one Redis client."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import redis
+
+from bus.channels import Keys
+from bus.config import Settings
+from bus.routing import RoutingTable
+
+_CONTEXTS: weakref.WeakSet[TaskContext] = weakref.WeakSet()
+
+
+class TaskContext:
+    """Reached by tasks as ``self.app.tradebus``. The client is built once per worker process."""
+
+    def __init__(self, settings: Settings, routing: RoutingTable, redelivery_cap: int, max_countdown: float) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.routing = routing
+        self.redelivery_cap = redelivery_cap
+        self.max_countdown = max_countdown
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        _CONTEXTS.add(self)
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None or self._pid != os.getpid():
+            s = self.settings
+            self._client = redis.Redis.from_url(
+                s.bus_url, socket_connect_timeout=s.redis_connect_timeout,
+                socket_timeout=s.redis_socket_timeout, socket_keepalive=True,
+                health_check_interval=s.redis_health_check_interval, **s.ssl_options(),
+            )  # fmt: skip
+            self._pid = os.getpid()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+
+
+def on_worker_process_init(**_: Any) -> None:
+    """A new pool process: drop clients inherited over fork and connect afresh, once."""
+    for ctx in list(_CONTEXTS):
+        ctx._client = None
+        ctx.client.ping()
+
+
+def on_worker_process_shutdown(**_: Any) -> None:
+    for ctx in list(_CONTEXTS):
+        ctx.close()

@@ -1,0 +1,129 @@
+"""The base task: decode the event, cap redeliveries, retry by the route's policy, dead-letter.
+
+Every routed task is called as ``task(event_json, route=name)`` with id ``{event_id}:{route}``. Tasks
+are thin: ``@tradebus_task("tradebus.x.y")`` on ``def fn(self, event_json, route=...)``; inside,
+``self.event`` is the decoded TradeEvent and ``self.ctx`` the per-process resources (client, keys).
+
+An exception whose ``retryable`` attribute is False (and any EventValidationError) is not retried.
+Counters in ``keys.stats()``: ``run:<task>``, ``retried:<task>``, ``dead_lettered:<task>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore, Reject, Retry
+
+from bus.deadletters import dead_letter
+from bus.errors import EventValidationError
+from bus.events import TradeEvent
+from bus.routing import RetryPolicy
+
+log = logging.getLogger(__name__)
+# Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
+DELIVERY_COUNTER_TTL = 24 * 3600
+
+
+class TradebusTask(Task):
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    # Policy when the route is unknown (e.g. a task sent by hand).
+    default_retry = RetryPolicy()
+
+    @property
+    def ctx(self) -> Any:
+        ctx = getattr(self.app, "tradebus", None)
+        if ctx is None:  # an app not built by make_celery: attach the environment's context
+            from celery_app.config import REDELIVERY_CAP
+            from celery_app.context import TaskContext
+
+            from bus.config import LoadEnvironmentVariables
+            from bus.routing import RoutingTable
+
+            ctx = self.app.tradebus = TaskContext(LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900)
+        return ctx
+
+    @property
+    def event(self) -> TradeEvent:
+        return self.request.tradebus_event  # type: ignore[no-any-return]
+
+    def count(self, what: str, pipe: Any = None) -> None:
+        """HINCRBY stats ``<what>:<task>`` (on ``pipe`` if given, to share its round trip)."""
+        (pipe if pipe is not None else self.ctx.client).hincrby(self.ctx.keys.stats(), f"{what}:{self.name}", 1)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        route = kwargs.get("route")
+        raw = args[0] if args else kwargs.get("event_json")
+        try:
+            if not isinstance(raw, str | bytes) or (route is not None and not isinstance(route, str)):
+                raise EventValidationError(f"expected (event_json: str, route=str), got args={args!r:.200}")
+            req.tradebus_event = TradeEvent.from_json(raw)
+        except (EventValidationError, ValueError, TypeError) as e:
+            return self._dead_letter(raw, route, 1, f"malformed task payload: {e}")
+        if (req.delivery_info or {}).get("redelivered") and self._over_redelivery_cap():
+            return self._dead_letter(raw, route, req.retries + 1,
+                                     f"redelivered more than {self.ctx.redelivery_cap} times (worker lost each time)")  # fmt: skip
+        try:
+            result = self.run(*args, **kwargs)
+        except (Retry, Ignore, Reject):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
+            return self._on_failure(exc, raw, route)
+        if not getattr(req, "tradebus_counted", False):
+            self.count("run")
+        return result
+
+    def _over_redelivery_cap(self) -> bool:
+        client, key = self.ctx.client, self.ctx.keys.deliveries(f"{self.request.id}:{self.request.retries}")
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, DELIVERY_COUNTER_TTL)
+        redeliveries = pipe.execute()[0]
+        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries)
+        return int(redeliveries) > self.ctx.redelivery_cap
+
+    def retry_policy(self, route: str | None) -> RetryPolicy:
+        r = self.ctx.routing.get(route) if route else None
+        return r.retry if r is not None else self.default_retry
+
+    def _on_failure(self, exc: Exception, raw: Any, route: str | None) -> Any:
+        req = self.request
+        policy = self.retry_policy(route)
+        retryable = getattr(exc, "retryable", True) is not False and not isinstance(exc, EventValidationError)
+        if retryable and req.retries < policy.max_retries:
+            countdown = min(policy.countdown(req.retries, random.random()), self.ctx.max_countdown)
+            try:
+                self.count("retried")
+                raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+            except Retry:
+                raise
+            except Exception as e:  # noqa: BLE001 - the retry could not be enqueued: keep the evidence
+                return self._dead_letter(raw, route, req.retries + 1, f"{_reason(exc)}; retry not enqueued: {_reason(e)}")
+        why = _reason(exc) if retryable else f"not retryable: {_reason(exc)}"
+        return self._dead_letter(raw, route, req.retries + 1, why)
+
+    def _dead_letter(self, raw: Any, route: str | None, attempts: int, reason: str) -> dict[str, Any]:
+        event_json = raw if isinstance(raw, str | bytes) else repr(raw)
+        client = self.ctx.client
+        pipe = client.pipeline(transaction=False)
+        dead_letter(pipe, self.ctx.keys, event_json=event_json, route=route or "", task=self.name,
+                    attempts=attempts, reason=reason, task_id=self.request.id or "")  # fmt: skip
+        self.count("dead_lettered", pipe)
+        pipe.execute()
+        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)
+        return {"dead_lettered": True, "reason": reason, "attempts": attempts}
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def tradebus_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a routed task: a bound shared task on TradebusTask, registered on every tradebus app."""
+    return shared_task(name=name, base=TradebusTask, bind=True, **options)  # type: ignore[no-any-return]

@@ -1,0 +1,25 @@
+"""State task: the projection of bus/state.py, run by a worker. Idempotent (G3): a redelivered or
+re-dispatched event changes nothing the second time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus import state
+from bus.scripts import execute_pipeline
+
+from .base import tradebus_task
+
+
+@tradebus_task("tradebus.state.apply")
+def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
+    ctx = self.ctx
+    pipe = ctx.client.pipeline(transaction=False)
+    if not state.stage_apply(pipe, ctx.keys, self.event):
+        return {"changed": False, "reason": "not a state event"}
+    self.count("run", pipe)  # the counter shares the projection's round trip
+    self.request.tradebus_counted = True
+    result = execute_pipeline(pipe, (state.SCRIPT,))[0]
+    if isinstance(result, Exception):
+        raise result
+    return {"changed": bool(result)}
