@@ -127,6 +127,7 @@ class OrderExecutor:
         self.redis_client = redis_client
         self.keys = keys
         self._killed: dict[str, str] = {}
+        self._unsynced: set[str] = set()  # symbols whose kill-switch change Redis has not seen yet
         self._chain: dict[str, tuple[str, str]] = {}  # "O:id"/"P:id" -> (correlation_id, last event id)
         self._ctx = threading.local()  # the correlation/causation of the order being placed
         broker.add_listener(self._on_update)
@@ -223,12 +224,16 @@ class OrderExecutor:
         if event.symbol not in self._killed:
             self.log.warning("kill switch engaged for %s: %s", event.symbol, reason)
         self._killed[event.symbol] = reason
-        self._redis(engage_kill_switch, event.symbol, reason)
+        self._write(event.symbol)
 
     def kill_switch_reason(self, symbol: str) -> str | None:
         """Why new orders on ``symbol`` are refused, or None. The Redis hash is the authority when reachable."""
         if self.redis_client is None or self.publisher.pending:  # bus down: don't wait on it per order
             return self._killed.get(symbol)
+        if symbol in self._unsynced:  # a change made while Redis was down goes there first
+            self._write(symbol)
+            if symbol in self._unsynced:
+                return self._killed.get(symbol)
         try:
             reason = kill_switch_reason(self.redis_client, self.keys or Keys(), symbol)
         except redis.RedisError:
@@ -241,16 +246,23 @@ class OrderExecutor:
 
     def reset_kill_switch(self, symbol: str) -> None:
         self._killed.pop(symbol, None)
-        self._redis(release_kill_switch, symbol)
+        self._write(symbol)
         self.log.warning("kill switch reset for %s", symbol)
 
-    def _redis(self, fn: Any, *args: Any) -> None:
+    def _write(self, symbol: str) -> None:
+        """Make the Redis hash say what the local state says (retried later if Redis is down)."""
         if self.redis_client is None:
             return
+        keys = self.keys or Keys()
         try:
-            fn(self.redis_client, self.keys or Keys(), *args)
+            if symbol in self._killed:
+                engage_kill_switch(self.redis_client, keys, symbol, self._killed[symbol])
+            else:
+                release_kill_switch(self.redis_client, keys, symbol)
+            self._unsynced.discard(symbol)
         except redis.RedisError as e:
-            self.log.warning("kill switch not written to Redis (%s); kept locally", e)
+            self._unsynced.add(symbol)
+            self.log.warning("kill switch for %s not written to Redis (%s); kept locally", symbol, e)
 
 
 class TradeExecutor:

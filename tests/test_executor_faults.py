@@ -14,7 +14,7 @@ import pytest
 from bus.embedded import EmbeddedRedis
 from bus.events import TradeEvent
 from bus.events import TradeEventType as T
-from bus.executor import ExecutorBuilder
+from bus.executor import ExecutorBuilder, kill_switches
 from bus.paper_broker import PaperBroker, RandomWalkFeed
 from tests.support_executor import make_bus, wait_for
 
@@ -60,15 +60,18 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
         config={
             "source": "fault",
             "outbox_path": str(tmp_path / "ob.db"),
-            "outbox_retry_interval": 0,
+            "outbox_retry_interval": 0.2,
         },
         client=broker,
         event_bus=bus,
     )
     publish = ex.publisher.publish
-    ex.publisher.publish = lambda ev: (emitted.append(ev), publish(ev))[
-        1
-    ]  # record what the executor emits
+
+    def recording_publish(ev: TradeEvent) -> Any:  # record what the executor emits, in order
+        emitted.append(ev)
+        return publish(ev)
+
+    ex.publisher.publish = recording_publish
     session(ex, feed, 3)
     before = len(emitted)
     # When Redis goes away mid-session, trading goes on
@@ -82,9 +85,14 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
     assert "bus publish failed" in caplog.text
     # Then once Redis is back, the next publish flushes the backlog first, in order
     own_redis.start()
+    wait_for(lambda: ex.flush() >= 0 and ex.pending_events == 0)
+    # the breach raised during the outage still holds, and Redis now knows it (for other executors)
+    assert ex.kill_switch_reason("XAUUSD").startswith("max_loss")
+    assert set(kill_switches(bus.client, bus.keys)) == {"XAUUSD"}
     ex.reset_kill_switch("XAUUSD")
+    assert kill_switches(bus.client, bus.keys) == {}
     session(ex, feed, 1)
-    assert ex.pending_events == 0
+    wait_for(lambda: ex.pending_events == 0)  # next publish after the retry interval, or the flusher
     logged = [e for _, e in bus.read_log("XAUUSD")]
     assert [e.event_id for e in logged] == [e.event_id for e in emitted]
     assert_consistent(logged)
@@ -103,7 +111,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from bus.executor import ExecutorBuilder
+        from bus.executor import ExecutorBuilder, kill_switches
         from bus.paper_broker import PaperBroker
         from tests.support_executor import StreamBus
         broker = PaperBroker(max_fill_volume="1")
@@ -148,9 +156,10 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
 
 
 def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
-    tmp_path: Path, key_prefix: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bus = make_bus("redis://127.0.0.1:1/0", key_prefix)  # nothing listens there
+    bus = make_bus(own_redis.url, key_prefix)
+    own_redis.stop()  # and it stays down
     broker = PaperBroker()
     broker.set_price("XAUUSD", "2000")
     ex = ExecutorBuilder.build_from_config(
