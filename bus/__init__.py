@@ -14,11 +14,16 @@ from .errors import (
     RoutingError,
 )
 from .events import TradeEvent, TradeEventType
+from .redis_bus import EventBusFactory, PublishReceipt, RedisEventBus
 
 __all__ = [
     # Events
     "TradeEvent",
     "TradeEventType",
+    # Bus
+    "RedisEventBus",
+    "EventBusFactory",
+    "PublishReceipt",
     # Configuration and naming
     "LoadEnvironmentVariables",
     "Settings",

@@ -33,7 +33,7 @@ _QUANTUM = Decimal("0.00000001")
 def _decimal_text(value: float | int, exact: bool) -> str:
     d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
     if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
-        d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+        d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
     text = format(d, "f")
     return text
 
