@@ -59,9 +59,13 @@ class NotifyError(BusError):
 class RetryableError(NotifyError):
     """Transient failure (5xx, timeout, refused connection): retry with backoff."""
 
+    retryable = True  # read by the base task (celery_app/tasks/base.py)
+
 
 class PermanentNotifyError(NotifyError):
     """The receiver refused the notification (4xx, redirect, bad URL): retrying will not help."""
+
+    retryable = False  # the base task dead-letters it at once
 
 
 def redact_url(url: str) -> str:

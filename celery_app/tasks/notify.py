@@ -1,0 +1,27 @@
+"""Notify task: deliver the event to the log and webhook sinks (bus.notify).
+
+A RetryableError (5xx, timeout, refused) is retried by the route's policy; a PermanentNotifyError
+(4xx) carries ``retryable = False`` and is dead-lettered at once by the base task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus.notify import NotifyConfig, notify_event
+
+from .base import tradebus_task
+
+
+def notify_config(ctx: Any) -> NotifyConfig:
+    """``ctx.notify_config`` if the app set one, else TRADEBUS_WEBHOOK_* read once per process."""
+    config = getattr(ctx, "notify_config", None)
+    if config is None:
+        config = ctx.notify_config = NotifyConfig.from_env()
+    return config
+
+
+@tradebus_task("tradebus.notify.send")
+def send(self: Any, event_json: str, route: str = "notify") -> dict[str, Any]:
+    ctx = self.ctx
+    return notify_event(self.event, notify_config(ctx), client=ctx.client, keys=ctx.keys)
