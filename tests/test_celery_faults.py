@@ -1,0 +1,105 @@
+"""Faults with real subprocess workers and a broker the test owns."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import redis
+from support_celery import (  # noqa: F401
+    celery_settings,
+    dispatcher_for,
+    subprocess_worker,
+    test_app,
+    wait_for,
+    worker,
+    worker_log,
+)
+
+from bus.channels import Keys
+from bus.config import LoadEnvironmentVariables
+from bus.deadletters import list_dead_letters
+from bus.events import TradeEvent
+from bus.redis_bus import RedisEventBus
+from bus.routing import Route, RoutingTable
+from bus.state import get_order
+from celery_app.config import REDELIVERY_CAP
+
+pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults, pytest.mark.slow]
+
+
+def _k(s, name):
+    return f"{s.key_prefix}:test:{name}"
+
+
+@pytest.fixture
+def client(celery_settings):  # noqa: F811
+    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+def test_worker_killed_mid_task_runs_again_effect_once(celery_settings, client) -> None:  # noqa: F811
+    app = test_app(celery_settings)
+    keys = Keys(celery_settings.key_prefix)
+    ev = TradeEvent.create_order_partially_filled("XAUUSD", "k1", 2000.0, 0.25)
+    with subprocess_worker(celery_settings, queues="tradebus.state", include="support_tasks") as proc:
+        app.send_task("tradebus_test.apply_then_block", args=[ev.to_json()], kwargs={"route": "state"},
+                      task_id=f"{ev.event_id}:state", queue="tradebus.state")  # fmt: skip
+        pid = int(wait_for(lambda: client.get(_k(celery_settings, "pid")), timeout=60, what="task started"))
+        assert pid != proc.pid  # the pool child, not the supervisor
+        os.kill(pid, signal.SIGKILL)  # mid-task: effect applied, not acked
+        wait_for(lambda: client.llen(_k(celery_settings, "outcomes")) == 2, timeout=60,
+                 what=f"the task to run again\n{worker_log(celery_settings)[-3000:]}")  # fmt: skip
+    assert client.lrange(_k(celery_settings, "outcomes"), 0, -1) == ["1", "0"]  # ran twice, applied once
+    assert get_order(client, keys, "XAUUSD", "k1")["filled_volume"] == "0.25"
+
+
+def test_poison_task_stops_at_redelivery_cap(celery_settings, client) -> None:  # noqa: F811
+    app = test_app(celery_settings)
+    keys = Keys(celery_settings.key_prefix)
+    ev = TradeEvent.create_trade_failed("XAUUSD", "poison")
+    with subprocess_worker(celery_settings, queues="tradebus.notify", include="support_tasks"):
+        app.send_task("tradebus_test.crash", args=[ev.to_json()], kwargs={"route": "poison"},
+                      task_id=f"{ev.event_id}:poison", queue="tradebus.notify")  # fmt: skip
+        (dl,) = wait_for(lambda: list_dead_letters(client, keys), timeout=90,
+                         what=f"the poison task dead-lettered\n{worker_log(celery_settings)[-3000:]}")  # fmt: skip
+        # the worker survives and keeps consuming
+        app.send_task("tradebus_test.record", args=[ev.to_json()], kwargs={"route": "after"}, queue="tradebus.notify")
+        wait_for(lambda: client.llen(_k(celery_settings, "ran")) == 1, timeout=30, what="the next task")
+    assert int(client.get(_k(celery_settings, "crash_runs"))) == REDELIVERY_CAP + 1
+    assert "redelivered more than" in dl.reason and dl.task == "tradebus_test.crash"
+
+
+def test_broker_down_during_publishes_then_redispatch(celery_settings, own_redis, client) -> None:  # noqa: F811
+    # Given: the bus on the shared Redis, the Celery broker on a server this test owns
+    s = LoadEnvironmentVariables(None, redis_url=celery_settings.bus_url, celery_broker_url=own_redis.url,
+                                 key_prefix=celery_settings.key_prefix, redis_connect_timeout=0.5,
+                                 redis_socket_timeout=1.0)  # fmt: skip
+    table = RoutingTable([Route("state", "tradebus.state.apply", "tradebus.state", ("order.*",))])
+    app = test_app(s, table)
+    keys = Keys(s.key_prefix)
+    bus = RedisEventBus(settings=s, dispatcher=dispatcher_for(app, s))
+    assert not bus.dispatcher.stages_in_bus_pipeline
+    events = [TradeEvent.create_order_created("XAUUSD", f"b{i}", "BUY", 1.0 + i, 1.0) for i in range(30)]
+    before = [bus.publish(e) for e in events[:10]]
+    own_redis.stop()
+    during = [bus.publish(e) for e in events[10:]]  # returns: logged + broadcast, tasks not enqueued
+    assert all(r.dispatched == ("state",) for r in before)
+    assert all(r.not_dispatched == ("state",) and r.log_id for r in during)
+    assert client.zcard(keys.pending_dispatch_for("XAUUSD")) == 20
+    # strict mode raises instead (the event is still logged and left pending)
+    strict = RedisEventBus(settings=s, dispatcher=dispatcher_for(app, s, strict=True))
+    with pytest.raises(Exception, match="could not enqueue|unreachable"):
+        strict.publish(TradeEvent.create_order_created("XAUUSD", "strict", "BUY", 9.0, 1.0))
+    # When: the broker is back and beat's job runs
+    own_redis.start()
+    assert bus.dispatcher.redispatch_missed(grace_seconds=0) == 21
+    assert client.zcard(keys.pending_dispatch_for("XAUUSD")) == 0
+    with worker(app, queues="tradebus.state"):
+        wait_for(lambda: all(get_order(client, keys, "XAUUSD", f"b{i}") for i in range(30))
+                 and get_order(client, keys, "XAUUSD", "strict"), what="every event projected")  # fmt: skip
+    assert bus.dispatcher.redispatch_missed(grace_seconds=0) == 0
+    bus.close()
+    strict.close()
