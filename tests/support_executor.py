@@ -13,8 +13,8 @@ from bus.events import TradeEvent
 
 
 class StreamBus:
-    """A minimal real-Redis bus (XADD to the symbol's log + PUBLISH), used only while bus.redis_bus is
-    not there yet, and in subprocesses that need a bus that fails for real."""
+    """A minimal real-Redis publisher (XADD + PUBLISH) for a subprocess that needs a bus that fails
+    for real on every publish (RedisEventBus refuses to be built while Redis is down)."""
 
     def __init__(self, url: str, key_prefix: str) -> None:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
@@ -39,13 +39,9 @@ class StreamBus:
 
 
 def make_bus(url: str, key_prefix: str) -> Any:
-    """H1's RedisEventBus when it exists, else StreamBus."""
-    try:
-        from bus.redis_bus import RedisEventBus
-    except ModuleNotFoundError as e:  # TODO(H4): drop the fallback once bus.redis_bus is committed
-        if not (e.name or "").startswith("bus."):
-            raise
-        return StreamBus(url, key_prefix)
+    """The real bus (H1's RedisEventBus) under this test's key prefix."""
+    from bus.redis_bus import RedisEventBus
+
     return RedisEventBus(url, key_prefix=key_prefix)
 
 
