@@ -1,0 +1,57 @@
+"""The RabbitMQ broker path (amqp://): dispatch through Celery's producer, a real worker, JSON only."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import redis
+from support_celery import test_app, wait_for, worker
+
+from bus.channels import Keys
+from bus.config import LoadEnvironmentVariables
+from bus.events import TradeEvent
+from bus.redis_bus import RedisEventBus
+from bus.routing import Route, RoutingTable
+from bus.state import get_order
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbit_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+pytestmark = [
+    pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq,
+    pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672"),
+]  # fmt: skip
+
+
+def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix) -> None:
+    s = LoadEnvironmentVariables(None, redis_url=redis_url, celery_broker_url=AMQP_URL, key_prefix=key_prefix)
+    queue = f"{key_prefix}.state"  # a private queue: RabbitMQ is shared between test runs
+    table = RoutingTable([Route("state", "tradebus.state.apply", queue, ("order.*",))])
+    app = test_app(s, table)
+    assert app.conf.broker_transport_options["confirm_publish"] is True
+    from bus.dispatch import Dispatcher
+
+    d = Dispatcher(s.broker_url, table, settings=s, app=app)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(key_prefix)
+    try:
+        with RedisEventBus(settings=s, dispatcher=d) as bus, worker(app, queues=queue):
+            assert not d.stages_in_bus_pipeline
+            receipts = [bus.publish(TradeEvent.create_order_created("XAUUSD", f"r{i}", "BUY", 1.0, 1.0))
+                        for i in range(5)]  # fmt: skip
+            assert all(r.dispatched == ("state",) for r in receipts)
+            wait_for(lambda: all(get_order(client, keys, "XAUUSD", f"r{i}") for i in range(5)), what="5 orders")
+            assert client.zcard(keys.pending_dispatch_for("XAUUSD")) == 0
+    finally:
+        with app.connection() as conn:
+            conn.default_channel.queue_delete(queue)
+        client.close()
