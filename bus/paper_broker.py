@@ -36,6 +36,7 @@ class _Order:
     filled: Decimal = Decimal(0)
     notional: Decimal = Decimal(0)
     status: str = "pending"  # pending / partially_filled / filled / cancelled / rejected
+    reason: str | None = None  # why it was rejected or cancelled
 
 
 @dataclass
@@ -133,7 +134,8 @@ class PaperBroker:
             limit = dec(price) if order_type == "LIMIT" and price is not None else None
             reason = self._check(symbol, vol, order_type, limit)
             if reason:
-                self._orders[oid] = _Order(oid, symbol, side, limit, vol, None, None, status="rejected")
+                self._orders[oid] = _Order(oid, symbol, side, limit, vol, None, None, status="rejected",
+                                           reason=reason)
                 self._emit(T.ORDER_REJECTED, symbol, order_id=oid, reason=reason)
                 self._emit(T.TRADE_FAILED, symbol, trade_id=oid, reason=reason)
                 return oid
@@ -160,8 +162,8 @@ class PaperBroker:
     def cancel_order(self, order_id: str, reason: str | None = None) -> None:
         with self._lock:
             o = self._pending(order_id)
-            o.status = "cancelled"
-            self._emit(T.ORDER_CANCELLED, o.symbol, order_id=o.order_id, reason=reason or "cancelled by client",
+            o.status, o.reason = "cancelled", reason or "cancelled by client"
+            self._emit(T.ORDER_CANCELLED, o.symbol, order_id=o.order_id, reason=o.reason,
                        filled_volume=o.filled or None)
             if o.filled:  # the filled part becomes a position
                 self._open_position(o)

@@ -143,6 +143,7 @@ def test_modify_cancel_and_reject_events(executor: TradeExecutor, event_bus: Any
         and events[2].causation_id == events[1].event_id
     )
     assert bad.status == "rejected" and "invalid volume" in events[3].data["reason"]
+    assert bad.reason == events[3].data["reason"]
     assert events[3].correlation_id == events[4].correlation_id == bad.correlation_id
     assert events[4].causation_id == events[3].event_id
     assert events[9].data == {"position_id": pid, "tp": 2050.0}
