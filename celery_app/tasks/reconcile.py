@@ -21,7 +21,9 @@ from .base import TradebusTask
 
 class ReconcileTask(TradebusTask):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return Task.__call__(self, *args, **kwargs)
+        result = Task.__call__(self, *args, **kwargs)
+        self.count("run")
+        return result
 
 
 def reconcile_config(ctx: Any) -> reconcile.ReconcileConfig:
