@@ -29,6 +29,7 @@ from .channels import Keys
 from .errors import ConfigError
 from .events import TradeEvent
 from .events import TradeEventType as T
+from .killswitch import engage_kill_switch, kill_switch_reason, kill_switches, release_kill_switch
 from .outbox import (
     DEFAULT_OUTBOX_MAX_BYTES,
     DEFAULT_OUTBOX_MAX_EVENTS,
@@ -39,30 +40,8 @@ from .outbox import (
 from .paper_broker import PaperBroker
 
 KILL_SWITCH_PREFIX = "kill switch: "
-
-
-# --- kill switch in Redis (hash symbol -> reason), shared by every executor and the CLI -------------
-
-def engage_kill_switch(client: redis.Redis, keys: Keys, symbol: str, reason: str) -> None:
-    client.hset(keys.kill_switch(), symbol, reason)
-
-
-def release_kill_switch(client: redis.Redis, keys: Keys, symbol: str) -> bool:
-    return bool(client.hdel(keys.kill_switch(), symbol))
-
-
-def kill_switch_reason(client: redis.Redis, keys: Keys, symbol: str) -> str | None:
-    raw = client.hget(keys.kill_switch(), symbol)
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def kill_switches(client: redis.Redis, keys: Keys) -> dict[str, str]:
-    raw = client.hgetall(keys.kill_switch())
-    return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+__all__ = ["ExecutorBuilder", "ExecutorConfig", "OrderExecutor", "OrderTicket", "TradeExecutor",
+           "engage_kill_switch", "kill_switch_reason", "kill_switches", "release_kill_switch"]
 
 
 # --- configuration ------------------------------------------------------------------------------
