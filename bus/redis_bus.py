@@ -355,7 +355,6 @@ class RedisEventBus:
             return False
 
     def close(self) -> None:
-        self.stop()
         if self._subscriber is not None:
             self._subscriber.close()
         if self._ping_conn is not None:

@@ -123,6 +123,8 @@ class Subscriber:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._conn: Any = None
+        self._idle = threading.Event()  # set while no listen() loop runs
+        self._idle.set()
         self.counters = Counters()
 
     # --- registration ----------------------------------------------------------------------------
@@ -141,7 +143,10 @@ class Subscriber:
     # --- loop ------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask ``listen()`` to return (within ~0.1 s). Safe from any thread and from signal handlers."""
+        """Ask ``listen()`` to return (within ~0.1 s). Safe from any thread and from signal handlers.
+
+        The request is kept until a loop sees it: a stop() before listen() makes that listen() return.
+        """
         self._stop.set()
 
     def listen_in_thread(self) -> ListenerHandle:
@@ -151,6 +156,8 @@ class Subscriber:
 
     def listen(self) -> None:
         delay = BACKOFF_START
+        self._idle.clear()
+        self._loop_thread = threading.current_thread()
         try:
             while not self._stop.is_set():
                 try:
@@ -170,6 +177,7 @@ class Subscriber:
         finally:
             self._drop()
             self._stop.clear()
+            self._idle.set()
 
     def _take_unsent(self) -> list[_Sub]:
         with self._lock:
@@ -182,9 +190,12 @@ class Subscriber:
             self._conn.disconnect()
             self._conn = None
 
-    def close(self) -> None:
-        self.stop()
-        self._drop()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop and wait for it to release its connection (never closed under its feet)."""
+        if not self._idle.is_set():
+            self.stop()
+            if threading.current_thread() is not getattr(self, "_loop_thread", None):
+                self._idle.wait(timeout)
 
     def _connect(self) -> None:
         from .redis_bus import raw_connection
@@ -235,7 +246,7 @@ class Subscriber:
     def _pump(self) -> None:
         conn = self._conn
         if not conn.can_read(timeout=POLL_SECONDS):
-            self._idle()
+            self._health_check()
             return
         on_reply, stop = self._on_reply, self._stop
         for _ in range(10_000):
@@ -245,7 +256,7 @@ class Subscriber:
         self._last_rx = time.monotonic()
         self._ping_sent = 0.0
 
-    def _idle(self) -> None:
+    def _health_check(self) -> None:
         """Health check: PING an idle connection; no PONG within the socket timeout means it is dead."""
         now = time.monotonic()
         interval = self._settings.redis_health_check_interval or 15

@@ -1,0 +1,209 @@
+"""Subscriptions and listen(): handlers, bad messages, stop, and gap recovery from the log."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import orjson
+import pytest
+
+from bus import RedisEventBus, TradeEvent, TradeEventType
+from bus.redis_bus import PUBLISH
+from support_bus import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def order(i: int, symbol: str, **extra) -> TradeEvent:
+    return TradeEvent.create_order_created(symbol=symbol, order_id=str(i), order_type="BUY", price=2000.5,
+                                           volume=0.1, **extra)  # fmt: skip
+
+
+def signal_event(symbol: str) -> TradeEvent:
+    return TradeEvent.create_signal_generated(symbol=symbol, signal_id="s", direction="LONG", strategy="m")
+
+
+@pytest.fixture
+def bus(redis_url, key_prefix):
+    b = RedisEventBus(redis_url, key_prefix=key_prefix)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def publisher(redis_url, key_prefix):
+    b = RedisEventBus(redis_url, key_prefix=key_prefix)
+    yield b
+    b.close()
+
+
+def listening(bus):
+    handle = bus.listen_in_thread()
+    assert handle.wait_ready(10)
+    return handle
+
+
+def lose_broadcast(bus: RedisEventBus, event: TradeEvent) -> None:
+    """Log an event exactly as publish does, but broadcast it where nobody listens (a lost message)."""
+    t = event.event_type.value
+    keys = [bus.keys.log(event.symbol), bus.keys.heads(event.symbol), bus.keys.pending_dispatch_for(event.symbol)]
+    PUBLISH.call(bus.client, keys, [event.encode(), "trades:LOST:nowhere", t, 1000, b"0", 0, bus.keys.prefix])
+
+
+def test_raising_handler_does_not_stop_the_others(bus, publisher):
+    good: list[str] = []
+
+    def bad(event):
+        raise RuntimeError("boom")
+
+    bus.subscribe_all("SUBA", bad)
+    bus.subscribe_all("SUBA", lambda e: good.append(e.event_id))
+    bus.subscribe("SUBA", TradeEventType.ORDER_CREATED, lambda e: good.append("exact:" + e.event_id))
+    handle = listening(bus)
+    events = [order(i, "SUBA") for i in range(3)]
+    for e in events:
+        publisher.publish(e)
+    wait_for(lambda: len(good) == 6, what="6 deliveries")
+    assert [g for g in good if not g.startswith("exact:")] == [e.event_id for e in events]
+    assert bus.counters.handler_errors == 3 and bus.counters.delivered == 6
+    handle.stop()
+    handle.join(5)
+    assert not handle.is_alive()
+
+
+def test_malformed_and_foreign_messages_are_skipped(bus, publisher, redis_client, redis_url):
+    seen: list[TradeEvent] = []
+    bus.subscribe_all("SUBB", seen.append)
+    handle = listening(bus)
+    plain = order(1, "SUBB")  # published by another tool: plain event JSON, no log metadata
+    for raw in [b"not json", b"[1,2]", b'{"event_type":"order.created","symbol":"SUBB"}',
+                b'{"log_id":"1-0","prev":"","prev_t":"","bus":"' + bus.keys.prefix.encode() + b'","x":1}',
+                plain.encode()]:  # fmt: skip
+        redis_client.publish("trades:SUBB:order.created", raw)
+    with RedisEventBus(redis_url, key_prefix=bus.keys.prefix + "-other") as other:
+        other.publish(order(2, "SUBB"))  # another tenant's broadcast on the same channel
+    last = order(3, "SUBB")
+    publisher.publish(last)
+    wait_for(lambda: len(seen) == 2, what="two good events")
+    assert seen == [plain, last]
+    assert bus.counters.malformed == 4 and bus.counters.foreign == 1
+    handle.stop()
+    handle.join(5)
+
+
+def test_type_and_everything_subscriptions_cover_all_symbols(bus, publisher):
+    created: list[TradeEvent] = []
+    everything: list[TradeEvent] = []
+    bus.subscribe_type(TradeEventType.ORDER_CREATED, created.append)
+    bus.subscribe_everything(everything.append)
+    handle = listening(bus)
+    events = [order(1, "SUBC"), signal_event("SUBC"), order(2, "SUBD"), signal_event("SUBD")]
+    publisher.publish_many(events)
+    wait_for(lambda: len(everything) == 4 and len(created) == 2)
+    assert created == [events[0], events[2]] and everything == events
+    handle.stop()
+    handle.join(5)
+
+
+def test_gap_is_filled_from_the_log_in_order(bus, publisher):
+    # Given subscribers for the symbol, for one type, and for that type everywhere
+    wide: list[str] = []
+    exact: list[str] = []
+    by_type: list[str] = []
+    bus.subscribe_all("SUBE", lambda e: wide.append(e.data.get("order_id", "sig")))
+    bus.subscribe("SUBE", "order.created", lambda e: exact.append(e.data["order_id"]))
+    bus.subscribe_type("order.created", lambda e: by_type.append(e.data["order_id"]))
+    handle = listening(bus)
+    publisher.publish(order(1, "SUBE"))
+    # When broadcasts are lost (logged, never received) and a later one arrives
+    lose_broadcast(publisher, order(2, "SUBE"))
+    lose_broadcast(publisher, signal_event("SUBE"))
+    lose_broadcast(publisher, order(3, "SUBE"))
+    publisher.publish(order(4, "SUBE"))
+    # Then each subscription gets exactly the missing events first, once, in log order
+    wait_for(lambda: len(wide) == 5 and len(exact) == 4 and len(by_type) == 4)
+    assert wide == ["1", "2", "sig", "3", "4"]
+    assert exact == by_type == ["1", "2", "3", "4"]
+    assert bus.counters.recovered_from_log == 3 + 2 + 2 and bus.counters.gaps_lost == 0
+    handle.stop()
+    handle.join(5)
+
+
+def test_gap_beyond_the_trimmed_log_is_counted(bus, publisher, redis_client):
+    seen: list[str] = []
+    bus.subscribe_all("SUBF", lambda e: seen.append(e.data["order_id"]))
+    handle = listening(bus)
+    publisher.publish(order(1, "SUBF"))
+    wait_for(lambda: seen == ["1"])
+    lose_broadcast(publisher, order(2, "SUBF"))
+    lose_broadcast(publisher, order(3, "SUBF"))
+    redis_client.xtrim(publisher.keys.log("SUBF"), maxlen=1, approximate=False)  # only 3 is left
+    publisher.publish(order(4, "SUBF"))
+    wait_for(lambda: seen[-1:] == ["4"])
+    assert seen == ["1", "3", "4"] and bus.counters.gaps_lost == 1
+    handle.stop()
+    handle.join(5)
+
+
+def test_events_published_between_subscribe_and_first_message_are_caught_up(bus, publisher):
+    seen: list[str] = []
+    bus.subscribe("SUBG", "order.created", lambda e: seen.append(e.data["order_id"]))
+    handle = listening(bus)
+    lose_broadcast(publisher, order(1, "SUBG"))  # nothing else ever arrives on the channel...
+    handle.stop()
+    handle.join(5)
+    handle = listening(bus)  # ...but the next (re)connect catches up from the log
+    wait_for(lambda: seen == ["1"])
+    handle.stop()
+    handle.join(5)
+
+
+def test_subscribe_while_listening(bus, publisher):
+    first: list[TradeEvent] = []
+    later: list[TradeEvent] = []
+    bus.subscribe_all("SUBH", first.append)
+    handle = listening(bus)
+    bus.subscribe_all("SUBI", later.append)
+    e = order(1, "SUBI")
+    wait_for(lambda: publisher.publish(e).subscribers >= 1, what="the new subscription")
+    wait_for(lambda: len(later) >= 1)
+    assert later[0] == e and all(x == e for x in later)
+    handle.stop()
+    handle.join(5)
+
+
+def test_stop_from_a_signal_handler(bus, publisher):
+    seen: list[TradeEvent] = []
+    bus.subscribe_all("SUBJ", seen.append)
+    previous = signal.signal(signal.SIGALRM, lambda *_: bus.stop())
+    try:
+        def publish_then_alarm():
+            assert bus.wait_until_listening(10)
+            publisher.publish(order(1, "SUBJ"))
+            wait_for(lambda: seen)
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+
+        t = threading.Thread(target=publish_then_alarm, daemon=True)
+        t.start()
+        bus.listen()  # returns once the signal handler called stop()
+        t.join(5)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert len(seen) == 1
+
+
+def test_broadcast_carries_metadata_that_decode_broadcast_splits(bus, redis_client):
+    from bus.subscriber import decode_broadcast
+
+    ps = redis_client.pubsub()
+    ps.subscribe("trades:SUBK:order.created")
+    ps.get_message(timeout=2)
+    e = order(1, "SUBK")
+    r = bus.publish(e)
+    msg = ps.get_message(timeout=2)
+    event, meta = decode_broadcast(msg["data"])
+    assert event == e and meta["log_id"] == r.log_id and meta["bus"] == bus.keys.prefix
+    assert decode_broadcast(e.encode()) == (e, {})
+    assert orjson.loads(msg["data"])["prev_t"] == ""
+    ps.close()
