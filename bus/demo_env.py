@@ -134,7 +134,7 @@ class DemoEnvironment:
             text = self.worker_log.read_text(errors="replace").strip().splitlines()
         except OSError:
             return "(no log)"
-        return " | ".join(text[-lines:]) or "(empty log)"
+        return "\n".join(text[-lines:]) or "(empty log)"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.bus_url, **self.settings.ssl_options())

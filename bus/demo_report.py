@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -94,6 +95,8 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
     }
     summary["problems"] = problems(summary)
     summary["ok"] = not summary["problems"]
+    if not summary["ok"]:
+        summary["worker_log_tail"] = env.worker_tail(15)
     return summary
 
 
@@ -157,8 +160,12 @@ def render(summary: dict[str, Any], console: Console) -> None:
                   f"equity {pnl['equity']}")
     for b in summary["risk_breaches"]:
         console.print(f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})")
-    for r in summary["kill_switch_refusals"]:
-        console.print(f"[red]refused[/] {r['symbol']} order {r['order_id']}: {r['reason']}", soft_wrap=True)
+    refusals = summary["kill_switch_refusals"]
+    for r in refusals[:2]:
+        console.print(f"[red]refused[/] {r['symbol']} order {r['order_id']}: {escape(str(r['reason']))}",
+                      soft_wrap=True)
+    if len(refusals) > 2:
+        console.print(f"[red]refused[/] ... and {len(refusals) - 2} more orders on halted symbols")
     lat = summary["latency"]
     console.print(f"latency: publish p50 {lat['publish']['p50_ms']} ms, p99 {lat['publish']['p99_ms']} ms "
                   f"(n={lat['publish']['n']}); publish -> task start p50 "
@@ -169,4 +176,5 @@ def render(summary: dict[str, Any], console: Console) -> None:
                       "state matches the paper account")
     else:
         for p in summary["problems"]:
-            console.print(f"[bold red]problem:[/] {p}")
+            console.print(f"[bold red]problem:[/] {escape(p)}")
+        console.print(f"[dim]worker log (last lines):[/] {escape(summary.get('worker_log_tail', ''))}")
