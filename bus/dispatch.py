@@ -33,7 +33,12 @@ from .channels import Keys
 from .config import Settings, safe_url
 from .errors import DispatchError
 from .events import TradeEvent
-from .kombu_messages import PUBLISH_RETRY_POLICY, MessageBuilder, redis_client_kwargs, same_redis_server
+from .kombu_messages import (
+    PUBLISH_RETRY_POLICY,
+    MessageBuilder,
+    redis_client_kwargs,
+    same_redis_server,
+)
 from .routing import Route, RoutingTable
 
 log = logging.getLogger(__name__)

@@ -39,11 +39,10 @@ class TradebusTask(Task):
     def ctx(self) -> Any:
         ctx = getattr(self.app, "tradebus", None)
         if ctx is None:  # an app not built by make_celery: attach the environment's context
-            from celery_app.config import REDELIVERY_CAP
-            from celery_app.context import TaskContext
-
             from bus.config import LoadEnvironmentVariables
             from bus.routing import RoutingTable
+            from celery_app.config import REDELIVERY_CAP
+            from celery_app.context import TaskContext
 
             ctx = self.app.tradebus = TaskContext(LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900)
         return ctx
