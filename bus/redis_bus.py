@@ -26,27 +26,24 @@ Dispatch protocol (implemented by bus/dispatch.py's ``Dispatcher``; any object w
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from . import state
 from .channels import Keys, channel, validate_symbol
 from .config import Settings
-from .errors import BusConnectionError, DispatchError
+from .connection import _client_where, describe_server, make_client, raw_connection
+from .errors import BusConnectionError
 from .events import TradeEvent, TradeEventType
-from .scripts import LuaScript, execute_pipeline
+from .publisher import PUBLISH, Publisher, PublishReceipt
 from .subscriber import Counters, ListenerHandle, Subscriber, decode_entry
+
+__all__ = ["PUBLISH", "EventBusFactory", "PublishReceipt", "RedisEventBus"]
 
 log = logging.getLogger(__name__)
 
-PUBLISH = LuaScript("publish.lua")
 #: stream entry fields written by publish.lua
 LOG_TYPE_FIELD = b"type"
 LOG_EVENT_FIELD = b"event"
@@ -56,40 +53,7 @@ PING_TIMEOUT = 0.5
 Handler = Callable[[TradeEvent], Any]
 
 
-@dataclass(frozen=True)
-class PublishReceipt:
-    event_id: str
-    log_id: str
-    subscribers: int
-    dispatched: tuple[str, ...] = ()  # route names enqueued
-    not_dispatched: tuple[str, ...] = ()  # route names the broker did not take (re-dispatched by beat)
-
-
-def describe_server(url: str) -> str:
-    """``host:port`` (or the socket path) of a Redis URL, never its password."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def make_client(url: str, settings: Settings) -> redis.Redis:
-    """A redis-py client with the settings' timeouts, keepalive, health checks and TLS options."""
-    kw: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "health_check_interval": settings.redis_health_check_interval,
-        # few, fast retries: a long outage must surface as an error, not a hang (G1)
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        "decode_responses": False,
-    }
-    if urlsplit(url).scheme != "unix":
-        kw["socket_keepalive"] = True
-    kw.update(settings.ssl_options())
-    return redis.Redis.from_url(url, **kw)
-
-
-class RedisEventBus:
+class RedisEventBus(Publisher):
     """Publish TradeEvents to Redis, subscribe to them, query the state projection."""
 
     def __init__(
@@ -117,6 +81,7 @@ class RedisEventBus:
         self.apply_state = apply_state
         self.dispatcher = dispatcher
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
+        self._routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]] = {}  # channel, type
         self._symbols_sent: set[str] = set()
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
@@ -139,118 +104,6 @@ class RedisEventBus:
             f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). "
             "Is the Redis container running?"
         )
-
-    # --- publish ----------------------------------------------------------------------------------
-
-    def _keys_for(self, symbol: str) -> tuple[str, str, str]:
-        k = self._symbol_keys.get(symbol)
-        if k is None:
-            k = self._symbol_keys[symbol] = (
-                self.keys.log(symbol), self.keys.heads(symbol), self.keys.pending_dispatch_for(symbol)
-            )
-        return k
-
-    def _prepare(self, event: Any) -> tuple[bytes, list[Any], list[Any], Sequence[Any]]:
-        if not isinstance(event, TradeEvent):
-            raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
-        payload = event.encode(self.max_event_bytes)
-        routes: Sequence[Any] = self.dispatcher.routes_for(event) if self.dispatcher is not None else ()
-        track = bool(routes) and not self.dispatcher.stages_in_bus_pipeline
-        t = event.event_type.value
-        args = [payload, channel(event.symbol, t), t, self.log_maxlen,
-                b"1" if track else b"0", int(time.time() * 1000) if track else 0, self.keys.prefix]  # fmt: skip
-        return payload, list(self._keys_for(event.symbol)), args, routes
-
-    def publish(self, event: TradeEvent) -> PublishReceipt:
-        """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
-        payload, keys, args, routes = self._prepare(event)
-        staged = bool(routes) and self.dispatcher.stages_in_bus_pipeline
-        try:
-            if not staged and not self.apply_state and event.symbol in self._symbols_sent:
-                log_id, n = PUBLISH.call(self.client, keys, args)
-                names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-            else:
-                (log_id, n), names = self._publish_pipeline([(event, payload, keys, args, routes)])[0]
-            log_id = log_id.decode()
-            if routes and not staged:
-                names = self._send([(event, payload, routes)], [log_id])[0]
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise self._connection_error(e) from None
-        return PublishReceipt(event.event_id, log_id, int(n), names[0], names[1])
-
-    def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
-        """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
-        prepared = [(e, *self._prepare(e)) for e in events]
-        if not prepared:
-            return []
-        try:
-            results = self._publish_pipeline(prepared)
-            receipts: list[PublishReceipt] = []
-            to_send = [(i, e, p, r) for i, (e, p, _, _, r) in enumerate(prepared)
-                       if r and not self.dispatcher.stages_in_bus_pipeline]  # fmt: skip
-            sent: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-            if to_send:
-                outcome = self._send([(e, p, r) for _, e, p, r in to_send],
-                                     [results[i][0][0].decode() for i, *_ in to_send])  # fmt: skip
-                sent = {i: o for (i, *_), o in zip(to_send, outcome, strict=True)}
-            for i, (event, *_rest) in enumerate(prepared):
-                (log_id, n), names = results[i]
-                names = sent.get(i, names)
-                receipts.append(PublishReceipt(event.event_id, log_id.decode(), int(n), names[0], names[1]))
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise self._connection_error(e) from None
-        return receipts
-
-    def _publish_pipeline(self, batch: list[Any]) -> list[tuple[list[Any], tuple[tuple[str, ...], tuple[str, ...]]]]:
-        """One pipeline for the batch; MULTI when the dispatcher stages task messages in it."""
-        staged_any = self.dispatcher is not None and self.dispatcher.stages_in_bus_pipeline and any(b[4] for b in batch)
-        pipe = self.client.pipeline(transaction=staged_any)
-        scripts = (PUBLISH, state.SCRIPT) if self.apply_state else (PUBLISH,)
-        if staged_any:  # a NOSCRIPT inside MULTI would let the task messages go out without the log
-            for s in scripts:
-                s.load(pipe)
-        new_symbols = {b[0].symbol for b in batch} - self._symbols_sent
-        if new_symbols:
-            pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
-        slots: list[tuple[int, tuple[str, ...]]] = []
-        for event, payload, keys, args, routes in batch:
-            PUBLISH.stage(pipe, keys, args)
-            at = len(pipe.command_stack) - 1
-            if self.apply_state:
-                state.stage_apply(pipe, self.keys, event)
-            staged: tuple[str, ...] = ()
-            if routes and self.dispatcher.stages_in_bus_pipeline:
-                staged = tuple(self.dispatcher.stage(pipe, event, payload, routes) or ())
-            slots.append((at, staged))
-        results = execute_pipeline(pipe, scripts)
-        for r in results:
-            if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
-                raise r
-        out = []
-        for at, staged in slots:
-            res = results[at]
-            if isinstance(res, Exception):
-                raise res
-            out.append((res, (staged, ())))
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:  # state or staged dispatch failed after the event was logged: report, do not lose it
-            log.error("publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0])
-            if staged_any:
-                out = [(res, ((), staged)) for res, (staged, _) in out]
-        self._symbols_sent |= new_symbols
-        return out
-
-    def _send(self, items: list[Any], log_ids: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-        d = self.dispatcher
-        try:
-            if len(items) == 1 or not hasattr(d, "send_many"):
-                return [tuple(d.send(e, p, r, lid)) for (e, p, r), lid in zip(items, log_ids, strict=True)]  # type: ignore[misc]
-            return list(d.send_many(items, log_ids))
-        except DispatchError:
-            raise
-        except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending
-            log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
-            return [((), tuple(x.name for x in r)) for _, _, r in items]
 
     # --- subscribe / listen -------------------------------------------------------------------------
 
@@ -309,7 +162,9 @@ class RedisEventBus:
 
     # --- log and state ------------------------------------------------------------------------------
 
-    def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
+    def read_log(
+        self, symbol: str, after: str = "-", count: int | None = None
+    ) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
         start = after if after in ("-", "") else f"({after}"
         entries = self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count)
@@ -371,23 +226,6 @@ class RedisEventBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
-    """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
-    pool = client.connection_pool
-    kw = dict(pool.connection_kwargs)
-    kw.update(retry=Retry(ExponentialBackoff(), 0), health_check_interval=0, protocol=2)
-    if timeout is not None:
-        kw.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-    return pool.connection_class(**kw)
-
-
-def _client_where(client: redis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
-    if "path" in kw:
-        return str(kw["path"])
-    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
 
 
 class EventBusFactory:

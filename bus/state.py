@@ -112,7 +112,9 @@ def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> di
     return _decode(client.hgetall(keys.order(symbol, str(order_id))))  # type: ignore[arg-type]
 
 
-def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str) -> dict[str, str] | None:
+def get_position(
+    client: redis.Redis, keys: Keys, symbol: str, position_id: str
+) -> dict[str, str] | None:
     return _decode(client.hgetall(keys.position(symbol, str(position_id))))  # type: ignore[arg-type]
 
 

@@ -23,50 +23,21 @@ from typing import Any
 import orjson
 import redis
 
+from .catchup import catch_up, recover
 from .channels import Keys
 from .config import Settings
+from .connection import raw_connection
 from .errors import EventValidationError
 from .events import TradeEvent
+from .wire import MAX_SEQ, Id, _trusted, decode_broadcast, decode_entry, parse_id
+
+__all__ = ["Counters", "ListenerHandle", "Subscriber", "decode_broadcast", "decode_entry"]
 
 log = logging.getLogger(__name__)
 
-_trusted = TradeEvent._from_trusted_dict  # type: ignore[attr-defined]
-Id = tuple[int, int]
-MAX_SEQ = 2**64 - 1
-#: log entries fetched per XRANGE while catching up
-RECOVER_BATCH = 1000
 #: seconds the loop waits for data before checking stop() and health
 POLL_SECONDS = 0.1
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
-
-
-def parse_id(raw: str | bytes) -> Id:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(i: Id) -> str:
-    return f"{i[0]}-{i[1]}"
-
-
-def decode_entry(fields: dict[bytes, bytes]) -> TradeEvent | None:
-    """The event of a log entry, or None (logged) when it is unreadable."""
-    raw = fields.get(b"event") or fields.get(b"e")
-    try:
-        return _trusted(orjson.loads(raw))  # type: ignore[arg-type]
-    except (orjson.JSONDecodeError, EventValidationError, TypeError) as e:
-        log.error("unreadable log entry skipped: %s", e)
-        return None
-
-
-def decode_broadcast(raw: bytes | str) -> tuple[TradeEvent, dict[str, str]]:
-    """Split a broadcast into (event, meta) where meta holds log_id/prev/prev_t/bus when present."""
-    obj = orjson.loads(raw)
-    if type(obj) is not dict:
-        raise EventValidationError("a broadcast must be a JSON object", field="json")
-    meta = {k: obj.pop(k) for k in ("log_id", "prev", "prev_t", "bus") if k in obj}
-    return (_trusted(obj) if meta else TradeEvent.from_dict(obj)), meta
 
 
 @dataclass
@@ -86,7 +57,9 @@ class Counters:
 class _Sub:
     __slots__ = ("name", "pattern", "symbol", "type_b", "handlers", "last", "baseline")
 
-    def __init__(self, name: str, pattern: bool, symbol: str | None, type_value: str | None) -> None:
+    def __init__(
+        self, name: str, pattern: bool, symbol: str | None, type_value: str | None
+    ) -> None:
         self.name, self.pattern, self.symbol = name, pattern, symbol
         self.type_b = type_value.encode() if type_value else None
         self.handlers: list[Callable[[TradeEvent], Any]] = []
@@ -198,8 +171,6 @@ class Subscriber:
                 self._idle.wait(timeout)
 
     def _connect(self) -> None:
-        from .redis_bus import raw_connection
-
         self._take_unsent()  # everything is (re)subscribed below
         self._conn = raw_connection(self._client, self._settings.redis_socket_timeout)
         self._conn.connect()
@@ -238,7 +209,7 @@ class Subscriber:
             else:
                 early.append(reply)
         for s in subs:
-            self._catch_up(s)
+            catch_up(self, s)
         for reply in early:
             self._on_reply(reply)
         self.ready.set()
@@ -307,7 +278,7 @@ class Subscriber:
                 return  # already delivered (from the log)
             before = prev_t if sub.type_b else prev
             if before and parse_id(before) > last:
-                self._recover(sub, symbol, last, log_id)
+                recover(self, sub, symbol, last, log_id)
         self._deliver(sub, event)
         sub.last[symbol] = lid
 
@@ -319,45 +290,3 @@ class Subscriber:
             except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
                 self.counters.handler_errors += 1
                 log.exception("handler %r failed on event %s", handler, event.event_id)
-
-    # --- recovery from the log ------------------------------------------------------------------
-
-    def _catch_up(self, sub: _Sub) -> None:
-        if sub.symbol is not None:
-            symbols = {sub.symbol}
-        else:
-            symbols = {s.decode() for s in self._client.smembers(self._keys.symbols())}  # type: ignore[union-attr]
-            symbols |= set(sub.last)
-        for symbol in sorted(symbols):
-            start = sub.last.get(symbol) or sub.baseline
-            if start is not None:
-                self._recover(sub, symbol, start, None)
-
-    def _recover(self, sub: _Sub, symbol: str, last: Id, upto: str | None) -> None:
-        """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) this sub wants."""
-        real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
-        start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
-        key, first = self._keys.log(symbol), True
-        while True:
-            entries = self._client.xrange(key, start, end, count=RECOVER_BATCH)
-            if first and real:
-                if entries and parse_id(entries[0][0]) == last:
-                    entries = entries[1:]
-                else:
-                    self.counters.gaps_lost += 1
-                    log.error("log of %s no longer holds %s: events between it and the next entry are "
-                              "lost for %s", symbol, format_id(last), sub.name)  # fmt: skip
-            first = False
-            for raw_id, fields in entries:  # type: ignore[union-attr]
-                if sub.type_b is not None and fields.get(b"type") != sub.type_b:
-                    continue
-                event = decode_entry(fields)
-                if event is None:
-                    self.counters.malformed += 1
-                    continue
-                self._deliver(sub, event)
-                self.counters.recovered_from_log += 1
-                sub.last[symbol] = parse_id(raw_id)
-            if len(entries) < RECOVER_BATCH - 1:
-                return
-            start = f"({entries[-1][0].decode()}"

@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -3,16 +3,15 @@ snippet's ``create_order_created(...)`` placeholder, filled with the README's ow
 
 from __future__ import annotations
 
-import threading
 import textwrap
+import threading
 
 import pytest
 import redis
+from support_bus import wait_for
 
 from bus import EventBusFactory, LoadEnvironmentVariables, TradeEvent, TradeEventType
 from bus.embedded import EmbeddedRedis
-
-from support_bus import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -29,7 +28,7 @@ def names(env_config, **more):
             "env_config": env_config, **more}  # fmt: skip
 
 
-SUBSCRIBE_TYPE = '''
+SUBSCRIBE_TYPE = """
 def handle_order_created(event: TradeEvent):
     print(f"New order: {event.data['order_id']} at {event.data['price']}")
 
@@ -38,9 +37,9 @@ event_bus.subscribe("XAUUSD", TradeEventType.ORDER_CREATED, handle_order_created
 
 # Start listening (blocking)
 event_bus.listen()
-'''
+"""
 
-SUBSCRIBE_ALL = '''
+SUBSCRIBE_ALL = """
 def handle_all_events(event: TradeEvent):
     print(f"Event: {event.event_type.value} for {event.symbol}")
     print(f"Data: {event.data}")
@@ -50,9 +49,9 @@ event_bus.subscribe_all("XAUUSD", handle_all_events)
 
 # Start listening
 event_bus.listen()
-'''
+"""
 
-THREADING = '''
+THREADING = """
 import threading
 
 def event_listener():
@@ -64,10 +63,12 @@ listener_thread = threading.Thread(target=event_listener, daemon=True)
 listener_thread.start()
 
 # Main thread continues...
-'''
+"""
 
 
-@pytest.mark.parametrize("snippet", [SUBSCRIBE_TYPE, SUBSCRIBE_ALL], ids=["specific-type", "all-events"])
+@pytest.mark.parametrize(
+    "snippet", [SUBSCRIBE_TYPE, SUBSCRIBE_ALL], ids=["specific-type", "all-events"]
+)
 def test_subscribing_snippets(settings, capsys, snippet):
     event_bus = EventBusFactory.create_from_env(settings)
     publisher = EventBusFactory.create_from_env(settings)
@@ -76,9 +77,16 @@ def test_subscribing_snippets(settings, capsys, snippet):
     listener.start()
     assert event_bus.wait_until_listening(10)
     publisher.publish(TradeEvent.create_order_created(**ORDER))
-    publisher.publish(TradeEvent.create_order_filled(symbol="XAUUSD", order_id="12345", fill_price=2000.5, volume=0.1))
+    publisher.publish(
+        TradeEvent.create_order_filled(
+            symbol="XAUUSD", order_id="12345", fill_price=2000.5, volume=0.1
+        )
+    )
     out = []
-    wait_for(lambda: out.append(capsys.readouterr().out) or "2000.5" in "".join(out), what="handler output")
+    wait_for(
+        lambda: out.append(capsys.readouterr().out) or "2000.5" in "".join(out),
+        what="handler output",
+    )
     event_bus.stop()
     listener.join(5)
     assert not listener.is_alive()
@@ -88,7 +96,9 @@ def test_subscribing_snippets(settings, capsys, snippet):
     else:
         wait_for(lambda: out.append(capsys.readouterr().out) or "order.filled" in "".join(out))
         text = "".join(out)
-        assert "Event: order.created for XAUUSD" in text and "Event: order.filled for XAUUSD" in text
+        assert (
+            "Event: order.created for XAUUSD" in text and "Event: order.filled for XAUUSD" in text
+        )
         assert "Data: {'order_id': '12345'" in text
     publisher.close()
     event_bus.close()
@@ -109,7 +119,7 @@ def test_threading_snippet(settings):
     event_bus.close()
 
 
-QUERYING = '''
+QUERYING = """
 # Get position state
 position = event_bus.get_position("XAUUSD", "67890")
 print(position)  # {'position_id': '67890', 'status': 'active', ...}
@@ -122,14 +132,17 @@ print(order)  # {'order_id': '12345', 'status': 'pending', ...}
 positions = event_bus.get_active_positions("XAUUSD")
 for pos in positions:
     print(f"Position {pos['position_id']}: {pos['volume']} lots")
-'''
+"""
 
 
 def test_querying_state_snippet(settings, capsys):
     event_bus = EventBusFactory.create_from_env(settings, apply_state=True)
     event_bus.publish(TradeEvent.create_order_created(**ORDER, sl=1995.00, tp=2010.00))
-    event_bus.publish(TradeEvent.create_position_opened(
-        symbol="XAUUSD", position_id="67890", entry_price=2000.50, volume=0.1, direction="LONG"))
+    event_bus.publish(
+        TradeEvent.create_position_opened(
+            symbol="XAUUSD", position_id="67890", entry_price=2000.50, volume=0.1, direction="LONG"
+        )
+    )
     ns = names(settings, event_bus=event_bus)
     run(QUERYING, ns)
     out = capsys.readouterr().out
@@ -141,7 +154,7 @@ def test_querying_state_snippet(settings, capsys):
     event_bus.close()
 
 
-ERROR_HANDLING = '''
+ERROR_HANDLING = """
 try:
     event_bus = EventBusFactory.create_from_env(env_config)
 except ImportError:
@@ -154,7 +167,7 @@ if event_bus.is_connected:
     event_bus.publish(event)
 else:
     print("Redis connection lost")
-'''
+"""
 
 
 def test_error_handling_snippet_connected(settings, capsys, redis_client, key_prefix):
@@ -177,16 +190,18 @@ def test_error_handling_snippet_redis_down(settings, capsys, key_prefix):
     ns = names(env_config, event=event, event_bus=event_bus)
     run(ERROR_HANDLING, ns)
     out = capsys.readouterr().out
-    assert out == "Cannot connect to Redis. Is the Docker container running?\nRedis connection lost\n"
+    assert (
+        out == "Cannot connect to Redis. Is the Docker container running?\nRedis connection lost\n"
+    )
     event_bus.close()
 
 
-CONTEXT_MANAGER = '''
+CONTEXT_MANAGER = """
 with EventBusFactory.create_from_env(env_config) as event_bus:
     event = TradeEvent.create_order_created(symbol="XAUUSD", order_id="12345", order_type="BUY", price=2000.50, volume=0.1)
     event_bus.publish(event)
 # Connection automatically closed
-'''
+"""
 
 
 def test_context_manager_snippet(settings, redis_client, key_prefix):
@@ -194,14 +209,18 @@ def test_context_manager_snippet(settings, redis_client, key_prefix):
     run(CONTEXT_MANAGER, ns)
     assert redis_client.xlen(f"{key_prefix}:{{XAUUSD}}:log") == 1
     pool = ns["event_bus"].client.connection_pool
-    assert not pool._in_use_connections and all(c._sock is None for c in pool._available_connections)
+    assert not pool._in_use_connections and all(
+        c._sock is None for c in pool._available_connections
+    )
 
 
 def test_connection_error_names_server_not_password(key_prefix):
     from bus.embedded import free_port
 
     port = free_port()
-    cfg = LoadEnvironmentVariables(None, redis_url=f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0", key_prefix=key_prefix)
+    cfg = LoadEnvironmentVariables(
+        None, redis_url=f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0", key_prefix=key_prefix
+    )
     with pytest.raises(redis.ConnectionError) as info:
         EventBusFactory.create_from_env(cfg)
     msg = str(info.value)

@@ -7,10 +7,10 @@ import threading
 
 import orjson
 import pytest
+from support_bus import wait_for
 
 from bus import RedisEventBus, TradeEvent, TradeEventType
 from bus.redis_bus import PUBLISH
-from support_bus import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -21,7 +21,9 @@ def order(i: int, symbol: str, **extra) -> TradeEvent:
 
 
 def signal_event(symbol: str) -> TradeEvent:
-    return TradeEvent.create_signal_generated(symbol=symbol, signal_id="s", direction="LONG", strategy="m")
+    return TradeEvent.create_signal_generated(
+        symbol=symbol, signal_id="s", direction="LONG", strategy="m"
+    )
 
 
 @pytest.fixture
@@ -47,8 +49,14 @@ def listening(bus):
 def lose_broadcast(bus: RedisEventBus, event: TradeEvent) -> None:
     """Log an event exactly as publish does, but broadcast it where nobody listens (a lost message)."""
     t = event.event_type.value
-    keys = [bus.keys.log(event.symbol), bus.keys.heads(event.symbol), bus.keys.pending_dispatch_for(event.symbol)]
-    PUBLISH.call(bus.client, keys, [event.encode(), "trades:LOST:nowhere", t, 1000, b"0", 0, bus.keys.prefix])
+    keys = [
+        bus.keys.log(event.symbol),
+        bus.keys.heads(event.symbol),
+        bus.keys.pending_dispatch_for(event.symbol),
+    ]
+    PUBLISH.call(
+        bus.client, keys, [event.encode(), "trades:LOST:nowhere", t, 1000, b"0", 0, bus.keys.prefix]
+    )
 
 
 def test_raising_handler_does_not_stop_the_others(bus, publisher):
@@ -59,7 +67,9 @@ def test_raising_handler_does_not_stop_the_others(bus, publisher):
 
     bus.subscribe_all("SUBA", bad)
     bus.subscribe_all("SUBA", lambda e: good.append(e.event_id))
-    bus.subscribe("SUBA", TradeEventType.ORDER_CREATED, lambda e: good.append("exact:" + e.event_id))
+    bus.subscribe(
+        "SUBA", TradeEventType.ORDER_CREATED, lambda e: good.append("exact:" + e.event_id)
+    )
     handle = listening(bus)
     events = [order(i, "SUBA") for i in range(3)]
     for e in events:
@@ -178,6 +188,7 @@ def test_stop_from_a_signal_handler(bus, publisher):
     bus.subscribe_all("SUBJ", seen.append)
     previous = signal.signal(signal.SIGALRM, lambda *_: bus.stop())
     try:
+
         def publish_then_alarm():
             assert bus.wait_until_listening(10)
             publisher.publish(order(1, "SUBJ"))

@@ -12,7 +12,9 @@ S = "XAUUSD"
 
 
 def created(v=0.3):
-    return T.create_order_created(symbol=S, order_id="1", order_type="BUY", price=2000.5, volume=v, sl=1995.0)
+    return T.create_order_created(
+        symbol=S, order_id="1", order_type="BUY", price=2000.5, volume=v, sl=1995.0
+    )
 
 
 def part(v, eid=None):
@@ -40,26 +42,84 @@ P1 = part(0.1, "p1")
 ORDER_CASES = [
     # (name, events, expected status, expected fields subset, open?)
     ("created", [created()], "pending", {"price": "2000.5", "volume": "0.3", "sl": "1995.0"}, True),
-    ("partial fills add up exactly", [created(), part(0.1), part(0.2)], "partially_filled",
-     {"filled_volume": "0.3"}, True),
-    ("filled", [created(), part(0.1), filled()], "filled", {"filled_volume": "0.3", "fill_price": "2000.4"}, False),
-    ("duplicate partial fill counted once", [created(), P1, P1, P1], "partially_filled", {"filled_volume": "0.1"}, True),
-    ("created after filled never pending again", [filled(), created()], "filled",
-     {"price": "2000.5", "order_type": "BUY"}, False),
-    ("partial fill after filled changes nothing", [created(), filled(), part(0.1)], "filled",
-     {"filled_volume": "0.3"}, False),
-    ("cancelled is terminal", [created(), cancelled(), filled(), created()], "cancelled",
-     {"cancel_reason": "user"}, False),
-    ("rejected is terminal", [created(), rejected(), modified()], "rejected",
-     {"reject_reason": "margin", "price": "2001.0"}, False),
+    (
+        "partial fills add up exactly",
+        [created(), part(0.1), part(0.2)],
+        "partially_filled",
+        {"filled_volume": "0.3"},
+        True,
+    ),
+    (
+        "filled",
+        [created(), part(0.1), filled()],
+        "filled",
+        {"filled_volume": "0.3", "fill_price": "2000.4"},
+        False,
+    ),
+    (
+        "duplicate partial fill counted once",
+        [created(), P1, P1, P1],
+        "partially_filled",
+        {"filled_volume": "0.1"},
+        True,
+    ),
+    (
+        "created after filled never pending again",
+        [filled(), created()],
+        "filled",
+        {"price": "2000.5", "order_type": "BUY"},
+        False,
+    ),
+    (
+        "partial fill after filled changes nothing",
+        [created(), filled(), part(0.1)],
+        "filled",
+        {"filled_volume": "0.3"},
+        False,
+    ),
+    (
+        "cancelled is terminal",
+        [created(), cancelled(), filled(), created()],
+        "cancelled",
+        {"cancel_reason": "user"},
+        False,
+    ),
+    (
+        "rejected is terminal",
+        [created(), rejected(), modified()],
+        "rejected",
+        {"reject_reason": "margin", "price": "2001.0"},
+        False,
+    ),
     ("first terminal wins", [filled(), cancelled()], "filled", {}, False),
-    ("modified updates fields", [created(), modified()], "pending", {"price": "2001.0", "sl": "1990.0"}, True),
-    ("modified before created keeps the modified price", [modified(), created()], "pending",
-     {"price": "2001.0", "volume": "0.3"}, True),
-    ("partial fill before created", [part(0.1), created()], "partially_filled",
-     {"filled_volume": "0.1", "price": "2000.5"}, True),
-    ("many tiny fills, no float drift", [created(1.0)] + [part(0.1) for _ in range(10)], "partially_filled",
-     {"filled_volume": "1"}, True),
+    (
+        "modified updates fields",
+        [created(), modified()],
+        "pending",
+        {"price": "2001.0", "sl": "1990.0"},
+        True,
+    ),
+    (
+        "modified before created keeps the modified price",
+        [modified(), created()],
+        "pending",
+        {"price": "2001.0", "volume": "0.3"},
+        True,
+    ),
+    (
+        "partial fill before created",
+        [part(0.1), created()],
+        "partially_filled",
+        {"filled_volume": "0.1", "price": "2000.5"},
+        True,
+    ),
+    (
+        "many tiny fills, no float drift",
+        [created(1.0)] + [part(0.1) for _ in range(10)],
+        "partially_filled",
+        {"filled_volume": "1"},
+        True,
+    ),
 ]
 
 
@@ -76,11 +136,15 @@ def test_order_state_machine(redis_client, key_prefix, name, events, status, fie
     assert order["order_id"] == "1" and order["symbol"] == S
     assert {k: order.get(k) for k in fields} == fields
     assert all(isinstance(v, str) for v in order.values())
-    assert [o["order_id"] for o in state.open_orders(redis_client, keys, S)] == (["1"] if is_open else [])
+    assert [o["order_id"] for o in state.open_orders(redis_client, keys, S)] == (
+        ["1"] if is_open else []
+    )
 
 
 def opened(v=1.0):
-    return T.create_position_opened(symbol=S, position_id="67890", entry_price=2000.5, volume=v, direction="LONG")
+    return T.create_position_opened(
+        symbol=S, position_id="67890", entry_price=2000.5, volume=v, direction="LONG"
+    )
 
 
 def pclose(v, pnl, eid=None):
@@ -98,17 +162,62 @@ def pmod():
 
 PC = pclose(0.1, 0.1, "pc1")
 POSITION_CASES = [
-    ("opened", [opened()], "active", {"volume": "1", "direction": "LONG", "entry_price": "2000.5"}, True),
-    ("partial closes add up exactly", [opened()] + [pclose(0.1, 0.1) for _ in range(3)], "active",
-     {"volume": "0.7", "closed_volume": "0.3", "realized_pnl": "0.3"}, True),
-    ("duplicate partial close counted once", [opened(), PC, PC], "active", {"volume": "0.9", "closed_volume": "0.1"}, True),
-    ("closed", [opened(), pclose(0.5, -10.25), closed(20.5)], "closed",
-     {"pnl": "20.5", "realized_pnl": "10.25", "exit_price": "2010.0"}, False),
-    ("opened after closed never active again", [closed(), opened()], "closed",
-     {"direction": "LONG", "pnl": "95.0", "volume": "1"}, False),
-    ("modified after closed keeps it closed", [opened(), closed(), pmod()], "closed", {"sl": "1999.0"}, False),
-    ("second close is ignored", [opened(), closed(1.0), closed(2.0)], "closed", {"pnl": "1.0"}, False),
-    ("partial close before opened", [pclose(0.25, 1.0), opened()], "active", {"volume": "0.75"}, True),
+    (
+        "opened",
+        [opened()],
+        "active",
+        {"volume": "1", "direction": "LONG", "entry_price": "2000.5"},
+        True,
+    ),
+    (
+        "partial closes add up exactly",
+        [opened()] + [pclose(0.1, 0.1) for _ in range(3)],
+        "active",
+        {"volume": "0.7", "closed_volume": "0.3", "realized_pnl": "0.3"},
+        True,
+    ),
+    (
+        "duplicate partial close counted once",
+        [opened(), PC, PC],
+        "active",
+        {"volume": "0.9", "closed_volume": "0.1"},
+        True,
+    ),
+    (
+        "closed",
+        [opened(), pclose(0.5, -10.25), closed(20.5)],
+        "closed",
+        {"pnl": "20.5", "realized_pnl": "10.25", "exit_price": "2010.0"},
+        False,
+    ),
+    (
+        "opened after closed never active again",
+        [closed(), opened()],
+        "closed",
+        {"direction": "LONG", "pnl": "95.0", "volume": "1"},
+        False,
+    ),
+    (
+        "modified after closed keeps it closed",
+        [opened(), closed(), pmod()],
+        "closed",
+        {"sl": "1999.0"},
+        False,
+    ),
+    (
+        "second close is ignored",
+        [opened(), closed(1.0), closed(2.0)],
+        "closed",
+        {"pnl": "1.0"},
+        False,
+    ),
+    (
+        "partial close before opened",
+        [pclose(0.25, 1.0), opened()],
+        "active",
+        {"volume": "0.75"},
+        True,
+    ),
 ]
 
 
