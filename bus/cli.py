@@ -34,21 +34,40 @@ app = typer.Typer(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    redis_url: Annotated[str | None, typer.Option(
-        "--redis-url", help="Redis URL of the bus (overrides REDIS_URL).", show_default=False)] = None,
-    broker_url: Annotated[str | None, typer.Option(
-        "--broker-url", help="Celery broker URL (overrides CELERY_BROKER_URL).", show_default=False)] = None,
-    key_prefix: Annotated[str | None, typer.Option(
-        "--prefix", help="Redis key prefix (overrides TRADEBUS_KEY_PREFIX).", show_default=False)] = None,
-    env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(".env"),
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url", help="Redis URL of the bus (overrides REDIS_URL).", show_default=False
+        ),
+    ] = None,
+    broker_url: Annotated[
+        str | None,
+        typer.Option(
+            "--broker-url",
+            help="Celery broker URL (overrides CELERY_BROKER_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    key_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--prefix", help="Redis key prefix (overrides TRADEBUS_KEY_PREFIX).", show_default=False
+        ),
+    ] = None,
+    env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(
+        ".env"
+    ),
 ) -> None:
-    ctx.obj = CliContext(env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix)
+    ctx.obj = CliContext(
+        env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix
+    )
 
 
 def _register() -> None:
-    from . import cli_doctor, cli_events, cli_ops, demo
+    from . import cli_doctor, cli_events, cli_ops, cli_replay, demo
 
     cli_events.register(app)
+    cli_replay.register(app)
     cli_ops.register(app)
     cli_doctor.register(app)
     demo.register(app)

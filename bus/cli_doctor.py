@@ -36,9 +36,12 @@ def register(app: typer.Typer) -> None:
 def doctor(
     ctx: typer.Context,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings count as failures.")] = False,
-    ping_timeout: Annotated[float, typer.Option("--ping-timeout", min=0.1, help="Worker ping wait (s).")]
-    = PING_TIMEOUT,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")] = False,
+    ping_timeout: Annotated[
+        float, typer.Option("--ping-timeout", min=0.1, help="Worker ping wait (s).")
+    ] = PING_TIMEOUT,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output (JSON).")
+    ] = False,
 ) -> None:
     """Check Redis, persistence, the broker, workers, queues and dead letters."""
     obj: CliContext = ctx.obj
@@ -65,29 +68,52 @@ def run_checks(settings: Settings, *, ping_timeout: float = PING_TIMEOUT) -> lis
     if broker_ok:
         _worker_and_queue_checks(settings, checks, ping_timeout)
     else:
-        checks.append(Check("workers", "fail", "not checked: the broker is unreachable",
-                            "fix the broker first"))
+        checks.append(
+            Check(
+                "workers", "fail", "not checked: the broker is unreachable", "fix the broker first"
+            )
+        )
     return checks
 
 
-def _redis_checks(client: redis.Redis, settings: Settings, checks: list[Check]) -> dict[str, Any] | None:
+def _redis_checks(
+    client: redis.Redis, settings: Settings, checks: list[Check]
+) -> dict[str, Any] | None:
     url = safe_url(settings.bus_url)
     try:
         info = client.info()
     except redis.AuthenticationError as e:
-        checks.append(Check("redis", "fail", f"{url} refused the credentials ({e})",
-                            "set REDIS_PASSWORD / REDIS_USERNAME, or the password in REDIS_URL"))
+        checks.append(
+            Check(
+                "redis",
+                "fail",
+                f"{url} refused the credentials ({e})",
+                "set REDIS_PASSWORD / REDIS_USERNAME, or the password in REDIS_URL",
+            )
+        )
         return None
     except (redis.RedisError, OSError) as e:
-        checks.append(Check("redis", "fail", unreachable(settings.bus_url, e, hint=False),
-                            "start Redis (`redis-server`, or `docker compose up -d redis`), or point "
-                            "REDIS_URL at yours; `tradebus demo` runs an embedded one"))
+        checks.append(
+            Check(
+                "redis",
+                "fail",
+                unreachable(settings.bus_url, e, hint=False),
+                "start Redis (`redis-server`, or `docker compose up -d redis`), or point "
+                "REDIS_URL at yours; `tradebus demo` runs an embedded one",
+            )
+        )
         return None
     version = str(info.get("redis_version", "?"))
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     if major and major < 6:
-        checks.append(Check("redis", "fail", f"{url} answers, version {version}",
-                            "tradebus needs Redis >= 6.2 (streams, XAUTOCLAIM)"))
+        checks.append(
+            Check(
+                "redis",
+                "fail",
+                f"{url} answers, version {version}",
+                "tradebus needs Redis >= 6.2 (streams, XAUTOCLAIM)",
+            )
+        )
     else:
         checks.append(Check("redis", "ok", f"{url} answers, version {version}"))
     aof = str(info.get("aof_enabled", 0)) == "1"
@@ -95,19 +121,32 @@ def _redis_checks(client: redis.Redis, settings: Settings, checks: list[Check]) 
     if aof:
         checks.append(Check("persistence", "ok", "AOF on" + (", RDB snapshots on" if rdb else "")))
     elif rdb:
-        checks.append(Check("persistence", "warn", "RDB snapshots only: a crash loses the writes since "
-                            "the last snapshot", "enable AOF: `redis-server --appendonly yes` "
-                            "(CONFIG SET appendonly yes)"))
+        checks.append(
+            Check(
+                "persistence",
+                "warn",
+                "RDB snapshots only: a crash loses the writes since the last snapshot",
+                "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)",
+            )
+        )
     else:
-        checks.append(Check("persistence", "warn", "off: a Redis restart loses the event log and state",
-                            "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)"))
+        checks.append(
+            Check(
+                "persistence",
+                "warn",
+                "off: a Redis restart loses the event log and state",
+                "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)",
+            )
+        )
     return info
 
 
 def _rdb_enabled(client: redis.Redis) -> bool:
     try:
         save = client.config_get("save").get("save", "")
-    except redis.RedisError:  # CONFIG may be disabled (managed Redis): assume the provider snapshots
+    except (
+        redis.RedisError
+    ):  # CONFIG may be disabled (managed Redis): assume the provider snapshots
         return True
     return bool(str(save).strip())
 
@@ -118,20 +157,32 @@ def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check
     keys = Keys(settings.key_prefix)
     try:
         dead = int(client.xlen(keys.dead_letters()))
-        pending = sum(int(client.zcard(keys.pending_dispatch_for(s)))
-                      for s in client.smembers(keys.symbols()))
+        pending = sum(
+            int(client.zcard(keys.pending_dispatch_for(s))) for s in client.smembers(keys.symbols())
+        )
     except redis.RedisError as e:
         checks.append(Check("dead letters", "warn", f"could not read: {e}"))
         return
     if dead:
-        checks.append(Check("dead letters", "warn", f"{dead} task(s) failed past their retries",
-                            "see `tradebus deadletters list`, then `tradebus deadletters replay` or purge"))
+        checks.append(
+            Check(
+                "dead letters",
+                "warn",
+                f"{dead} task(s) failed past their retries",
+                "see `tradebus deadletters list`, then `tradebus deadletters replay` or purge",
+            )
+        )
     else:
         checks.append(Check("dead letters", "ok", "none"))
     if pending:
-        checks.append(Check("dispatch backlog", "warn",
-                            f"{pending} logged event(s) whose tasks are not recorded as enqueued",
-                            "they are re-dispatched by celery beat: run `celery -A celery_app beat`"))
+        checks.append(
+            Check(
+                "dispatch backlog",
+                "warn",
+                f"{pending} logged event(s) whose tasks are not recorded as enqueued",
+                "they are re-dispatched by celery beat: run `celery -A celery_app beat`",
+            )
+        )
 
 
 def _broker_check(settings: Settings, checks: list[Check]) -> bool:
@@ -144,9 +195,15 @@ def _broker_check(settings: Settings, checks: list[Check]) -> bool:
             if url.startswith(("redis", "rediss", "unix")):
                 conn.default_channel.client.ping()
     except Exception as e:  # noqa: BLE001 - any failure here means "broker unreachable"
-        checks.append(Check("broker", "fail", f"cannot reach the Celery broker at {safe_url(url)} "
-                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                            "start it, or set CELERY_BROKER_URL (default: the bus Redis, next database)"))
+        checks.append(
+            Check(
+                "broker",
+                "fail",
+                f"cannot reach the Celery broker at {safe_url(url)} "
+                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                "start it, or set CELERY_BROKER_URL (default: the bus Redis, next database)",
+            )
+        )
         return False
     checks.append(Check("broker", "ok", f"{safe_url(url)} answers"))
     return True
@@ -175,19 +232,37 @@ def _worker_and_queue_checks(settings: Settings, checks: list[Check], timeout: f
             active = app.control.inspect(timeout=timeout).active_queues() or {}
             consumed = {q["name"] for qs in active.values() for q in qs}
     except Exception as e:  # noqa: BLE001
-        checks.append(Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL"))
+        checks.append(
+            Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL")
+        )
         return
     workers = sorted(name for r in replies for name in r)
     if not workers:
-        checks.append(Check("workers", "fail", f"no Celery worker answered a ping within {timeout}s: "
-                            "events are logged but their tasks do not run", f"start one: `{WORKER_CMD}`"))
+        checks.append(
+            Check(
+                "workers",
+                "fail",
+                f"no Celery worker answered a ping within {timeout}s: "
+                "events are logged but their tasks do not run",
+                f"start one: `{WORKER_CMD}`",
+            )
+        )
     else:
         missing = [q for q in queues if q not in consumed]
         if missing:
-            checks.append(Check("workers", "fail", f"{len(workers)} worker(s) alive ({', '.join(workers)}) "
-                                f"but no worker consumes {', '.join(missing)}", f"start one: `{WORKER_CMD}`"))
+            checks.append(
+                Check(
+                    "workers",
+                    "fail",
+                    f"{len(workers)} worker(s) alive ({', '.join(workers)}) "
+                    f"but no worker consumes {', '.join(missing)}",
+                    f"start one: `{WORKER_CMD}`",
+                )
+            )
         else:
-            checks.append(Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}"))
+            checks.append(
+                Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}")
+            )
     for q in queues:
         depth = depths.get(q)
         if depth is None:

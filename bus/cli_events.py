@@ -1,4 +1,4 @@
-"""`tradebus publish`, `tradebus tail` and `tradebus replay`: events in, events out, events again."""
+"""`tradebus publish` and `tradebus tail`: events in, events out."""
 
 from __future__ import annotations
 
@@ -30,10 +30,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (
 def register(app: typer.Typer) -> None:
     app.command("publish")(publish)
     app.command("tail")(tail)
-    app.command("replay")(replay)
 
 
-# --- publish ---------------------------------------------------------------------------------------
+# --- publish --------------------------------------------------------------------------------------
 
 
 def parse_pairs(pairs: list[str], data_json: str | None) -> dict[str, Any]:
@@ -61,14 +60,21 @@ def parse_pairs(pairs: list[str], data_json: str | None) -> dict[str, Any]:
 
 def publish(
     ctx: typer.Context,
-    event_type: Annotated[str, typer.Argument(help="Event type, e.g. order.created or ORDER_CREATED.")],
+    event_type: Annotated[
+        str, typer.Argument(help="Event type, e.g. order.created or ORDER_CREATED.")
+    ],
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. XAUUSD.")],
     pairs: Annotated[list[str] | None, typer.Argument(help="key=value fields of data.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="data as a JSON object.")] = None,
     correlation_id: Annotated[str | None, typer.Option("--correlation-id")] = None,
     source: Annotated[str, typer.Option("--source")] = "tradebus-cli",
-    apply_state: Annotated[bool, typer.Option(
-        "--apply-state", help="Also update the state projection now (without waiting for a worker).")] = False,
+    apply_state: Annotated[
+        bool,
+        typer.Option(
+            "--apply-state",
+            help="Also update the state projection now (without waiting for a worker).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one event: log it, broadcast it, dispatch its tasks.
@@ -82,8 +88,9 @@ def publish(
     sym = parse_symbol(symbol)
     payload = parse_pairs(pairs or [], data)
     try:
-        event = TradeEvent(event_type=etype, symbol=sym, data=payload,
-                           correlation_id=correlation_id, source=source)
+        event = TradeEvent(
+            event_type=etype, symbol=sym, data=payload, correlation_id=correlation_id, source=source
+        )
     except EventValidationError as e:
         raise CliError(f"invalid event: {e}", EXIT_USAGE) from None
     bus = obj.bus(dispatch=True, apply_state=apply_state)
@@ -103,15 +110,22 @@ def publish(
     if as_json:
         print_json(out)
         return
-    console.print(f"published [bold]{out['event_type']}[/] {sym} event_id={event.event_id} "
-                  f"log_id={receipt.log_id} subscribers={receipt.subscribers}")
+    console.print(
+        f"published [bold]{out['event_type']}[/] {sym} event_id={event.event_id} "
+        f"log_id={receipt.log_id} subscribers={receipt.subscribers}"
+    )
     if out["dispatched"] or out["not_dispatched"]:
-        console.print(f"  tasks: {', '.join(out['dispatched']) or '-'}"
-                      + (f"  (not dispatched yet: {', '.join(out['not_dispatched'])})"
-                         if out["not_dispatched"] else ""))
+        console.print(
+            f"  tasks: {', '.join(out['dispatched']) or '-'}"
+            + (
+                f"  (not dispatched yet: {', '.join(out['not_dispatched'])})"
+                if out["not_dispatched"]
+                else ""
+            )
+        )
 
 
-# --- tail ------------------------------------------------------------------------------------------
+# --- tail -----------------------------------------------------------------------------------------
 
 
 def _show(event: Any, as_json: bool, log_id: str | None = None) -> None:
@@ -122,8 +136,11 @@ def _show(event: Any, as_json: bool, log_id: str | None = None) -> None:
         print_json(d)
         return
     data = escape(json.dumps(event.data, separators=(",", ":"), default=str))
-    console.print(f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] "
-                  f"[bold]{event.event_type.value:<26}[/] {data}", soft_wrap=True)
+    console.print(
+        f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] "
+        f"[bold]{event.event_type.value:<26}[/] {data}",
+        soft_wrap=True,
+    )
 
 
 def _subscribe(bus: Any, symbols: list[str], types: list[str], handler: Any) -> None:
@@ -143,11 +160,21 @@ def _subscribe(bus: Any, symbols: list[str], types: list[str], handler: Any) -> 
 
 def tail(
     ctx: typer.Context,
-    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")] = None,
-    event_type: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")] = None,
-    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the logged history first.")] = False,
-    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")] = None,
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")
+    ] = None,
+    from_log: Annotated[
+        bool, typer.Option("--from-log", help="Replay the logged history first.")
+    ] = False,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Follow events live, filtered by symbol and type; --from-log shows the logged history first.
@@ -174,14 +201,19 @@ def tail(
                 shown += 1
                 if count is not None and shown >= count:
                     return
-        err_console.print(f"listening (prefix {bus.keys.prefix}; symbols {', '.join(symbols) or 'all'}; "
-                          f"types {', '.join(types) or 'all'})", markup=False)
+        err_console.print(
+            f"listening (prefix {bus.keys.prefix}; symbols {', '.join(symbols) or 'all'}; "
+            f"types {', '.join(types) or 'all'})",
+            markup=False,
+        )
         end = None if timeout is None else time.monotonic() + timeout
         while count is None or shown < count:
             wait = 1.0 if end is None else min(1.0, end - time.monotonic())
             if wait <= 0:
                 if count is not None:
-                    raise CliError(f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM)
+                    raise CliError(
+                        f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM
+                    )
                 return
             try:
                 event = live.get(timeout=wait)
@@ -208,61 +240,3 @@ def _history(bus: Any, symbols: list[str], types: list[str]) -> list[tuple[str, 
                 rows.append((event.timestamp, log_id, event))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [(log_id, event) for _, log_id, event in rows]
-
-
-# --- replay ----------------------------------------------------------------------------------------
-
-
-def _stream_id(value: str, what: str) -> str:
-    if value in ("-", "+"):
-        return value
-    ms, sep, seq = value.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise CliError(f"{what} {value!r} is not a log id (like 1700000000000-0, or - / +)", EXIT_USAGE)
-    return value
-
-
-def _id_key(log_id: str) -> tuple[int, int]:
-    ms, _, seq = log_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def replay(
-    ctx: typer.Context,
-    symbol: Annotated[str, typer.Argument(help="Symbol whose log to read.")],
-    start: Annotated[str, typer.Option("--from", help="First log id (inclusive), or '-'.")] = "-",
-    end: Annotated[str, typer.Option("--to", help="Last log id (inclusive), or '+'.")] = "+",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be re-dispatched.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent."""
-    from .dispatch import Dispatcher
-
-    obj: CliContext = ctx.obj
-    sym = parse_symbol(symbol)
-    lo, hi = _stream_id(start, "--from"), _stream_id(end, "--to")
-    if lo not in ("-", "+") and hi not in ("-", "+") and _id_key(lo) > _id_key(hi):
-        raise CliError(f"--from {lo} is after --to {hi}", EXIT_USAGE)
-    bus = obj.bus()
-    dispatcher = Dispatcher.from_settings(obj.settings)
-    dispatcher.attach(bus.client, bus.keys)
-    try:
-        picked = [(log_id, ev) for log_id, ev in bus.read_log(sym)
-                  if (lo == "-" or _id_key(log_id) >= _id_key(lo)) and (hi == "+" or _id_key(log_id) <= _id_key(hi))]
-        results = [{"log_id": log_id, "event_id": ev.event_id, "event_type": ev.event_type.value,
-                    "routes": [r.name for r in dispatcher.routes_for(ev)]} for log_id, ev in picked]
-        if picked and not dry_run:
-            sent = dispatcher.redispatch_range(sym, picked[0][0], picked[-1][0])
-            if sent != len(picked):
-                raise CliError(f"re-dispatched {sent} events, expected {len(picked)}", EXIT_PROBLEM)
-    finally:
-        dispatcher.close()
-        bus.close()
-    if as_json:
-        print_json({"symbol": sym, "dry_run": dry_run, "count": len(results), "events": results})
-        return
-    verb = "would re-dispatch" if dry_run else "re-dispatched"
-    for r in results:
-        console.print(f"{r['log_id']}  {r['event_type']:<26} {r['event_id']}  {', '.join(r['routes']) or '-'}",
-                      markup=False)
-    console.print(f"{verb} {len(results)} event(s) of {sym}")

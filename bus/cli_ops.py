@@ -21,8 +21,9 @@ from .cli_common import (
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
-deadletters_app = typer.Typer(help="Tasks that failed past their retries: list, replay, purge.",
-                              no_args_is_help=True)
+deadletters_app = typer.Typer(
+    help="Tasks that failed past their retries: list, replay, purge.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(deadletters_app, name="deadletters")
 
 
-# --- state -----------------------------------------------------------------------------------------
+# --- state ----------------------------------------------------------------------------------------
 
 
 def _table(title: str, rows: list[dict[str, Any]], first: list[str]) -> Table:
@@ -46,10 +47,14 @@ def _table(title: str, rows: list[dict[str, Any]], first: list[str]) -> Table:
 
 def state(
     ctx: typer.Context,
-    symbol: Annotated[str | None, typer.Argument(help="Symbol (default: every known symbol).")] = None,
+    symbol: Annotated[
+        str | None, typer.Argument(help="Symbol (default: every known symbol).")
+    ] = None,
     order: Annotated[str | None, typer.Option("--order", help="Show this order.")] = None,
     position: Annotated[str | None, typer.Option("--position", help="Show this position.")] = None,
-    positions_only: Annotated[bool, typer.Option("--positions", help="Only active positions.")] = False,
+    positions_only: Annotated[
+        bool, typer.Option("--positions", help="Only active positions.")
+    ] = False,
     orders_only: Annotated[bool, typer.Option("--orders", help="Only open orders.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -90,14 +95,24 @@ def state(
         console.print("no symbols yet (nothing was published under this key prefix)")
     for s, entry in out.items():
         if "positions" in entry:
-            console.print(_table(f"{s}: active positions ({len(entry['positions'])})", entry["positions"],
-                                 ["position_id", "status", "direction", "volume"]))
+            console.print(
+                _table(
+                    f"{s}: active positions ({len(entry['positions'])})",
+                    entry["positions"],
+                    ["position_id", "status", "direction", "volume"],
+                )
+            )
         if "orders" in entry:
-            console.print(_table(f"{s}: open orders ({len(entry['orders'])})", entry["orders"],
-                                 ["order_id", "status", "order_type", "volume"]))
+            console.print(
+                _table(
+                    f"{s}: open orders ({len(entry['orders'])})",
+                    entry["orders"],
+                    ["order_id", "status", "order_type", "volume"],
+                )
+            )
 
 
-# --- routes ----------------------------------------------------------------------------------------
+# --- routes ---------------------------------------------------------------------------------------
 
 
 def _sample_event(event_type: Any, symbol: str) -> Any:
@@ -114,8 +129,11 @@ def _sample_event(event_type: Any, symbol: str) -> Any:
 def _route_dict(r: Any) -> dict[str, Any]:
     retry = getattr(r, "retry", None)
     return {
-        "name": r.name, "task": r.task, "queue": r.queue,
-        "event_types": list(r.event_types), "symbols": list(r.symbols),
+        "name": r.name,
+        "task": r.task,
+        "queue": r.queue,
+        "event_types": list(r.event_types),
+        "symbols": list(r.symbols),
         "priority": getattr(r, "priority", 0),
         "max_retries": getattr(retry, "max_retries", None),
     }
@@ -123,9 +141,13 @@ def _route_dict(r: Any) -> dict[str, Any]:
 
 def routes(
     ctx: typer.Context,
-    event_type: Annotated[str | None, typer.Argument(help="Event type (default: show every route).")] = None,
+    event_type: Annotated[
+        str | None, typer.Argument(help="Event type (default: show every route).")
+    ] = None,
     symbol: Annotated[str, typer.Option("--symbol", "-s", help="Symbol to route for.")] = "XAUUSD",
-    routes_file: Annotated[Path | None, typer.Option("--routes-file", help="Routing table file.")] = None,
+    routes_file: Annotated[
+        Path | None, typer.Option("--routes-file", help="Routing table file.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which Celery tasks an event type triggers (or the whole routing table)."""
@@ -143,14 +165,21 @@ def routes(
         title = f"{etype.value} on {symbol} triggers {len(picked)} task(s)"
     rows = [_route_dict(r) for r in picked]
     if as_json:
-        print_json({"event_type": None if event_type is None else parse_type(event_type).value,
-                    "symbol": symbol, "routes": rows})
+        print_json(
+            {
+                "event_type": None if event_type is None else parse_type(event_type).value,
+                "symbol": symbol,
+                "routes": rows,
+            }
+        )
         return
     t = Table(title=title, title_justify="left")
     for c in ("name", "task", "queue", "event_types", "max_retries"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"]))
+        t.add_row(
+            r["name"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"])
+        )
     console.print(t)
 
 
@@ -162,7 +191,7 @@ def _all_routes(table: Any) -> list[Any]:
     return list(table)
 
 
-# --- deadletters -----------------------------------------------------------------------------------
+# --- deadletters ----------------------------------------------------------------------------------
 
 
 @deadletters_app.command("list")
@@ -179,8 +208,12 @@ def dl_list(
     from .channels import Keys
 
     try:
-        items = [_dl_dict(x) for x in deadletters.list_dead_letters(client, Keys(obj.settings.key_prefix),
-                                                                    count=count)]
+        items = [
+            _dl_dict(x)
+            for x in deadletters.list_dead_letters(
+                client, Keys(obj.settings.key_prefix), count=count
+            )
+        ]
     finally:
         client.close()
     if as_json:
@@ -205,8 +238,10 @@ def _dl_dict(x: Any) -> dict[str, Any]:
         d = asdict(x)
     else:
         d = {"value": x}
-    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-            for k, v in d.items()}
+    return {
+        k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+        for k, v in d.items()
+    }
 
 
 @deadletters_app.command("replay")
@@ -249,7 +284,9 @@ def dl_purge(
 
     obj: CliContext = ctx.obj
     if not ids and not yes:
-        raise CliError("purging every dead letter needs --yes (or give the ids to purge)", EXIT_USAGE)
+        raise CliError(
+            "purging every dead letter needs --yes (or give the ids to purge)", EXIT_USAGE
+        )
     client = obj.client(decode=False)
     try:
         n = deadletters.purge(client, Keys(obj.settings.key_prefix), ids=ids or None)

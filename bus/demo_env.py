@@ -28,8 +28,15 @@ DEMO_MAX_ORDER_VOLUME = 5
 class DemoEnvironment:
     """Context manager: ``with DemoEnvironment(base, embedded=...) as env: env.settings ...``."""
 
-    def __init__(self, base: Settings, *, embedded: bool = False, pool: str = "prefork",
-                 concurrency: int = 2, log: Any = None) -> None:
+    def __init__(
+        self,
+        base: Settings,
+        *,
+        embedded: bool = False,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        log: Any = None,
+    ) -> None:
         self.base = base
         self.force_embedded = embedded
         self.pool = pool
@@ -68,7 +75,9 @@ class DemoEnvironment:
             bus_url = url
             broker = self._embed()
             broker_url = broker.url
-            self.redis_desc = f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
+            self.redis_desc = (
+                f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
+            )
         else:
             why = "asked for" if self.force_embedded else f"nothing answers at {safe_url(url)}"
             server = self._embed()
@@ -76,8 +85,9 @@ class DemoEnvironment:
             broker_url = server.url.rsplit("/", 1)[0] + "/1"
             self.redis_desc = f"embedded redis-server on port {server.port} ({why})"
         self.log(self.redis_desc)
-        self.settings = LoadEnvironmentVariables(None, redis_url=bus_url, celery_broker_url=broker_url,
-                                                 key_prefix=self.prefix)
+        self.settings = LoadEnvironmentVariables(
+            None, redis_url=bus_url, celery_broker_url=broker_url, key_prefix=self.prefix
+        )
         self._start_worker()
 
     def _embed(self) -> EmbeddedRedis:
@@ -92,13 +102,15 @@ class DemoEnvironment:
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "REDIS_URL": self.settings.bus_url,
-            "CELERY_BROKER_URL": self.settings.broker_url,
-            "TRADEBUS_KEY_PREFIX": self.prefix,
-            "TRADEBUS_RISK_MAX_ORDER_VOLUME": str(DEMO_MAX_ORDER_VOLUME),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "REDIS_URL": self.settings.bus_url,
+                "CELERY_BROKER_URL": self.settings.broker_url,
+                "TRADEBUS_KEY_PREFIX": self.prefix,
+                "TRADEBUS_RISK_MAX_ORDER_VOLUME": str(DEMO_MAX_ORDER_VOLUME),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_USERNAME"):
             env.pop(name, None)  # REDIS_URL above carries them
         return env
@@ -107,27 +119,57 @@ class DemoEnvironment:
         from .routing import RoutingTable
 
         queues = ",".join(RoutingTable.default().queues)
-        cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-Q", queues,
-               "-P", self.pool, "-c", str(self.concurrency), "-n", self.worker_name, "-E",
-               "--without-gossip", "--without-mingle", "-l", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-n",
+            self.worker_name,
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ]
         self.worker_log = self.workdir / "worker.log"
-        self.log(f"starting a Celery worker: celery -A celery_app worker -P {self.pool} "
-                 f"-c {self.concurrency} -Q {queues}")
+        self.log(
+            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} "
+            f"-c {self.concurrency} -Q {queues}"
+        )
         with open(self.worker_log, "wb") as out:
-            self.worker = subprocess.Popen(cmd, env=self.worker_env(), stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, cwd=self.workdir)
+            self.worker = subprocess.Popen(
+                cmd,
+                env=self.worker_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
         from celery_app import make_celery
 
         self.app = make_celery(self.settings)
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.worker.poll() is not None:
-                raise CliError(f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}")
+                raise CliError(
+                    f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}"
+                )
             replies = self.app.control.ping(timeout=0.5) or []
             if any(name.startswith(f"demo-{self.run_id}@") for r in replies for name in r):
                 return
-        raise CliError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: "
-                       f"{self.worker_tail()}")
+        raise CliError(
+            f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: "
+            f"{self.worker_tail()}"
+        )
 
     def worker_tail(self, lines: int = 3) -> str:
         try:

@@ -23,8 +23,20 @@ def percentiles(values: list[float]) -> dict[str, Any]:
     return {"n": len(s), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(s[-1] * 1000, 3)}
 
 
-def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str], timed: Any, monitor: Any,
-            strategy: Any, env: Any, runtime: float, drained: bool) -> dict[str, Any]:
+def collect(
+    *,
+    bus: Any,
+    client: Any,
+    keys: Any,
+    broker: Any,
+    symbols: list[str],
+    timed: Any,
+    monitor: Any,
+    strategy: Any,
+    env: Any,
+    runtime: float,
+    drained: bool,
+) -> dict[str, Any]:
     events: Counter[str] = Counter()
     breaches: list[dict[str, Any]] = []
     realized: dict[str, float] = {s: 0.0 for s in symbols}
@@ -32,8 +44,15 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
         for _, ev in bus.read_log(s):
             events[ev.event_type.value] += 1
             if ev.event_type.value == "risk.limit_breached":
-                breaches.append({"symbol": s, "rule": ev.data.get("rule"), "limit": ev.data.get("limit"),
-                                 "value": ev.data.get("value"), "source": ev.source})
+                breaches.append(
+                    {
+                        "symbol": s,
+                        "rule": ev.data.get("rule"),
+                        "limit": ev.data.get("limit"),
+                        "value": ev.data.get("value"),
+                        "source": ev.source,
+                    }
+                )
             if ev.event_type.value in ("position.closed", "position.partially_closed"):
                 realized[s] += float(ev.data.get("pnl", 0) or 0)
     stats = {_s(k): int(v) for k, v in client.hgetall(keys.stats()).items()}
@@ -48,7 +67,9 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
     for s in symbols:
         mine = [p for p in broker_positions if p["symbol"] == s]
         projected = bus.get_active_positions(s)
-        matches &= sorted(p["position_id"] for p in mine) == sorted(_s(p.get("position_id")) for p in projected)
+        matches &= sorted(p["position_id"] for p in mine) == sorted(
+            _s(p.get("position_id")) for p in projected
+        )
         unreal = Decimal(0)
         for p in mine:
             full = broker.position(p["position_id"])
@@ -56,8 +77,15 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
                 unreal += _pnl(broker, full)
         positions[s] = {
             "price": str(broker.prices.get(s)),
-            "open": [{"position_id": p["position_id"], "direction": p["direction"], "volume": p["volume"],
-                      "entry_price": p["entry_price"]} for p in mine],
+            "open": [
+                {
+                    "position_id": p["position_id"],
+                    "direction": p["direction"],
+                    "volume": p["volume"],
+                    "entry_price": p["entry_price"],
+                }
+                for p in mine
+            ],
             "projection_active": len(projected),
             "orders": strategy.books[s].orders,
             "refused": strategy.books[s].refused,
@@ -69,15 +97,20 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
         "runtime_seconds": round(runtime, 2),
         "redis": env.redis_desc,
         "key_prefix": env.prefix,
-        "worker": {"name": env.worker_name.replace("%h", "<host>"), "pool": env.pool,
-                   "concurrency": env.concurrency},
+        "worker": {
+            "name": env.worker_name.replace("%h", "<host>"),
+            "pool": env.pool,
+            "concurrency": env.concurrency,
+        },
         "symbols": symbols,
         "events_total": sum(events.values()),
         "events_by_type": dict(sorted(events.items())),
         "tasks": {
             "dispatched": len(timed.expected_tasks),
             "not_dispatched": timed.not_dispatched,
-            "run": total("run"), "retried": total("retried"), "dead_lettered": total("dead_lettered"),
+            "run": total("run"),
+            "retried": total("retried"),
+            "dead_lettered": total("dead_lettered"),
             "dead_letters_stream": dead,
             "by_task": by_task,
             "task_events": dict(monitor.counts),
@@ -86,12 +119,16 @@ def collect(*, bus: Any, client: Any, keys: Any, broker: Any, symbols: list[str]
         "risk_breaches": breaches,
         "kill_switch_refusals": strategy.refusals,
         "positions": positions,
-        "pnl": {"realized": round(sum(realized.values()), 2),
-                "unrealized": round(sum(p["unrealized_pnl"] for p in positions.values()), 2),
-                "equity": str(broker.equity().quantize(Decimal("0.01")))},
+        "pnl": {
+            "realized": round(sum(realized.values()), 2),
+            "unrealized": round(sum(p["unrealized_pnl"] for p in positions.values()), 2),
+            "equity": str(broker.equity().quantize(Decimal("0.01"))),
+        },
         "state_projection_matches_broker": matches,
-        "latency": {"publish": percentiles(timed.publish_seconds),
-                    "publish_to_task_start": percentiles(monitor.started_latency)},
+        "latency": {
+            "publish": percentiles(timed.publish_seconds),
+            "publish_to_task_start": percentiles(monitor.started_latency),
+        },
     }
     summary["problems"] = problems(summary)
     summary["ok"] = not summary["problems"]
@@ -119,7 +156,9 @@ def problems(summary: dict[str, Any]) -> list[str]:
     if not summary["kill_switch_refusals"]:
         out.append("no order was refused by the kill switch")
     if not t["all_finished"]:
-        out.append(f"not every dispatched task finished ({t['task_events']}, {t['dispatched']} dispatched)")
+        out.append(
+            f"not every dispatched task finished ({t['task_events']}, {t['dispatched']} dispatched)"
+        )
     if t["run"] == 0:
         out.append("the worker ran no task")
     if not summary["state_projection_matches_broker"]:
@@ -129,8 +168,10 @@ def problems(summary: dict[str, Any]) -> list[str]:
 
 def render(summary: dict[str, Any], console: Console) -> None:
     console.rule("[bold]tradebus demo: summary")
-    console.print(f"ran {summary['runtime_seconds']}s on {summary['redis']}; worker "
-                  f"{summary['worker']['name']} ({summary['worker']['pool']} x{summary['worker']['concurrency']})")
+    console.print(
+        f"ran {summary['runtime_seconds']}s on {summary['redis']}; worker "
+        f"{summary['worker']['name']} ({summary['worker']['pool']} x{summary['worker']['concurrency']})"
+    )
     ev = Table(title=f"events by type ({summary['events_total']})", title_justify="left")
     ev.add_column("type")
     ev.add_column("count", justify="right")
@@ -141,40 +182,78 @@ def render(summary: dict[str, Any], console: Console) -> None:
     tasks = Table(title="Celery tasks", title_justify="left")
     for c in ("dispatched", "run", "retried", "dead-lettered", "not dispatched (beat re-sends)"):
         tasks.add_column(c, justify="right")
-    tasks.add_row(str(t["dispatched"]), str(t["run"]), str(t["retried"]), str(t["dead_lettered"]),
-                  str(t["not_dispatched"]))
+    tasks.add_row(
+        str(t["dispatched"]),
+        str(t["run"]),
+        str(t["retried"]),
+        str(t["dead_lettered"]),
+        str(t["not_dispatched"]),
+    )
     console.print(tasks)
     if t["by_task"]:
-        console.print("  run by task: " + ", ".join(f"{k} {v}" for k, v in sorted(t["by_task"].items())))
+        console.print(
+            "  run by task: " + ", ".join(f"{k} {v}" for k, v in sorted(t["by_task"].items()))
+        )
     pos = Table(title="positions and PnL", title_justify="left")
-    for c in ("symbol", "last price", "open positions", "in Redis state", "orders", "refused",
-              "realized", "unrealized"):
+    for c in (
+        "symbol",
+        "last price",
+        "open positions",
+        "in Redis state",
+        "orders",
+        "refused",
+        "realized",
+        "unrealized",
+    ):
         pos.add_column(c, justify="right" if c not in ("symbol", "open positions") else "left")
     for s, p in summary["positions"].items():
-        opened = ", ".join(f"{o['direction']} {o['volume']}@{o['entry_price']}" for o in p["open"]) or "-"
-        pos.add_row(s, p["price"], opened, str(p["projection_active"]), str(p["orders"]), str(p["refused"]),
-                    f"{p['realized_pnl']:.2f}", f"{p['unrealized_pnl']:.2f}")
+        opened = (
+            ", ".join(f"{o['direction']} {o['volume']}@{o['entry_price']}" for o in p["open"])
+            or "-"
+        )
+        pos.add_row(
+            s,
+            p["price"],
+            opened,
+            str(p["projection_active"]),
+            str(p["orders"]),
+            str(p["refused"]),
+            f"{p['realized_pnl']:.2f}",
+            f"{p['unrealized_pnl']:.2f}",
+        )
     console.print(pos)
     pnl = summary["pnl"]
-    console.print(f"PnL: realized {pnl['realized']:.2f}, unrealized {pnl['unrealized']:.2f}, "
-                  f"equity {pnl['equity']}")
+    console.print(
+        f"PnL: realized {pnl['realized']:.2f}, unrealized {pnl['unrealized']:.2f}, "
+        f"equity {pnl['equity']}"
+    )
     for b in summary["risk_breaches"]:
-        console.print(f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})")
+        console.print(
+            f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})"
+        )
     refusals = summary["kill_switch_refusals"]
     for r in refusals[:2]:
-        console.print(f"[red]refused[/] {r['symbol']} order {r['order_id']}: {escape(str(r['reason']))}",
-                      soft_wrap=True)
+        console.print(
+            f"[red]refused[/] {r['symbol']} order {r['order_id']}: {escape(str(r['reason']))}",
+            soft_wrap=True,
+        )
     if len(refusals) > 2:
         console.print(f"[red]refused[/] ... and {len(refusals) - 2} more orders on halted symbols")
     lat = summary["latency"]
-    console.print(f"latency: publish p50 {lat['publish']['p50_ms']} ms, p99 {lat['publish']['p99_ms']} ms "
-                  f"(n={lat['publish']['n']}); publish -> task start p50 "
-                  f"{lat['publish_to_task_start']['p50_ms']} ms, p99 {lat['publish_to_task_start']['p99_ms']} ms "
-                  f"(n={lat['publish_to_task_start']['n']})")
+    console.print(
+        f"latency: publish p50 {lat['publish']['p50_ms']} ms, p99 {lat['publish']['p99_ms']} ms "
+        f"(n={lat['publish']['n']}); publish -> task start p50 "
+        f"{lat['publish_to_task_start']['p50_ms']} ms, p99 {lat['publish_to_task_start']['p99_ms']} ms "
+        f"(n={lat['publish_to_task_start']['n']})"
+    )
     if summary["ok"]:
-        console.print("[bold green]demo OK[/]: every event logged, broadcast and routed; tasks ran; "
-                      "state matches the paper account")
+        console.print(
+            "[bold green]demo OK[/]: every event logged, broadcast and routed; tasks ran; "
+            "state matches the paper account"
+        )
     else:
         for p in summary["problems"]:
             console.print(f"[bold red]problem:[/] {escape(p)}")
-        console.print(f"[dim]worker log (last lines):[/] {escape(summary.get('worker_log_tail', ''))}")
+        console.print(
+            f"[dim]worker log (last lines):[/] {escape(summary.get('worker_log_tail', ''))}"
+        )

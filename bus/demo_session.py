@@ -16,7 +16,9 @@ from .events import TradeEvent
 
 #: symbol -> starting price, contract size
 DEMO_SYMBOLS: dict[str, tuple[str, int]] = {
-    "XAUUSD": ("2000.00", 100), "BTCUSD": ("45000.00", 1), "EURUSD": ("1.08000", 100_000),
+    "XAUUSD": ("2000.00", 100),
+    "BTCUSD": ("45000.00", 1),
+    "EURUSD": ("1.08000", 100_000),
 }
 LOT = Decimal("1.0")
 OVERSIZED_LOT = Decimal("8.0")
@@ -144,7 +146,9 @@ class Strategy:
             elif not book.halved and self._profit(symbol, px) > Decimal("0.001"):
                 pos = self.broker.position(book.position)
                 if pos is not None and pos["volume"] >= Decimal("0.2"):
-                    self.executor.close_position(book.position, (pos["volume"] / 2).quantize(Decimal("0.01")))
+                    self.executor.close_position(
+                        book.position, (pos["volume"] / 2).quantize(Decimal("0.01"))
+                    )
                     book.halved = True
 
     def _profit(self, symbol: str, px: Decimal) -> Decimal:
@@ -165,14 +169,26 @@ class Strategy:
         book.last_trade_tick = tick
         if ticket.status == "rejected":
             book.refused += 1
-            self.refusals.append({"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason})
+            self.refusals.append(
+                {"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason}
+            )
             return ticket
         info = self.broker.order(ticket.order_id) or {}
         if info.get("status") in ("filled", "partially_filled"):
-            pid = next((p["position_id"] for p in self.broker.positions()
-                        if p["symbol"] == symbol and self.broker.position(p["position_id"])["order_id"]
-                        == ticket.order_id), None)
-            book.position, book.direction, book.halved = pid, "LONG" if side == "BUY" else "SHORT", False
+            pid = next(
+                (
+                    p["position_id"]
+                    for p in self.broker.positions()
+                    if p["symbol"] == symbol
+                    and self.broker.position(p["position_id"])["order_id"] == ticket.order_id
+                ),
+                None,
+            )
+            book.position, book.direction, book.halved = (
+                pid,
+                "LONG" if side == "BUY" else "SHORT",
+                False,
+            )
         return ticket
 
     def sync_positions(self) -> None:

@@ -26,16 +26,25 @@ SECRET = "s3cr3t-pw"
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))
+    }
     env.update(extra)
     env["COLUMNS"] = "200"
     return env
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bus.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
@@ -54,7 +63,9 @@ def private_broker() -> Iterator[str]:
 
 @pytest.fixture
 def env(redis_url: str, key_prefix: str, private_broker: str) -> dict[str, str]:
-    return cli_env(REDIS_URL=redis_url, CELERY_BROKER_URL=private_broker, TRADEBUS_KEY_PREFIX=key_prefix)
+    return cli_env(
+        REDIS_URL=redis_url, CELERY_BROKER_URL=private_broker, TRADEBUS_KEY_PREFIX=key_prefix
+    )
 
 
 @pytest.fixture
@@ -79,6 +90,7 @@ def broker_task_ids(broker_url: str, queue: str) -> list[str]:
 
 # --- usage and errors ------------------------------------------------------------------------------
 
+
 def test_help_lists_every_command() -> None:
     p = run(["--help"], cli_env())
     assert p.returncode == 0
@@ -86,20 +98,26 @@ def test_help_lists_every_command() -> None:
         assert name in p.stdout
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["publish", "order.teleported", "XAUUSD"], "unknown event type 'order.teleported'"),
-    (["publish", "order.created", "XAU:USD"], "symbol 'XAU:USD' contains ':'"),
-    (["publish", "order.created", "XAUUSD", "price=1"], "data.order_id"),
-    (["publish", "signal.generated", "XAUUSD", "--data", "{not json"], "--data is not valid JSON"),
-    (["publish", "signal.generated", "XAUUSD", "novalue"], "expected key=value"),
-    (["publish"], "Missing argument"),
-    (["tail", "--type", "nope"], "unknown event type 'nope'"),
-    (["state", "XAUUSD", "--order", "1", "--position", "2"], "not both"),
-    (["replay", "XAUUSD", "--from", "yesterday"], "is not a log id"),
-    (["routes", "bogus"], "unknown event type 'bogus'"),
-    (["deadletters", "purge"], "needs --yes"),
-    (["state", "--no-such-option"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["publish", "order.teleported", "XAUUSD"], "unknown event type 'order.teleported'"),
+        (["publish", "order.created", "XAU:USD"], "symbol 'XAU:USD' contains ':'"),
+        (["publish", "order.created", "XAUUSD", "price=1"], "data.order_id"),
+        (
+            ["publish", "signal.generated", "XAUUSD", "--data", "{not json"],
+            "--data is not valid JSON",
+        ),
+        (["publish", "signal.generated", "XAUUSD", "novalue"], "expected key=value"),
+        (["publish"], "Missing argument"),
+        (["tail", "--type", "nope"], "unknown event type 'nope'"),
+        (["state", "XAUUSD", "--order", "1", "--position", "2"], "not both"),
+        (["replay", "XAUUSD", "--from", "yesterday"], "is not a log id"),
+        (["routes", "bogus"], "unknown event type 'bogus'"),
+        (["deadletters", "purge"], "needs --yes"),
+        (["state", "--no-such-option"], "No such option"),
+    ],
+)
 def test_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     # Redis is not even reachable here: arguments are checked before any connection
     p = run(args, cli_env(REDIS_URL="redis://127.0.0.1:1/0"))
@@ -107,10 +125,16 @@ def test_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     assert needle in one_line_error(p)
 
 
-@pytest.mark.parametrize("command", [
-    ["publish", "signal.generated", "XAUUSD", "signal_id=s1"], ["state"], ["tail", "--count", "1"],
-    ["replay", "XAUUSD"], ["deadletters", "list"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "signal.generated", "XAUUSD", "signal_id=s1"],
+        ["state"],
+        ["tail", "--count", "1"],
+        ["replay", "XAUUSD"],
+        ["deadletters", "list"],
+    ],
+)
 def test_unreachable_redis_is_one_line_exit_1_without_the_password(command: list[str]) -> None:
     p = run(command, cli_env(REDIS_URL=f"redis://:{SECRET}@127.0.0.1:1/0"))
     assert p.returncode == 1
@@ -120,8 +144,10 @@ def test_unreachable_redis_is_one_line_exit_1_without_the_password(command: list
 
 
 def test_redis_url_option_overrides_the_environment(redis_url: str, key_prefix: str) -> None:
-    p = run(["--redis-url", redis_url, "--prefix", key_prefix, "state", "--json"],
-            cli_env(REDIS_URL="redis://127.0.0.1:1/0"))
+    p = run(
+        ["--redis-url", redis_url, "--prefix", key_prefix, "state", "--json"],
+        cli_env(REDIS_URL="redis://127.0.0.1:1/0"),
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == {}
 
@@ -134,28 +160,65 @@ def test_bad_setting_names_the_variable() -> None:
 
 # --- publish / state -------------------------------------------------------------------------------
 
-def test_publish_logs_broadcasts_and_dispatches(env: dict[str, str], symbol: str, private_broker: str,
-                                                redis_client: redis.Redis, key_prefix: str) -> None:
-    out = publish_json(env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=2000.5",
-                       "volume=0.1", "--data", '{"sl": 1995, "note": "cli"}')
+
+def test_publish_logs_broadcasts_and_dispatches(
+    env: dict[str, str],
+    symbol: str,
+    private_broker: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    out = publish_json(
+        env,
+        "order.created",
+        symbol,
+        "order_id=o1",
+        "order_type=BUY",
+        "price=2000.5",
+        "volume=0.1",
+        "--data",
+        '{"sl": 1995, "note": "cli"}',
+    )
     assert out["event_type"] == "order.created" and out["log_id"]
     assert sorted(out["dispatched"]) == ["risk", "state"]
     # in the log, with data parsed from key=value (numbers as numbers) and --data merged
     [(log_id, fields)] = redis_client.xrange(Keys(key_prefix).log(symbol))
     assert log_id == out["log_id"]
     event = TradeEvent.from_json(fields["event"])
-    assert event.data == {"order_id": "o1", "order_type": "BUY", "price": 2000.5, "volume": 0.1, "sl": 1995,
-                          "note": "cli"}
+    assert event.data == {
+        "order_id": "o1",
+        "order_type": "BUY",
+        "price": 2000.5,
+        "volume": 0.1,
+        "sl": 1995,
+        "note": "cli",
+    }
     # the routed task messages are on the broker, with the deterministic task ids
     assert f"{out['event_id']}:state" in broker_task_ids(private_broker, "tradebus.state")
     assert f"{out['event_id']}:risk" in broker_task_ids(private_broker, "tradebus.risk")
 
 
 def test_state_shows_orders_positions_and_one_of_each(env: dict[str, str], symbol: str) -> None:
-    publish_json(env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=10", "volume=2",
-                 "--apply-state")
-    publish_json(env, "position.opened", symbol, "position_id=p1", "entry_price=10", "volume=2",
-                 "direction=LONG", "--apply-state")
+    publish_json(
+        env,
+        "order.created",
+        symbol,
+        "order_id=o1",
+        "order_type=BUY",
+        "price=10",
+        "volume=2",
+        "--apply-state",
+    )
+    publish_json(
+        env,
+        "position.opened",
+        symbol,
+        "position_id=p1",
+        "entry_price=10",
+        "volume=2",
+        "direction=LONG",
+        "--apply-state",
+    )
     p = run(["state", symbol, "--json"], env)
     assert p.returncode == 0, p.stderr
     state = json.loads(p.stdout)[symbol]
@@ -177,13 +240,18 @@ def test_state_shows_orders_positions_and_one_of_each(env: dict[str, str], symbo
 
 # --- routes ----------------------------------------------------------------------------------------
 
+
 def test_routes_for_an_event_type() -> None:
     p = run(["routes", "order.created", "--json"], cli_env())
     assert p.returncode == 0, p.stderr
     routes = json.loads(p.stdout)["routes"]
     assert [(r["name"], r["task"], r["queue"]) for r in routes] == [
-        ("state", "tradebus.state.apply", "tradebus.state"), ("risk", "tradebus.risk.check", "tradebus.risk")]
-    breach = json.loads(run(["routes", "RISK_LIMIT_BREACHED", "--json"], cli_env()).stdout)["routes"]
+        ("state", "tradebus.state.apply", "tradebus.state"),
+        ("risk", "tradebus.risk.check", "tradebus.risk"),
+    ]
+    breach = json.loads(run(["routes", "RISK_LIMIT_BREACHED", "--json"], cli_env()).stdout)[
+        "routes"
+    ]
     assert [r["name"] for r in breach] == ["notify"]
     table = run(["routes"], cli_env())
     assert table.returncode == 0 and "tradebus.notify.send" in table.stdout
@@ -191,12 +259,20 @@ def test_routes_for_an_event_type() -> None:
 
 # --- tail ------------------------------------------------------------------------------------------
 
+
 def start_tail(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bus.cli", "tail", "--json", "--timeout", "30", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bus.cli", "tail", "--json", "--timeout", "30", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()  # blocks until subscribed (or the command failed)
-    assert line.startswith("listening"), line + proc.stderr.read()
+    if not line.startswith("listening"):
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(line + err)
     return proc
 
 
@@ -208,7 +284,9 @@ def finish(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
 
 def test_tail_live_filtered_by_symbol_and_type(env: dict[str, str], symbol: str) -> None:
     proc = start_tail(env, "--symbol", symbol, "--type", "signal.generated", "--count", "2")
-    publish_json(env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=1", "volume=1")
+    publish_json(
+        env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=1", "volume=1"
+    )
     publish_json(env, "signal.generated", symbol + "X", "signal_id=other-symbol")
     a = publish_json(env, "signal.generated", symbol, "signal_id=s1")
     b = publish_json(env, "signal.generated", symbol, "signal_id=s2")
@@ -235,16 +313,37 @@ def test_tail_count_not_reached_exits_1(env: dict[str, str], symbol: str) -> Non
 
 # --- replay ----------------------------------------------------------------------------------------
 
-def test_replay_redispatches_a_range_of_logged_events(env: dict[str, str], symbol: str,
-                                                      private_broker: str) -> None:
-    ids = [publish_json(env, "order.created", symbol, f"order_id=r{i}", "order_type=BUY", "price=1",
-                        "volume=1") for i in range(4)]
+
+def test_replay_redispatches_a_range_of_logged_events(
+    env: dict[str, str], symbol: str, private_broker: str
+) -> None:
+    ids = [
+        publish_json(
+            env, "order.created", symbol, f"order_id=r{i}", "order_type=BUY", "price=1", "volume=1"
+        )
+        for i in range(4)
+    ]
     client = redis.Redis.from_url(private_broker)
     client.delete("tradebus.state", "tradebus.risk")  # this test's broker: start from empty queues
     client.close()
-    dry = run(["replay", symbol, "--from", ids[1]["log_id"], "--to", ids[2]["log_id"], "--dry-run", "--json"], env)
+    dry = run(
+        [
+            "replay",
+            symbol,
+            "--from",
+            ids[1]["log_id"],
+            "--to",
+            ids[2]["log_id"],
+            "--dry-run",
+            "--json",
+        ],
+        env,
+    )
     assert dry.returncode == 0, dry.stderr
-    assert [e["event_id"] for e in json.loads(dry.stdout)["events"]] == [ids[1]["event_id"], ids[2]["event_id"]]
+    assert [e["event_id"] for e in json.loads(dry.stdout)["events"]] == [
+        ids[1]["event_id"],
+        ids[2]["event_id"],
+    ]
     assert broker_task_ids(private_broker, "tradebus.state") == []
 
     p = run(["replay", symbol, "--from", ids[1]["log_id"], "--to", ids[2]["log_id"], "--json"], env)
@@ -256,15 +355,27 @@ def test_replay_redispatches_a_range_of_logged_events(env: dict[str, str], symbo
 
 # --- dead letters ----------------------------------------------------------------------------------
 
-def test_deadletters_list_replay_purge(env: dict[str, str], symbol: str, key_prefix: str,
-                                       redis_url: str, private_broker: str) -> None:
+
+def test_deadletters_list_replay_purge(
+    env: dict[str, str], symbol: str, key_prefix: str, redis_url: str, private_broker: str
+) -> None:
     keys = Keys(key_prefix)
     client = redis.Redis.from_url(redis_url)
-    events = [TradeEvent(event_type="signal.generated", symbol=symbol, data={"signal_id": f"s{i}"})
-              for i in range(3)]
+    events = [
+        TradeEvent(event_type="signal.generated", symbol=symbol, data={"signal_id": f"s{i}"})
+        for i in range(3)
+    ]
     for ev in events:
-        dead_letter(client, keys, event_json=ev.to_json(), route="notify", task="tradebus.notify.send",
-                    attempts=6, reason="webhook answered 503", task_id=f"{ev.event_id}:notify")
+        dead_letter(
+            client,
+            keys,
+            event_json=ev.to_json(),
+            route="notify",
+            task="tradebus.notify.send",
+            attempts=6,
+            reason="webhook answered 503",
+            task_id=f"{ev.event_id}:notify",
+        )
     client.close()
     listed = run(["deadletters", "list", "--json"], env)
     assert listed.returncode == 0, listed.stderr
@@ -284,6 +395,7 @@ def test_deadletters_list_replay_purge(env: dict[str, str], symbol: str, key_pre
 
 
 # --- doctor ----------------------------------------------------------------------------------------
+
 
 def test_doctor_without_redis_explains_and_exits_1() -> None:
     p = run(["doctor", "--json"], cli_env(REDIS_URL=f"redis://:{SECRET}@127.0.0.1:1/0"))
@@ -309,20 +421,48 @@ def test_doctor_without_workers_says_how_to_start_one(env: dict[str, str]) -> No
 
 @pytest.mark.slow
 @pytest.mark.celery
-def test_doctor_all_good_with_a_worker(env: dict[str, str], private_broker: str, tmp_path: Any) -> None:
+def test_doctor_all_good_with_a_worker(
+    env: dict[str, str], private_broker: str, tmp_path: Any
+) -> None:
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "solo", "-n", "doctor-test@%h",
-         "-Q", "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile", "--without-gossip",
-         "--without-mingle", "-l", "WARNING"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "-n",
+            "doctor-test@%h",
+            "-Q",
+            "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 45
         while True:
             p = run(["doctor", "--json"], env)
             checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
-            if checks["workers"]["status"] == "ok" or time.monotonic() > deadline or worker.poll() is not None:
+            if (
+                checks["workers"]["status"] == "ok"
+                or time.monotonic() > deadline
+                or worker.poll() is not None
+            ):
                 break
-        assert checks["workers"]["status"] == "ok", (checks["workers"], (tmp_path / "worker.log").read_text())
+        assert checks["workers"]["status"] == "ok", (
+            checks["workers"],
+            (tmp_path / "worker.log").read_text(),
+        )
         assert "doctor-test@" in checks["workers"]["detail"]
         assert p.returncode == 0, checks
         assert checks["queue tradebus.state"]["status"] == "ok"

@@ -22,7 +22,9 @@ DEMO_BUDGET_SECONDS = 60
 
 
 def demo_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))
+    }
     env.update(extra)
     env["COLUMNS"] = "200"
     return env
@@ -30,9 +32,14 @@ def demo_env(**extra: str) -> dict[str, str]:
 
 def run_demo(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "bus.cli", "demo", "--seconds", "5", *args], env=env,
-                       capture_output=True, text=True, timeout=DEMO_BUDGET_SECONDS + 30,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "demo", "--seconds", "5", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_BUDGET_SECONDS + 30,
+        stdin=subprocess.DEVNULL,
+    )
     return p, time.monotonic() - t0
 
 
@@ -40,17 +47,27 @@ def check_summary(s: dict[str, Any]) -> None:
     assert s["ok"], (s["problems"], s.get("worker_log_tail"))
     assert len(s["symbols"]) == 3
     by_type = s["events_by_type"]
-    for t in ("order.created", "order.filled", "position.opened", "trade.executed", "risk.limit_breached",
-              "order.rejected"):
+    for t in (
+        "order.created",
+        "order.filled",
+        "position.opened",
+        "trade.executed",
+        "risk.limit_breached",
+        "order.rejected",
+    ):
         assert by_type.get(t, 0) >= 1, (t, by_type)
     assert s["events_total"] == sum(by_type.values())
     # the breach came from the risk task running in the worker, and the kill switch refused an order after it
     assert any(b["rule"] == "max_order_volume" for b in s["risk_breaches"])
-    assert s["kill_switch_refusals"] and all("kill switch" in r["reason"] for r in s["kill_switch_refusals"])
+    assert s["kill_switch_refusals"] and all(
+        "kill switch" in r["reason"] for r in s["kill_switch_refusals"]
+    )
     tasks = s["tasks"]
     assert tasks["all_finished"] and tasks["dispatched"] > 0
     assert tasks["run"] >= tasks["dispatched"]  # + the tasks of the breach the worker published
-    assert {"tradebus.state.apply", "tradebus.risk.check", "tradebus.notify.send"} <= set(tasks["by_task"])
+    assert {"tradebus.state.apply", "tradebus.risk.check", "tradebus.notify.send"} <= set(
+        tasks["by_task"]
+    )
     assert tasks["dead_lettered"] == 0
     assert s["state_projection_matches_broker"]
     lat = s["latency"]
@@ -85,10 +102,19 @@ def test_demo_with_no_redis_configured_embeds_one() -> None:
 
 
 def test_demo_human_output_shows_progress_and_summary() -> None:
-    p, _ = run_demo(demo_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2")
+    p, _ = run_demo(
+        demo_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2"
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
-    for needle in ("starting a Celery worker", "kill switch engaged", "events by type", "Celery tasks",
-                   "positions and PnL", "publish -> task start", "demo OK"):
+    for needle in (
+        "starting a Celery worker",
+        "kill switch engaged",
+        "events by type",
+        "Celery tasks",
+        "positions and PnL",
+        "publish -> task start",
+        "demo OK",
+    ):
         assert needle in out, needle
     assert "Traceback" not in out + p.stderr
