@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     # Celery broker. Default: the bus's Redis, database REDIS_DB + 1. amqp:// works too.
     celery_broker_url: SecretStr | None = _env("CELERY_BROKER_URL")
 
+    # Dispatch: publish() also enqueues the Celery tasks its routes pick (G2). Off: log + broadcast only.
+    dispatch: bool = Field(True, validation_alias="TRADEBUS_DISPATCH")
+    # Strict: publish() raises DispatchError when the broker refuses, instead of leaving it to beat.
+    dispatch_strict: bool = Field(False, validation_alias="TRADEBUS_DISPATCH_STRICT")
+    # Extra routing rules (JSON or TOML), added to the default table; checked at start-up.
+    routes_file: str | None = _env("TRADEBUS_ROUTES_FILE")
+    # Prefix of the broker's queue keys (kombu's global_keyprefix), to share one Redis between tenants.
+    broker_key_prefix: str = Field("", validation_alias="TRADEBUS_BROKER_KEY_PREFIX")
+
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")

@@ -35,6 +35,7 @@ from .errors import DispatchError
 from .events import TradeEvent
 from .kombu_messages import (
     PUBLISH_RETRY_POLICY,
+    broker_key_prefix_option,
     MessageBuilder,
     redis_client_kwargs,
     same_redis_server,
@@ -73,7 +74,8 @@ def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
                                   "socket_timeout": s.redis_socket_timeout,
                                   "socket_connect_timeout": s.redis_connect_timeout,
                                   "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                                  "interval_max": 0.5},
+                                  "interval_max": 0.5,
+                                  **broker_key_prefix_option(broker_url, s)},
     )  # fmt: skip
     return app
 
@@ -105,8 +107,8 @@ class Dispatcher:
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
         if routing is None:
-            path = getattr(settings, "routes_file", None)
-            routing = RoutingTable.from_file(path) if path else RoutingTable.default()
+            routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        kw.setdefault("strict", settings.dispatch_strict)
         return cls(settings.broker_url, routing, settings=settings, **kw)
 
     def __repr__(self) -> str:

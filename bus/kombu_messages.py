@@ -22,10 +22,13 @@ import os
 import socket
 import uuid
 from bisect import bisect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 # kombu.transport.redis.PRIORITY_STEPS and Channel.sep (checked against kombu in the tests).
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -115,3 +118,10 @@ def same_redis_server(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Two connection-argument dicts reach the same server as the same user (the db may differ)."""
     fields = ("host", "port", "unix_socket_path", "username", "password", "ssl")
     return all(a.get(f) == b.get(f) for f in fields)
+
+
+def broker_key_prefix_option(broker_url: str, settings: Settings) -> dict[str, str]:
+    """kombu's ``global_keyprefix`` transport option for a Redis broker with a key prefix set."""
+    if settings.broker_key_prefix and redis_client_kwargs(broker_url) is not None:
+        return {"global_keyprefix": settings.broker_key_prefix}
+    return {}

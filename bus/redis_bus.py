@@ -233,4 +233,10 @@ class EventBusFactory:
 
     @staticmethod
     def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
+        """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
+        publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
+        if "dispatcher" not in kw and env_config.dispatch:
+            from .dispatch import Dispatcher  # imports Celery: only when dispatching
+
+            kw["dispatcher"] = Dispatcher.from_settings(env_config)
         return RedisEventBus(settings=env_config, **kw)

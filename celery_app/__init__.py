@@ -20,8 +20,7 @@ __all__ = ["app", "make_celery", "routing_from_settings"]
 
 
 def routing_from_settings(settings: Settings) -> RoutingTable:
-    path = getattr(settings, "routes_file", None)
-    return RoutingTable.from_file(path) if path else RoutingTable.default()
+    return RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
 
 
 def make_celery(

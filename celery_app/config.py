@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bus.config import Settings
-from bus.kombu_messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY
+from bus.kombu_messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
 from bus.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
 # Redis transport: a message taken but not acked within this many seconds is handed to another worker.
@@ -33,7 +33,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "health_check_interval": settings.redis_health_check_interval,
     }
     transport: dict[str, Any] = (
-        {"visibility_timeout": VISIBILITY_TIMEOUT, "priority_steps": list(PRIORITY_STEPS), **timeouts}
+        {"visibility_timeout": VISIBILITY_TIMEOUT, "priority_steps": list(PRIORITY_STEPS), **timeouts,
+         **broker_key_prefix_option(broker, settings)}
         # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
         if is_redis else {"confirm_publish": True}
     )

@@ -45,11 +45,12 @@ def broker_url(redis_url: str) -> str:
 
 
 @pytest.fixture
-def key_prefix(redis_url: str) -> Iterator[str]:
-    """A fresh key prefix for one test; every key under it is deleted afterwards."""
+def key_prefix(redis_url: str, broker_url: str) -> Iterator[str]:
+    """A fresh key prefix for one test; every key under it (bus and broker db) is deleted afterwards."""
     prefix = f"tbtest-{uuid.uuid4().hex[:10]}"
     yield prefix
     delete_prefix(redis_url, prefix)
+    delete_prefix(broker_url, prefix)
 
 
 def delete_prefix(url: str, prefix: str) -> None:
@@ -76,9 +77,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(redis_url: str, broker_url: str, key_prefix: str) -> Settings:
-    """Settings pointing at the test Redis, under this test's key prefix."""
+    """Settings pointing at the test Redis, under this test's key prefix (broker queues included)."""
     return LoadEnvironmentVariables(
-        None, redis_url=redis_url, celery_broker_url=broker_url, key_prefix=key_prefix
+        None,
+        redis_url=redis_url,
+        celery_broker_url=broker_url,
+        key_prefix=key_prefix,
+        broker_key_prefix=f"{key_prefix}:",
     )
 
 
