@@ -6,11 +6,19 @@ raises ConfigError naming the variable. Passwords are SecretStr and never appear
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .defaults import (
@@ -78,6 +86,21 @@ class Settings(BaseSettings):
         DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES"
     )
 
+    # the .env file these settings were read from (for environ())
+    _env_file: Path | None = PrivateAttr(default=None)
+
+    def environ(self) -> dict[str, str]:
+        """The variables of the .env file these settings came from, overridden by the real
+        environment: for the parts configured by their own variables (risk limits, webhooks,
+        reconciliation), so a .env file configures a worker exactly as it configures the bus."""
+        from dotenv import dotenv_values  # a dependency of pydantic-settings
+
+        merged = {}
+        if self._env_file is not None and self._env_file.is_file():
+            merged = {k: v for k, v in dotenv_values(self._env_file).items() if v is not None}
+        merged.update(os.environ)
+        return merged
+
     @field_validator("redis_ssl_cert_reqs")
     @classmethod
     def _v_cert_reqs(cls, v: str) -> str:
@@ -144,9 +167,10 @@ class Settings(BaseSettings):
             auth = f"{quote(self.redis_username, safe='')}@"
         return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/{db}"
 
-    def ssl_options(self) -> dict[str, Any]:
-        """Keyword arguments for redis-py when the bus URL is rediss://."""
-        if urlsplit(self.bus_url).scheme != "rediss":
+    def ssl_options(self, url: str | None = None) -> dict[str, Any]:
+        """redis-py TLS arguments (REDIS_SSL_*) when ``url`` (default: the bus URL) is rediss://;
+        the same certificates serve a rediss:// Celery broker."""
+        if urlsplit(url or self.bus_url).scheme != "rediss":
             return {}
         opts: dict[str, Any] = {"ssl_cert_reqs": self.redis_ssl_cert_reqs}
         if self.redis_ssl_ca_certs:
@@ -183,7 +207,9 @@ def LoadEnvironmentVariables(path: str | Path | None = ".env", **overrides: Any)
     env_file = Path(path) if path is not None else None
     try:
         if env_file is not None and env_file.is_file():
-            return Settings(_env_file=env_file, _env_file_encoding="utf-8", **overrides)  # type: ignore[call-arg]
+            settings = Settings(_env_file=env_file, _env_file_encoding="utf-8", **overrides)  # type: ignore[call-arg]
+            settings._env_file = env_file
+            return settings
         return Settings(**overrides)
     except ValidationError as e:
         raise _config_error(e) from None

@@ -216,6 +216,7 @@ class Dispatcher:
             s = self.settings
             self._broker = redis.Redis(
                 **self._redis_kw,  # type: ignore[arg-type]
+                **s.ssl_options(self.broker_url),
                 socket_connect_timeout=s.redis_connect_timeout, socket_timeout=s.redis_socket_timeout,
                 socket_keepalive=True, health_check_interval=s.redis_health_check_interval,
                 # fail fast: a publish must not wait out retries; beat re-dispatches what failed

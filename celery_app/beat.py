@@ -79,5 +79,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = schedule_of(JOBS)
 
 
 def beat_schedule(settings: Any = None, environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """The schedule with the environment's interval overrides (``settings`` kept for the app factory)."""
+    """The schedule with interval overrides from the environment (and the settings' .env file)."""
+    if environ is None and settings is not None:
+        environ = settings.environ()
     return schedule_of(jobs(environ))

@@ -41,10 +41,13 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     # Bounded reconnect attempts while publishing: apply_async/send_task must not hang on a dead broker.
     transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,
                      interval_step=0.2, interval_max=0.5)  # fmt: skip
+    tls = settings.ssl_options(broker)
     queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
     conf: dict[str, Any] = {
         "broker_url": broker,
         "broker_transport_options": transport,
+        # rediss:// broker: the same CA / client certificate settings as the bus (G6).
+        **({"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}),
         # JSON only, in and out: a pickle message is refused, never unpickled (G6).
         "task_serializer": "json",
         "result_serializer": "json",

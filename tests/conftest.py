@@ -57,7 +57,7 @@ def delete_prefix(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
         batch = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):  # also "{prefix}-other" tenants
             batch.append(key)
             if len(batch) >= 500:
                 client.delete(*batch)

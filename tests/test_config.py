@@ -120,3 +120,25 @@ def test_loading_settings_opens_no_connection(monkeypatch) -> None:
     # a port nothing listens on: building settings must not try to connect
     monkeypatch.setenv("REDIS_PORT", "1")
     assert LoadEnvironmentVariables(None).redis_port == 1
+
+
+def test_environ_merges_the_env_file_under_the_real_environment(tmp_path, monkeypatch) -> None:
+    # Risk limits, webhooks and reconciliation read their own variables: a .env file must
+    # configure them for a worker exactly as it configures the bus.
+    env = write_env(tmp_path, "TRADEBUS_WEBHOOK_URL=http://hook.local/x\nTRADEBUS_RISK_MAX_OPEN_POSITIONS=3\n")
+    monkeypatch.setenv("TRADEBUS_RISK_MAX_OPEN_POSITIONS", "7")
+    merged = LoadEnvironmentVariables(env).environ()
+    assert merged["TRADEBUS_WEBHOOK_URL"] == "http://hook.local/x"
+    assert merged["TRADEBUS_RISK_MAX_OPEN_POSITIONS"] == "7"
+    assert "TRADEBUS_WEBHOOK_URL" not in LoadEnvironmentVariables(None).environ()
+
+
+def test_tls_settings_serve_a_rediss_bus_and_a_rediss_broker(tmp_path) -> None:
+    from celery_app.config import celery_config
+
+    env = write_env(tmp_path, "REDIS_URL=rediss://:pw@cache:6380/0\nREDIS_SSL_CA_CERTS=/etc/ca.pem\n")
+    s = LoadEnvironmentVariables(env)
+    assert s.broker_url.startswith("rediss://")
+    conf = celery_config(s)
+    assert conf["broker_use_ssl"] == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ca.pem"}
+    assert "broker_use_ssl" not in celery_config(LoadEnvironmentVariables(None))

@@ -8,7 +8,6 @@ context (``self.ctx``). No retries: the next beat tick is the retry.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 from celery import Task, shared_task
@@ -29,7 +28,7 @@ class ReconcileTask(TradebusTask):
 def reconcile_config(ctx: Any) -> reconcile.ReconcileConfig:
     config = getattr(ctx, "reconcile_config", None)
     if config is None:
-        config = ctx.reconcile_config = reconcile.ReconcileConfig.from_env()
+        config = ctx.reconcile_config = reconcile.ReconcileConfig.from_env(ctx.settings.environ())
     return config
 
 
@@ -37,7 +36,7 @@ def positions_source(ctx: Any) -> Any:
     """``ctx.broker`` if set, else TRADEBUS_BROKER_FACTORY=``module:callable`` returning one (or None)."""
     broker = getattr(ctx, "broker", None)
     if broker is None:
-        spec = os.environ.get("TRADEBUS_BROKER_FACTORY", "").strip()
+        spec = ctx.settings.environ().get("TRADEBUS_BROKER_FACTORY", "").strip()
         if spec:
             module, _, name = spec.partition(":")
             broker = ctx.broker = getattr(importlib.import_module(module), name)()
