@@ -38,6 +38,7 @@ from .outbox import (
     OutboxPublisher,
 )
 from .paper_broker import PaperBroker
+from .redis_bus import RedisEventBus
 
 KILL_SWITCH_PREFIX = "kill switch: "
 __all__ = ["ExecutorBuilder", "ExecutorConfig", "OrderExecutor", "OrderTicket", "TradeExecutor",
@@ -252,6 +253,7 @@ class TradeExecutor:
         self.config, self.client, self.order_executor = config, client, order_executor
         self.publisher, self.event_bus, self.log = publisher, event_bus, logger
         self._listener: Any = None
+        self._listener_bus: RedisEventBus | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -291,6 +293,10 @@ class TradeExecutor:
             return self
         if not hasattr(bus, "listen_in_thread"):
             return self
+        if isinstance(bus, RedisEventBus):
+            # A listener of its own (same client and prefix): the caller's bus stays free for the
+            # caller's listen(), and close() here never stops the caller's subscriptions.
+            bus = self._listener_bus = bus.detached()
         if self.config.symbols and hasattr(bus, "subscribe"):
             for symbol in self.config.symbols:
                 bus.subscribe(symbol, T.RISK_LIMIT_BREACHED, handler)
@@ -300,6 +306,10 @@ class TradeExecutor:
             return self
         self._listener = bus.listen_in_thread()
         return self
+
+    def wait_until_listening(self, timeout: float) -> bool:
+        """True once the breach listener is subscribed (False without one, or on timeout)."""
+        return self._listener is not None and self._listener.wait_ready(timeout)
 
     def close(self) -> None:
         """Stop the flusher and the breach listener; close the outbox (what is queued stays on disk)."""
@@ -311,6 +321,9 @@ class TradeExecutor:
             self._listener.stop()
             self._listener.join(5.0)
             self._listener = None
+        if self._listener_bus is not None:
+            self._listener_bus.close()
+            self._listener_bus = None
         self.publisher.close()
 
     def __enter__(self) -> TradeExecutor:

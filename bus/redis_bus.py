@@ -25,6 +25,7 @@ Dispatch protocol (implemented by bus/dispatch.py's ``Dispatcher``; any object w
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -208,6 +209,13 @@ class RedisEventBus(Publisher):
             if self._ping_conn is not None:
                 self._ping_conn.disconnect()
             return False
+
+    def detached(self) -> RedisEventBus:
+        """A bus on this one's client and key prefix with subscriptions and a listen loop of its own
+        (no dispatcher; no I/O now). Closing it leaves this bus and its client alone."""
+        other = copy.copy(self)
+        other._subscriber, other._ping_conn, other._own_client, other.dispatcher = None, None, False, None
+        return other
 
     def close(self) -> None:
         if self._subscriber is not None:

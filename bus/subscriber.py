@@ -123,14 +123,35 @@ class Subscriber:
         self._stop.set()
 
     def listen_in_thread(self) -> ListenerHandle:
-        thread = threading.Thread(target=self.listen, name="tradebus-listener", daemon=True)
+        """Run ``listen()`` in a daemon thread; if a listener thread already runs, its handle."""
+        with self._lock:
+            running = getattr(self, "_loop_thread", None)
+            if not self._idle.is_set() and running is not None and running.is_alive():
+                return ListenerHandle(self, running)
+            thread = threading.Thread(target=self._listen, name="tradebus-listener", daemon=True)
+            self._claim(thread)
         thread.start()
         return ListenerHandle(self, thread)
 
     def listen(self) -> None:
-        delay = BACKOFF_START
+        """Block, delivering events, until ``stop()``. One loop per bus: subscriptions added while it
+        runs join it; a second concurrent ``listen()`` raises RuntimeError."""
+        with self._lock:
+            self._claim(threading.current_thread())
+        self._listen()
+
+    def _claim(self, thread: threading.Thread) -> None:
+        running = getattr(self, "_loop_thread", None)
+        if not self._idle.is_set() and running is not None and running is not thread:
+            raise RuntimeError(
+                f"this bus is already listening (thread {running.name}); subscriptions added now join "
+                "that loop, or use another RedisEventBus for a separate listener"
+            )
         self._idle.clear()
-        self._loop_thread = threading.current_thread()
+        self._loop_thread = thread
+
+    def _listen(self) -> None:
+        delay = BACKOFF_START
         try:
             while not self._stop.is_set():
                 try:

@@ -218,3 +218,21 @@ def test_broadcast_carries_metadata_that_decode_broadcast_splits(bus, redis_clie
     assert decode_broadcast(e.encode()) == (e, {})
     assert orjson.loads(msg["data"])["prev_t"] == ""
     ps.close()
+
+
+def test_one_loop_per_bus(bus):
+    import threading
+
+    bus.subscribe_all("LOOP", lambda event: None)
+    handle = bus.listen_in_thread()
+    assert handle.wait_ready(10)
+    # a second listen_in_thread() is the same loop; a second blocking listen() is refused clearly
+    assert bus.listen_in_thread().thread is handle.thread
+    errors = []
+    other = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, bus.listen)))
+    other.start()
+    other.join(5)
+    assert errors and "already listening" in str(errors[0].value)
+    handle.stop()
+    handle.join(5)
+    assert not handle.is_alive()

@@ -195,7 +195,7 @@ def test_kill_switch_learned_from_the_bus(
 ) -> None:
     if not has_subscriber_api(event_bus):
         pytest.skip("this bus cannot subscribe")
-    assert event_bus.wait_until_listening(10)
+    assert executor.wait_until_listening(10)
     assert executor.kill_switch_reason("BTCUSD") is None
     # Given a risk worker elsewhere publishing a breach on the bus (and writing no kill-switch hash)
     risk_bus = make_bus(redis_url, key_prefix)
@@ -238,3 +238,33 @@ def test_default_outbox_path_follows_xdg_state_home(
         ExecutorConfig(source="s1").resolved_outbox_path()
         == tmp_path / "tradebus" / "outbox-s1.sqlite3"
     )
+
+
+def test_executors_sharing_a_bus_listen_apart_from_the_caller(
+    tmp_path: Path, event_bus: Any, redis_url: str, key_prefix: str
+) -> None:
+    # Given two executors built on one bus, and the caller listening on that bus too
+    def build(name: str) -> TradeExecutor:
+        broker = PaperBroker(id_prefix=f"{name}-")
+        broker.set_price("BTCUSD", "45000")
+        config = {"source": name, "outbox_path": str(tmp_path / f"{name}.db"), "symbols": ["BTCUSD"]}
+        return ExecutorBuilder.build_from_config(config=config, client=broker, event_bus=event_bus)
+
+    first, second = build("first"), build("second")
+    seen: list[TradeEvent] = []
+    event_bus.subscribe("BTCUSD", T.RISK_LIMIT_BREACHED, seen.append)
+    caller = event_bus.listen_in_thread()
+    try:
+        assert first.wait_until_listening(10) and second.wait_until_listening(10) and caller.wait_ready(10)
+        # When the first executor is closed and then a breach is published
+        first.close()
+        risk_bus = make_bus(redis_url, key_prefix)
+        risk_bus.publish(TradeEvent.create_risk_limit_breached("BTCUSD", "exposure", 10.0, 12.0))
+        risk_bus.close()
+        # Then the second executor and the caller still hear it
+        wait_for(lambda: second.kill_switch_reason("BTCUSD") and seen)
+        assert second.buy("BTCUSD", "0.1").status == "rejected"
+    finally:
+        caller.stop()
+        caller.join(5)
+        second.close()
