@@ -18,6 +18,7 @@ import redis
 from .cli_common import CliError
 from .config import LoadEnvironmentVariables, Settings, safe_url
 from .embedded import EmbeddedRedis, redis_answers
+from .keyspace import delete_matching
 
 #: seconds the worker has to answer a ping after it is started
 WORKER_START_TIMEOUT = 45.0
@@ -209,14 +210,7 @@ class DemoEnvironment:
         except redis.RedisError:
             return
         try:
-            batch = []
-            for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    client.delete(*batch)
-                    batch.clear()
-            if batch:
-                client.delete(*batch)
+            delete_matching(client, f"{self.prefix}:*")
         except redis.RedisError as e:
             self.log(f"could not delete the demo keys under {self.prefix}: {e}")
         finally:

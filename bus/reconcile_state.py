@@ -22,6 +22,7 @@ import redis
 
 from .channels import Keys
 from .events import TradeEvent, TradeEventType
+from .keyspace import delete_matching
 from .lease import fenced_script
 from .scripts import execute_pipeline
 from .state import SCRIPT as STATE_SCRIPT
@@ -181,14 +182,7 @@ def _drop_dangling(client: redis.Redis, keys: Keys, symbol: str, token: int) -> 
 
 
 def _delete_scratch(client: redis.Redis, scratch: Keys) -> None:
-    batch: list[Any] = []
-    for key in client.scan_iter(match=f"{scratch.prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            client.unlink(*batch)
-            batch.clear()
-    if batch:
-        client.unlink(*batch)
+    delete_matching(client, f"{scratch.prefix}:*")
 
 
 def rebuild_state(

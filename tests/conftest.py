@@ -16,6 +16,7 @@ import redis
 
 from bus.config import LoadEnvironmentVariables, Settings
 from bus.embedded import EmbeddedRedis, redis_answers
+from bus.keyspace import delete_matching
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # Databases the test suite uses on the shared server (bus / Celery broker), away from the default 0/1.
@@ -56,14 +57,7 @@ def key_prefix(redis_url: str, broker_url: str) -> Iterator[str]:
 def delete_prefix(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
-        batch = []
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):  # also "{prefix}-other" tenants
-            batch.append(key)
-            if len(batch) >= 500:
-                client.delete(*batch)
-                batch.clear()
-        if batch:
-            client.delete(*batch)
+        delete_matching(client, f"{prefix}*")  # also "{prefix}-other" tenants
     finally:
         client.close()
 
