@@ -12,14 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
 from conftest import delete_prefix
+from support_bus import wait_for  # noqa: F401 - re-exported for the worker tests
 
 from bus.config import Settings
 from bus.dispatch import Dispatcher
@@ -29,17 +29,6 @@ from celery_app import make_celery
 REPO = Path(__file__).resolve().parent.parent
 ALL_QUEUES = "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile"
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        time.sleep(interval)
 
 
 def test_app(settings: Settings, routing: RoutingTable | None = None, **overrides: Any) -> Any:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from bus.channels import Keys, channel
 from bus.events import TradeEvent
+from tests.support_bus import wait_for  # noqa: F401 - re-exported for the executor tests
 
 
 class StreamBus:
@@ -50,14 +49,3 @@ def has_subscriber_api(bus: Any) -> bool:
         hasattr(bus, "subscribe_type") or hasattr(bus, "subscribe")
     )
 
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``condition`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
