@@ -26,6 +26,11 @@ class BusConnectionError(BusError, redis.ConnectionError):
     """Redis could not be reached. Catchable as ``redis.ConnectionError``, as the reference does."""
 
 
+class BusPermissionError(BusError, redis.exceptions.NoPermissionError):
+    """Redis refused a key, channel or command to the ACL user (NOPERM). The message says what to
+    grant; retrying does not help, so loops stop on it."""
+
+
 class DispatchError(BusError):
     """Celery tasks could not be enqueued (raised only in strict dispatch mode)."""
 

