@@ -4,8 +4,17 @@
 
 1. publish() of an event with 3 routes (position.closed: state, risk, notify), events/s, beside the
    naive bridge PUBLISH + XADD + 3 x apply_async, in the same run.
-2. publish -> state-visible latency, p50/p99, at --rate events/s with one worker (solo pool).
-3. The state task's drain rate on one worker beside a trivial task's (same worker, same queue).
+2. publish -> state-visible latency, p50/p99, at --rate events/s with one worker (solo pool), beside a
+   bare Celery app (Celery's defaults, solo pool) running a trivial task at the same rate: publish ->
+   task start.
+3. The state task's drain rate on one worker beside a trivial task's (same worker, same queue), and the
+   bare Celery worker's drain of the trivial task, in the same run.
+
+Latency is measured without a watcher competing for the 2 cores: the worker stamps
+``time.perf_counter()`` (CLOCK_MONOTONIC, the same clock in every process on the machine) in the
+task_prerun / task_postrun signals and pushes the stamps to Redis in batches of 50; the publisher
+sleeps (rather than spins) until each send time. "State visible" is task_postrun: the projection's
+EVALSHA has returned, so the state is readable (an upper bound, by the reply's few microseconds).
 
 Uses REDIS_URL (default redis://127.0.0.1:6379/9; the broker is the next db), a fresh key prefix,
 and kombu's global_keyprefix for private queues; deletes its keys afterwards.
@@ -18,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +41,34 @@ sys.path.insert(0, str(REPO))
 @shared_task(name="tradebus_bench.noop", ignore_result=True)
 def noop(event_json: str, route: str = "") -> None:
     """The trivial task: the baseline the state task is compared with."""
+
+
+STAMP_BATCH = 50
+
+
+def _install_stamps(key: str, url: str) -> None:
+    """In the worker: record (task id, start, end) per task, RPUSH them in batches (one round trip / 50)."""
+    from celery import signals
+
+    client = redis.Redis.from_url(url)
+    buf: list[str] = []
+    started: dict[str, float] = {}
+
+    def pre(task_id: str = "", **_: object) -> None:
+        started[task_id] = time.perf_counter()
+
+    def post(task_id: str = "", **_: object) -> None:
+        buf.append(f"{task_id} {started.pop(task_id, 0.0)!r} {time.perf_counter()!r}")
+        if len(buf) >= STAMP_BATCH:
+            client.rpush(key, *buf)
+            buf.clear()
+
+    signals.task_prerun.connect(pre, weak=False)
+    signals.task_postrun.connect(post, weak=False)
+
+
+if os.environ.get("TRADEBUS_BENCH_STAMPS"):  # only in the bench's worker processes
+    _install_stamps(os.environ["TRADEBUS_BENCH_STAMPS"], os.environ["REDIS_URL"])
 
 
 def _settings(prefix: str):  # type: ignore[no-untyped-def]
@@ -68,7 +104,7 @@ def _closed(i: int):  # type: ignore[no-untyped-def]
 
 def bench_publish(n: int) -> dict[str, float]:
     from bus.channels import channel
-    from bus.dispatch import Dispatcher
+    from bus.dispatch import Dispatcher, publisher_app
     from bus.redis_bus import RedisEventBus
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
@@ -84,13 +120,17 @@ def bench_publish(n: int) -> dict[str, float]:
             for e in events:
                 bus.publish(e)
 
+        plain = publisher_app(s.broker_url, s)  # kombu's own Redis transport, as a user would have
+        plain.conf.broker_transport_options = {**plain.conf.broker_transport_options,
+                                               "global_keyprefix": f"{s.key_prefix}:"}  # fmt: skip
+
         def naive(events: list) -> None:  # type: ignore[type-arg]  # the same three tasks, as a user would
             for e in events:
                 js = e.to_json()
                 r.publish(channel(e.symbol, e.event_type), js)
                 r.xadd(f"{s.key_prefix}:{{naive}}:log", {"event": js})
                 for rt in routes:
-                    app.send_task(rt.task, args=[js], kwargs={"route": rt.name}, task_id=f"{e.event_id}:{rt.name}",
+                    plain.send_task(rt.task, args=[js], kwargs={"route": rt.name}, task_id=f"{e.event_id}:{rt.name}",
                                   queue=rt.queue)  # fmt: skip
 
         # interleaved rounds, so a load change on the machine hits both paths alike; medians reported
@@ -108,26 +148,55 @@ def bench_publish(n: int) -> dict[str, float]:
         _cleanup(s)
 
 
-def _worker(s, queues: str):  # type: ignore[no-untyped-def]
+def _worker(s, queues: str, app: str = "support_worker_app", stamps: str = ""):  # type: ignore[no-untyped-def]
     env = dict(os.environ, REDIS_URL=s.bus_url, CELERY_BROKER_URL=s.broker_url, TRADEBUS_KEY_PREFIX=s.key_prefix,
-               TRADEBUS_TEST_GLOBAL_KEYPREFIX=f"{s.key_prefix}:",
+               TRADEBUS_TEST_GLOBAL_KEYPREFIX=f"{s.key_prefix}:", TRADEBUS_BENCH_STAMPS=stamps,
                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO / "bench"), str(REPO)]))  # fmt: skip
-    cmd = [sys.executable, "-m", "celery", "-A", "support_worker_app", "worker", "-P", "solo", "-Q", queues,
+    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "solo", "-Q", queues,
            "--include", "bench_dispatch", "--without-gossip", "--without-mingle", "--without-heartbeat",
            "-l", "WARNING"]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(cond, timeout: float = 60.0, step: float = 0.002) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
-        time.sleep(0.002)
+        time.sleep(step)
+
+
+def _pace(rate: int, n: int, send, stamps_key: str, probe: redis.Redis) -> list[float]:  # type: ignore[no-untyped-def]
+    """Call ``send(i)`` at ``rate``/s for i < n (a multiple of STAMP_BATCH), sleeping rather than spinning
+    until each send time; wait until the worker has pushed all n stamps; return the send times."""
+    sent = [0.0] * n
+    start = time.perf_counter()
+    for i in range(n):
+        wait = start + i / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        sent[i] = time.perf_counter()
+        send(i)
+    _wait(lambda: probe.llen(stamps_key) >= n, timeout=120, step=0.05)
+    return sent
+
+
+def _latencies(probe: redis.Redis, key: str, sent: dict[str, float]) -> dict[str, float]:
+    start, end = [], []
+    for row in probe.lrange(key, 0, -1):
+        tid, pre, post = row.decode().split(" ")
+        if tid in sent:
+            start.append((float(pre) - sent[tid]) * 1000)
+            end.append((float(post) - sent[tid]) * 1000)
+    assert len(start) == len(sent), (len(start), len(sent))
+    start.sort()
+    end.sort()
+    p = lambda xs, q: xs[min(len(xs) - 1, int(len(xs) * q))]  # noqa: E731
+    return {"start_p50": p(start, 0.5), "start_p99": p(start, 0.99), "p50_ms": p(end, 0.5),
+            "p99_ms": p(end, 0.99), "max_ms": end[-1], "n": len(end)}  # fmt: skip
 
 
 def bench_latency(rate: int, seconds: float) -> dict[str, float]:
-    from bus.channels import Keys
     from bus.dispatch import Dispatcher
     from bus.events import TradeEvent
     from bus.redis_bus import RedisEventBus
@@ -135,45 +204,51 @@ def bench_latency(rate: int, seconds: float) -> dict[str, float]:
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)
-    keys = Keys(s.key_prefix)
+    stamps = f"{s.key_prefix}:stamps"
     table = RoutingTable([Route("state", "tradebus.state.apply", "tradebus.state", ("order.*",))])
-    proc = _worker(s, "tradebus.state")
+    proc = _worker(s, "tradebus.state", stamps=stamps)
     try:
         bus = RedisEventBus(settings=s, dispatcher=Dispatcher(s.broker_url, table, settings=s, app=app))
         probe = redis.Redis.from_url(s.bus_url)
-        warm = TradeEvent.create_order_created("XAUUSD", "warm", "BUY", 1.0, 1.0)
-        bus.publish(warm)
-        _wait(lambda: probe.exists(keys.order("XAUUSD", "warm")))
-        n = int(rate * seconds)
-        sent: list[float] = [0.0] * n
-        seen: list[float] = [0.0] * n
-        done = threading.Event()
-
-        def watch() -> None:  # one worker, one queue: FIFO, so watch the oldest outstanding order
-            i = 0
-            while i < n:
-                if sent[i] and probe.exists(keys.order("XAUUSD", f"o{i}")):
-                    seen[i] = time.perf_counter()
-                    i += 1
-                else:
-                    time.sleep(0.0002)  # leave the CPU to the publisher and the worker
-            done.set()
-
-        th = threading.Thread(target=watch, daemon=True)
-        th.start()
+        for w in range(STAMP_BATCH):  # warm up, and wait for the worker
+            bus.publish(TradeEvent.create_order_created("XAUUSD", f"warm{w}", "BUY", 1.0, 1.0))
+        _wait(lambda: probe.llen(stamps) >= STAMP_BATCH)
+        probe.delete(stamps)
+        n = int(rate * seconds) // STAMP_BATCH * STAMP_BATCH
         events = [TradeEvent.create_order_created("XAUUSD", f"o{i}", "BUY", 1.0, 1.0) for i in range(n)]
-        start = time.perf_counter()
-        for i, e in enumerate(events):
-            target = start + i / rate
-            while time.perf_counter() < target:
-                pass
-            t = time.perf_counter()
-            bus.publish(e)
-            sent[i] = t
-        done.wait(60)
-        lat = sorted((b - a) * 1000 for a, b in zip(sent, seen, strict=True))
+        sent = _pace(rate, n, lambda i: bus.publish(events[i]), stamps, probe)
+        out = _latencies(probe, stamps, {f"{e.event_id}:state": t for e, t in zip(events, sent, strict=False)})
         bus.close()
-        return {"p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)], "max_ms": lat[-1], "n": n}
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        _cleanup(s)
+
+
+def bench_latency_bare(rate: int, seconds: float) -> dict[str, float]:
+    """Bare Celery (defaults, solo pool), trivial task, apply_async at ``rate``: publish -> task start."""
+    from celery import Celery
+
+    s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
+    stamps = f"{s.key_prefix}:stamps"
+    app = Celery("bare-client", broker=s.broker_url, set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": f"{s.key_prefix}:"}
+    proc = _worker(s, "bench.bare", app="bench_bare_celery_app", stamps=stamps)
+    try:
+        probe = redis.Redis.from_url(s.bus_url)
+        js = _closed(0).to_json()
+
+        def send(i: int) -> None:
+            app.send_task("tradebus_bench.noop", args=[js], task_id=f"t{i}", queue="bench.bare")
+
+        for w in range(STAMP_BATCH):
+            app.send_task("tradebus_bench.noop", args=[js], task_id=f"w{w}", queue="bench.bare")
+        _wait(lambda: probe.llen(stamps) >= STAMP_BATCH)
+        probe.delete(stamps)
+        n = int(rate * seconds) // STAMP_BATCH * STAMP_BATCH
+        sent = _pace(rate, n, send, stamps, probe)
+        return _latencies(probe, stamps, {f"t{i}": t for i, t in enumerate(sent)})
     finally:
         proc.terminate()
         proc.wait(20)
@@ -181,6 +256,10 @@ def bench_latency(rate: int, seconds: float) -> dict[str, float]:
 
 
 def bench_drain(n: int) -> dict[str, float]:
+    """Our worker draining n trivial / n state tasks, and a bare Celery worker draining n trivial tasks;
+    two workers started side by side (idle in BRPOP while the other drains), rounds interleaved, best of 2."""
+    from celery import Celery
+
     from bus.channels import Keys
     from bus.dispatch import Dispatcher
     from bus.events import TradeEvent
@@ -188,37 +267,46 @@ def bench_drain(n: int) -> dict[str, float]:
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)
+    bare = Celery("bare-client", broker=s.broker_url, set_as_current=False)
+    bare.conf.broker_transport_options = {"global_keyprefix": f"{s.key_prefix}:"}
     keys = Keys(s.key_prefix)
     d = Dispatcher(s.broker_url, settings=s, app=app)
     broker = redis.Redis.from_url(s.broker_url)
-    qkey = redis_queue_key("tradebus.state", 0, f"{s.key_prefix}:")
     unacked = f"{s.key_prefix}:unacked"
-    proc = _worker(s, "tradebus.state")
+    procs = [_worker(s, "tradebus.state"), _worker(s, "bench.bare", app="bench_bare_celery_app")]
     out: dict[str, float] = {}
     try:
-        build = MessageBuilder(app).build
-        for task in ("tradebus_bench.noop", "tradebus.state.apply", "tradebus_bench.noop", "tradebus.state.apply"):
+        builders = {"ours": MessageBuilder(app).build, "bare": MessageBuilder(bare).build}
+        rounds = [("bare", "tradebus_bench.noop"), ("ours", "tradebus_bench.noop"), ("ours", "tradebus.state.apply")]
+        for who, task in rounds * 2:
+            queue = "tradebus.state" if who == "ours" else "bench.bare"
+            qkey = redis_queue_key(queue, 0, f"{s.key_prefix}:")
             msgs = []
             for i in range(n):
-                e = TradeEvent.create_order_created("XAUUSD", f"{task}-{i}-{uuid.uuid4().hex[:6]}", "BUY", 1.0, 1.0)
-                msgs.append(build(task, f"{e.event_id}:state", [e.to_json()], {"route": "state"}, "tradebus.state")[1])
-            _wait(lambda: broker.llen(qkey) == 0 and broker.hlen(unacked) == 0)
+                e = TradeEvent.create_order_created(
+                    "XAUUSD", f"{who}{task}-{i}-{uuid.uuid4().hex[:6]}", "BUY", 1.0, 1.0
+                )
+                msgs.append(builders[who](task, f"{e.event_id}:state", [e.to_json()], {"route": "state"}, queue)[1])
+            _wait(lambda: broker.llen(qkey) == 0 and broker.hlen(unacked) == 0)  # noqa: B023
             pipe = broker.pipeline(transaction=False)
             for m in msgs:
                 pipe.lpush(qkey, m)
             t = time.perf_counter()
             pipe.execute()
-            _wait(lambda: broker.llen(qkey) == 0 and broker.hlen(unacked) == 0, timeout=120)
+            _wait(lambda: broker.llen(qkey) == 0 and broker.hlen(unacked) == 0, timeout=120, step=0.01)  # noqa: B023
             rate = n / (time.perf_counter() - t)
-            out[task] = max(out.get(task, 0.0), rate)  # best of two rounds each
+            out[f"{who} {task}"] = max(out.get(f"{who} {task}", 0.0), rate)  # best of two rounds each
         runs = int(redis.Redis.from_url(s.bus_url).hget(keys.stats(), "run:tradebus.state.apply") or 0)
         assert runs == 2 * n, runs
         d.close()
-        return {"trivial_tps": out["tradebus_bench.noop"], "state_tps": out["tradebus.state.apply"],
-                "ratio": out["tradebus.state.apply"] / out["tradebus_bench.noop"]}  # fmt: skip
+        trivial, state = out["ours tradebus_bench.noop"], out["ours tradebus.state.apply"]
+        return {"trivial_tps": trivial, "state_tps": state, "ratio": state / trivial,
+                "bare_tps": out["bare tradebus_bench.noop"]}  # fmt: skip
     finally:
-        proc.terminate()
-        proc.wait(20)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
         _cleanup(s)
 
 
@@ -228,16 +316,25 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--drain", type=int, default=3000)
+    ap.add_argument("--only", choices=("publish", "latency", "drain"), default=None)
     a = ap.parse_args()
-    p = bench_publish(a.n)
-    print(f"publish() 3 routes: {p['publish_3_routes_eps']:8.0f} ev/s | naive PUBLISH+XADD+3x apply_async: "
-          f"{p['naive_eps']:6.0f} ev/s | x{p['ratio']:.1f}")  # fmt: skip
-    lat = bench_latency(a.rate, a.seconds)
-    print(f"publish -> state visible @ {a.rate}/s, 1 worker: p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms"
-          f"  max {lat['max_ms']:.2f} ms  (n={lat['n']:.0f})")  # fmt: skip
-    dr = bench_drain(a.drain)
-    print(f"one worker (solo): trivial {dr['trivial_tps']:.0f} tasks/s | state {dr['state_tps']:.0f} tasks/s | "
-          f"{dr['ratio'] * 100:.0f}%")  # fmt: skip
+    if a.only in (None, "publish"):
+        p = bench_publish(a.n)
+        print(f"publish() 3 routes: {p['publish_3_routes_eps']:8.0f} ev/s | naive PUBLISH+XADD+3x apply_async: "
+              f"{p['naive_eps']:6.0f} ev/s | x{p['ratio']:.1f}")  # fmt: skip
+    if a.only in (None, "latency"):
+        bare = bench_latency_bare(a.rate, a.seconds)
+        lat = bench_latency(a.rate, a.seconds)
+        print(f"@ {a.rate}/s, 1 solo worker, n={lat['n']:.0f}:\n"
+              f"  bare Celery, trivial task: publish -> task start p50 {bare['start_p50']:.2f} ms"
+              f"  p99 {bare['start_p99']:.2f} ms  (end: p99 {bare['p99_ms']:.2f} max {bare['max_ms']:.2f})\n"
+              f"  tradebus publish() -> state task start p50 {lat['start_p50']:.2f} ms  p99 {lat['start_p99']:.2f} ms\n"
+              f"  tradebus publish() -> state visible    p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms"
+              f"  max {lat['max_ms']:.2f} ms")  # fmt: skip
+    if a.only in (None, "drain"):
+        dr = bench_drain(a.drain)
+        print(f"one worker (solo): trivial {dr['trivial_tps']:.0f} tasks/s | state {dr['state_tps']:.0f} tasks/s | "
+              f"{dr['ratio'] * 100:.0f}% | bare Celery worker, trivial: {dr['bare_tps']:.0f} tasks/s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
     conf: dict[str, Any] = {
         "broker_url": broker,
+        # kombu's Redis transport with one redis-py client per pool instead of one per ack / QoS step
+        # (celery_app.transport: ~40-65% more tasks/s on one solo worker here).
+        **({"broker_transport": "celery_app.transport:Transport"} if urlsplit(broker).scheme == "redis" else {}),
         "broker_transport_options": transport,
         # rediss:// broker: the same CA / client certificate settings as the bus (G6).
         **({"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}),
