@@ -4,7 +4,9 @@
 
 Without --url it starts its own redis-server (bus.embedded), so nothing else shares it. Every path
 writes the same pre-encoded ~310-byte event to a stream (XADD MAXLEN ~) and PUBLISHes it.
-Prints events/s (median of --runs) and the ratio bare/ours for each pair, all in one run.
+Prints events/s (median of --runs) and the ratio bare/ours for each pair, all in one run. Two extra
+publish_many paths: the pre-batching one (``publish_run_max = 1``: one publish.lua call per event) and
+a batch alternating two symbols (every same-symbol run is one event: the worst case for batching).
 """
 
 from __future__ import annotations
@@ -48,11 +50,15 @@ def main() -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     try:
         bus = RedisEventBus(url, key_prefix=prefix, log_maxlen=MAXLEN)
+        # the pre-batching publish_many: one publish.lua call per event of the pipeline
+        per_event = RedisEventBus(url, key_prefix=f"{prefix}-pe", log_maxlen=MAXLEN)
+        per_event.publish_run_max = 1
         r = redis.Redis.from_url(url)
         events = make_events(a.n)
         payloads = [e.encode() for e in events]
         log_key, chan = f"{prefix}:bare:{{XAUUSD}}:log", "trades:XAUUSD:order.created"
         bus.publish(events[0])  # warm up: script loaded, symbol registered
+        per_event.publish(events[0])
 
         def bare_pipeline_each():  # the 2 commands, 1 round trip per event
             for p in payloads:
@@ -93,11 +99,23 @@ def main() -> None:
             for i in range(0, a.n, a.batch):
                 bus.publish_many(events[i : i + a.batch])
 
+        def per_event_batches():
+            for i in range(0, a.n, a.batch):
+                per_event.publish_many(events[i : i + a.batch])
+
+        def ours_mixed():  # two symbols alternating: every run is one event (the worst case)
+            for i in range(0, a.n, a.batch):
+                bus.publish_many(mixed[i : i + a.batch])
+
+        mixed = [TradeEvent.from_dict({**e.to_dict(), "symbol": "EURUSD"}) if i % 2 else e
+                 for i, e in enumerate(events)]  # fmt: skip
         paths = [("bare pipeline XADD+PUBLISH, per event", bare_pipeline_each),
                  ("bare MULTI XADD+PUBLISH, per event", bare_multi_each),
                  ("bus.publish", ours_each),
                  (f"bare pipeline, {a.batch} events", bare_batches),
-                 (f"bus.publish_many, {a.batch} events", ours_batches)]  # fmt: skip
+                 (f"bus.publish_many, {a.batch} events", ours_batches),
+                 ("publish_many, 1 script per event (before)", per_event_batches),
+                 ("publish_many, 2 symbols alternating", ours_mixed)]  # fmt: skip
         samples: dict[str, list[float]] = {name: [] for name, _ in paths}
         for _ in range(a.runs):  # interleaved rounds, so load changes hit every path alike
             for name, fn in paths:
@@ -110,9 +128,12 @@ def main() -> None:
             f"publish: bare pipeline / bus = {results[keys[0]] / results[keys[2]]:.2f}x "
             f"(bare MULTI / bus = {results[keys[1]] / results[keys[2]]:.2f}x)"
         )
-        print(f"publish_many: bare pipeline / bus = {results[keys[3]] / results[keys[4]]:.2f}x")
+        print(f"publish_many: bare pipeline / bus = {results[keys[3]] / results[keys[4]]:.2f}x "
+              f"(1 script per event, before: {results[keys[3]] / results[keys[5]]:.2f}x; "
+              f"2 symbols alternating: {results[keys[3]] / results[keys[6]]:.2f}x)")  # fmt: skip
         bus.close()
-        for k in r.scan_iter(f"{prefix}:*"):
+        per_event.close()
+        for k in r.scan_iter(f"{prefix}*"):
             r.delete(k)
         r.close()
     finally:

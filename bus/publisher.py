@@ -22,6 +22,10 @@ from .scripts import LuaScript, execute_pipeline
 log = logging.getLogger(__name__)
 
 PUBLISH = LuaScript("publish.lua")
+#: publish.lua for a run of consecutive same-symbol events in one call (publish_many)
+PUBLISH_MANY = LuaScript("publish_many.lua")
+#: most events one publish_many.lua call takes (bounds how long one script holds the server)
+PUBLISH_RUN_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class Publisher:
     _symbol_keys: dict[str, tuple[str, str, str]]
     _routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]]
     _symbols_sent: set[str]
+    #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
+    publish_run_max: int = PUBLISH_RUN_MAX
 
     def _connection_error(
         self, e: Exception
@@ -137,43 +143,74 @@ class Publisher:
             raise self._connection_error(e) from None
         return receipts
 
+    def _runs(self, batch: list[Any]) -> list[tuple[int, int]]:
+        """[start, end) ranges of consecutive same-symbol events, at most ``publish_run_max`` long."""
+        runs, i, n, cap = [], 0, len(batch), max(1, self.publish_run_max)
+        while i < n:
+            symbol, j = batch[i][0].symbol, i + 1
+            while j < n and j - i < cap and batch[j][0].symbol == symbol:
+                j += 1
+            runs.append((i, j))
+            i = j
+        return runs
+
     def _publish_pipeline(
         self, batch: list[Any]
     ) -> list[tuple[list[Any], tuple[tuple[str, ...], tuple[str, ...]]]]:
-        """One pipeline for the batch; MULTI when the dispatcher stages task messages in it."""
+        """One pipeline for the batch; MULTI when the dispatcher stages task messages in it.
+
+        A batch is one publish_many.lua call per run of consecutive same-symbol events (at most
+        ``publish_run_max``), in batch order, so it keeps its order per symbol and across symbols.
+        When every run is one event long (a single publish, alternating symbols, or
+        ``publish_run_max = 1``: the pre-batching behaviour) each event is one publish.lua call."""
         staged_any = (
             self.dispatcher is not None
             and self.dispatcher.stages_in_bus_pipeline
             and any(b[4] for b in batch)
         )
+        runs = self._runs(batch)
+        # One publish script per pipeline: after a script-cache loss every call fails with NOSCRIPT
+        # and execute_pipeline re-runs them all, in order (two scripts could half succeed). Runs of
+        # one event only (a single publish, symbols alternating) keep the cheaper publish.lua.
+        many = len(runs) < len(batch)
         pipe = self.client.pipeline(transaction=staged_any)
-        scripts = (PUBLISH, state.SCRIPT) if self.apply_state else (PUBLISH,)
+        scripts: tuple[LuaScript, ...] = (PUBLISH_MANY,) if many else (PUBLISH,)
+        if self.apply_state:
+            scripts += (state.SCRIPT,)
         if staged_any:  # a NOSCRIPT inside MULTI would let the task messages go out without the log
             for s in scripts:
                 s.load(pipe)
         new_symbols = {b[0].symbol for b in batch} - self._symbols_sent
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
-        slots: list[tuple[int, tuple[str, ...]]] = []
-        for event, payload, keys, args, routes in batch:
-            PUBLISH.stage(pipe, keys, args)
+        slots: list[tuple[int, int, tuple[str, ...]]] = []  # (command, pair in its reply, staged)
+        for i, j in runs:
+            if not many:
+                _, _, keys, args, _ = batch[i]
+                PUBLISH.stage(pipe, keys, args)
+            else:
+                margs: list[Any] = [self.log_maxlen, self.keys.prefix]
+                for _, _, _, args, _ in batch[i:j]:
+                    margs += (args[0], args[1], args[2], args[5] if args[4] == b"1" else b"")
+                PUBLISH_MANY.stage(pipe, batch[i][2], margs)
             at = len(pipe.command_stack) - 1
-            if self.apply_state:
-                state.stage_apply(pipe, self.keys, event)
-            staged: tuple[str, ...] = ()
-            if routes and self.dispatcher.stages_in_bus_pipeline:
-                staged = tuple(self.dispatcher.stage(pipe, event, payload, routes) or ())
-            slots.append((at, staged))
+            for k, (event, payload, _, _, routes) in enumerate(batch[i:j]):
+                if self.apply_state:
+                    state.stage_apply(pipe, self.keys, event)
+                staged: tuple[str, ...] = ()
+                if routes and self.dispatcher.stages_in_bus_pipeline:
+                    staged = tuple(self.dispatcher.stage(pipe, event, payload, routes) or ())
+                slots.append((at, k if many else -1, staged))
         results = execute_pipeline(pipe, scripts)
         for r in results:
             if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
                 raise r
         out = []
-        for at, staged in slots:
+        for at, k, staged in slots:
             res = results[at]
             if isinstance(res, Exception):
                 raise res
-            out.append((res, (staged, ())))
+            out.append((res if k < 0 else res[2 * k : 2 * k + 2], (staged, ())))
         failed = [r for r in results if isinstance(r, Exception)]
         if (
             failed

@@ -4,7 +4,10 @@ Publish runs ``publish.lua``: XADD to the symbol's log (``MAXLEN ~``) + PUBLISH 
 ``trades:{symbol}:{type}``, atomically. The broadcast is the event JSON with four leading fields,
 ``{"log_id", "prev", "prev_t", "bus", ...event}``: the entry's log id, the previous log id of the
 symbol and of the symbol+type, and the key prefix. Subscribers use them to notice a gap and fetch
-exactly the missing entries from the log (see bus/subscriber.py).
+exactly the missing entries from the log (see bus/subscriber.py). ``publish_many`` runs
+``publish_many.lua`` once per run of consecutive same-symbol events (at most ``publish_run_max``): the
+same steps and broadcast per event, in batch order, for the cost of one script call per run. Below,
+"EVALSHA publish" stands for one such call per run in a batch.
 
 Dispatch protocol (implemented by bus/dispatch.py's ``Dispatcher``; any object with these works):
 

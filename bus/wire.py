@@ -1,4 +1,4 @@
-"""The wire format: stream ids, log entries and broadcasts as publish.lua writes them.
+"""The wire format: stream ids, log entries and broadcasts as publish.lua (and publish_many.lua) write them.
 
 Log entry fields: ``type`` (event type value) and ``event`` (the event JSON). A broadcast is the event
 JSON with leading ``log_id``, ``prev`` (previous log id of the symbol), ``prev_t`` (previous log id of

@@ -176,3 +176,164 @@ def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
             assert [e.event_id for _, e in bus.read_log("XAUUSD")] == [r.event_id]
             pending = bus.client.zrange(bus.keys.pending_dispatch_for("XAUUSD"), 0, -1)
             assert pending == [r.log_id.encode()]
+
+
+# --- publish_many: one script call per run of consecutive same-symbol events ----------------------
+
+
+def signal(i: int, symbol: str) -> TradeEvent:
+    return TradeEvent.create_signal_generated(symbol=symbol, signal_id=f"s{i}", direction="LONG", strategy="m")
+
+
+def mixed_batch(a: str, b: str, c: str) -> list[TradeEvent]:
+    """Runs of 4, 2, 1, 1, 3 and 1 events over three symbols, with two event types inside the runs."""
+    spec = [(a, "o"), (a, "s"), (a, "o"), (a, "o"), (b, "s"), (b, "o"), (a, "s"), (c, "o"),
+            (b, "o"), (b, "s"), (b, "o"), (a, "o")]  # fmt: skip
+    return [order(i, sym) if kind == "o" else signal(i, sym) for i, (sym, kind) in enumerate(spec)]
+
+
+def broadcasts(ps, key_prefix: str, n: int) -> list[dict]:
+    """The next ``n`` broadcasts of this bus (the shared server carries other tests' too)."""
+    out: list[dict] = []
+    while len(out) < n:
+        m = ps.get_message(timeout=5)
+        assert m is not None, f"only {len(out)} of {n} broadcasts arrived"
+        if m["type"] == "pmessage" and (obj := orjson.loads(m["data"]))["bus"] == key_prefix:
+            out.append(obj)
+    return out
+
+
+def strip(obj: dict) -> TradeEvent:
+    return TradeEvent.from_dict({k: v for k, v in obj.items() if k not in ("log_id", "prev", "prev_t", "bus")})
+
+
+@pytest.fixture
+def pubsub(bus):
+    ps = redis.Redis.from_url(bus.url).pubsub()
+    yield ps
+    ps.close()
+
+
+@pytest.mark.parametrize("run_max", [100, 3, 1])  # whole runs, runs split across calls, one call per event
+def test_publish_many_mixed_symbols_keeps_order_metadata_and_receipts(bus, redis_client, key_prefix, run_max, pubsub):
+    bus.publish_run_max = run_max
+    ps = pubsub
+    ps.psubscribe("trades:PMA:*", "trades:PMB:*", "trades:PMC:*")
+    for _ in range(3):
+        ps.get_message(timeout=2)  # psubscribe confirmations
+    # Given heads that already exist for one symbol (the batch's first prev/prev_t must chain to them)
+    before = [bus.publish(order(100, "PMA")), bus.publish(signal(101, "PMA"))]
+    events = mixed_batch("PMA", "PMB", "PMC")
+    receipts = bus.publish_many(events)
+
+    # Then receipts match the events one to one, each with its own log entry
+    assert [r.event_id for r in receipts] == [e.event_id for e in events]
+    assert all(r.subscribers == 1 and r.dispatched == r.not_dispatched == () for r in receipts)
+    assert len({(e.symbol, r.log_id) for e, r in zip(events, receipts, strict=True)}) == len(events)
+    for symbol in ("PMA", "PMB", "PMC"):
+        mine = [(r.log_id, e) for r, e in zip(receipts, events, strict=True) if e.symbol == symbol]
+        assert bus.read_log(symbol, after=before[-1].log_id if symbol == "PMA" else "-") == mine
+        heads = redis_client.hgetall(bus.keys.heads(symbol))
+        assert heads["_"] == mine[-1][0]
+        for t in {e.event_type.value for _, e in mine}:
+            assert heads[t] == [lid for lid, e in mine if e.event_type.value == t][-1]
+    # and the log ids of the whole batch follow its order (stream ids are time based)
+    ms = [int(r.log_id.split("-")[0]) for r in receipts]
+    assert ms == sorted(ms)
+
+    # And the broadcasts come in batch order with prev/prev_t chaining per symbol and per symbol+type
+    got = broadcasts(ps, key_prefix, len(before) + len(events))[len(before) :]
+    assert [strip(o) for o in got] == events
+    assert [o["log_id"] for o in got] == [r.log_id for r in receipts]
+    last = {"PMA": before[1].log_id}
+    last_t = {("PMA", "order.created"): before[0].log_id, ("PMA", "signal.generated"): before[1].log_id}
+    for o, e in zip(got, events, strict=True):
+        t = (e.symbol, e.event_type.value)
+        assert (o["prev"], o["prev_t"]) == (last.get(e.symbol, ""), last_t.get(t, "")), e.data
+        last[e.symbol] = last_t[t] = o["log_id"]
+    assert bus.known_symbols() == ["PMA", "PMB", "PMC"]
+
+
+def test_long_same_symbol_batch_is_split_into_bounded_script_calls(bus, redis_client, key_prefix):
+    bus.publish_run_max = 7
+    events = [order(i, "PMD") if i % 3 else signal(i, "PMD") for i in range(50)]
+    receipts = bus.publish_many(events)
+    assert [e for _, e in bus.read_log("PMD")] == events
+    assert [lid for lid, _ in bus.read_log("PMD")] == [r.log_id for r in receipts]
+    assert redis_client.hget(bus.keys.heads("PMD"), "_") == receipts[-1].log_id
+
+
+@pytest.mark.parametrize(
+    "bad_at, bad",
+    [(0, None), (5, {"event_type": "order.created"}), (-1, "order.created"), (3, order(9, note="x" * 5000))],
+)
+def test_an_invalid_event_anywhere_in_a_batch_sends_nothing(redis_url, key_prefix, redis_client, bad_at, bad):
+    with RedisEventBus(redis_url, key_prefix=key_prefix, max_event_bytes=4096) as bus:
+        bus.publish(order(1, "PME"))
+        snapshot = {k: redis_client.dump(k) for k in redis_client.scan_iter(f"{key_prefix}:*")}
+        events: list = mixed_batch("PME", "PMF", "PMG")
+        events.insert(bad_at if bad_at >= 0 else len(events), bad)
+        with pytest.raises((TypeError, EventValidationError)):
+            bus.publish_many(events)
+        # nothing of the batch reached Redis: no log entry, no head, no new symbol
+        assert {k: redis_client.dump(k) for k in redis_client.scan_iter(f"{key_prefix}:*")} == snapshot
+        assert bus.known_symbols() == ["PME"]
+
+
+class TrackingDispatcher:
+    """A separate-broker dispatcher (not staged) that routes order events only and records send_many."""
+
+    stages_in_bus_pipeline = False
+
+    class Route:
+        name = "state"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, list]] = []
+
+    def routes_for(self, event):
+        return (self.Route(),) if event.event_type.value.startswith("order.") else ()
+
+    def send_many(self, items, log_ids):
+        self.calls.append((items, list(log_ids)))
+        return [(tuple(x.name for x in routes), ()) for _, _, routes in items]
+
+
+def test_publish_many_tracks_pending_dispatch_per_routed_event(redis_url, key_prefix, redis_client):
+    dispatcher = TrackingDispatcher()
+    with RedisEventBus(redis_url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
+        events = mixed_batch("PMH", "PMI", "PMJ")
+        receipts = bus.publish_many(events)
+    routed = [(e, r) for e, r in zip(events, receipts, strict=True) if e.event_type.value.startswith("order.")]
+    # one send_many for the batch, with each routed event's own log id, in order
+    [(items, log_ids)] = dispatcher.calls
+    assert [e for e, _, _ in items] == [e for e, _ in routed]
+    assert log_ids == [r.log_id for _, r in routed]
+    routed_ids = {e.event_id for e, _ in routed}
+    assert [r.dispatched for r in receipts] == [("state",) if r.event_id in routed_ids else () for r in receipts]
+    # the script ZADDed exactly the routed events (this dispatcher never ZREMs) with a ms score
+    pending = {}
+    for symbol in ("PMH", "PMI", "PMJ"):
+        pending.update(redis_client.zrange(f"{key_prefix}:{{{symbol}}}:dispatch:pending", 0, -1, withscores=True))
+    assert set(pending) == set(log_ids)
+    assert all(abs(score - int(lid.split("-")[0])) < 60_000 for lid, score in pending.items())
+
+
+def test_apply_state_inline_with_a_mixed_batch(redis_url, key_prefix):
+    with RedisEventBus(redis_url, key_prefix=key_prefix, apply_state=True) as bus:
+        fill = TradeEvent.create_order_partially_filled(symbol="PMK", order_id="1", fill_price=2000.0, fill_volume=0.05)
+        bus.publish_many([order(1, "PMK"), fill, order(2, "PML"), fill, order(3, "PMK"), order(4, "PMK")])
+        assert bus.get_order("PMK", "1")["filled_volume"] == "0.05"
+        assert sorted(o["order_id"] for o in bus.get_open_orders("PMK")) == ["1", "3", "4"]
+        assert [o["order_id"] for o in bus.get_open_orders("PML")] == ["2"]
+
+
+def test_script_cache_loss_with_only_the_single_event_script_reloaded(key_prefix):
+    with EmbeddedRedis() as server, RedisEventBus(server.url, key_prefix=key_prefix) as bus:
+        bus.publish_many([order(1, "PMM"), order(2, "PMM")])
+        bus.client.script_flush()
+        bus.publish(order(3, "PMM"))  # reloads publish.lua only
+        events = [order(4, "PMM"), order(5, "PMN"), order(6, "PMM"), order(7, "PMM")]
+        receipts = bus.publish_many(events)  # publish_many.lua: NOSCRIPT -> EVAL, in order
+        assert [e.data["order_id"] for _, e in bus.read_log("PMM")] == ["1", "2", "3", "4", "6", "7"]
+        assert [lid for lid, _ in bus.read_log("PMN")] == [receipts[1].log_id]

@@ -1,0 +1,31 @@
+-- tradebus publish_many: publish.lua for a run of consecutive events of ONE symbol, in one script call.
+-- Each event is logged and broadcast exactly as publish.lua does it (XADD ~, heads, optional ZADD,
+-- PUBLISH with log_id/prev/prev_t/bus), in order; the script is atomic, so each event's log +
+-- broadcast is too (and the run as a whole). Amortises the per-EVALSHA fixed cost over the run.
+-- KEYS[1] log stream, KEYS[2] heads hash, KEYS[3] pending-dispatch zset (same {symbol} slot)
+-- ARGV[1] log maxlen (approximate), ARGV[2] key prefix, then 4 per event:
+--   event JSON, channel, event type, score (ms) of the pending-dispatch entry or '' (not tracked)
+-- Returns {log_id_1, subscribers_1, log_id_2, subscribers_2, ...} in the order of the events.
+local log, heads, pending = KEYS[1], KEYS[2], KEYS[3]
+local maxlen, bus = ARGV[1], '","bus":"' .. ARGV[2] .. '",'
+local prev, prev_t, out = nil, {}, {}  -- prev/prev_t: the heads before each event, read once per run
+for i = 3, #ARGV, 4 do
+  local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
+  local pt = prev_t[t]
+  if prev == nil then
+    local h = redis.call('HMGET', heads, '_', t)
+    prev, pt = h[1] or '', h[2] or ''
+  elseif pt == nil then
+    pt = redis.call('HGET', heads, t) or ''
+  end
+  redis.call('HSET', heads, '_', id, t, id)
+  if score ~= '' then
+    redis.call('ZADD', pending, score, id)
+  end
+  local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('PUBLISH', chan, msg)
+  prev, prev_t[t] = id, id
+end
+return out
