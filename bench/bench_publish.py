@@ -63,18 +63,14 @@ def main() -> None:
         def bare_pipeline_each():  # the 2 commands, 1 round trip per event
             for p in payloads:
                 pipe = r.pipeline(transaction=False)
-                pipe.xadd(
-                    log_key, {"type": "order.created", "event": p}, maxlen=MAXLEN, approximate=True
-                )
+                pipe.xadd(log_key, {"type": "order.created", "event": p}, maxlen=MAXLEN, approximate=True)
                 pipe.publish(chan, p)
                 pipe.execute()
 
         def bare_multi_each():  # the same, atomic (MULTI/EXEC)
             for p in payloads:
                 pipe = r.pipeline(transaction=True)
-                pipe.xadd(
-                    log_key, {"type": "order.created", "event": p}, maxlen=MAXLEN, approximate=True
-                )
+                pipe.xadd(log_key, {"type": "order.created", "event": p}, maxlen=MAXLEN, approximate=True)
                 pipe.publish(chan, p)
                 pipe.execute()
 

@@ -30,8 +30,17 @@ class BrokerUpdate:
 @runtime_checkable
 class BrokerClient(Protocol):
     def add_listener(self, listener: Callable[[BrokerUpdate], None]) -> None: ...
-    def place_order(self, symbol: str, side: str, volume: Number, *, order_type: str = "MARKET",
-                    price: Number | None = None, sl: Number | None = None, tp: Number | None = None) -> str: ...
+    def place_order(
+        self,
+        symbol: str,
+        side: str,
+        volume: Number,
+        *,
+        order_type: str = "MARKET",
+        price: Number | None = None,
+        sl: Number | None = None,
+        tp: Number | None = None,
+    ) -> str: ...
     def cancel_order(self, order_id: str, reason: str | None = None) -> None: ...
     def modify_order(self, order_id: str, **changes: Number) -> None: ...
     def close_position(self, position_id: str, volume: Number | None = None) -> None: ...
@@ -53,8 +62,15 @@ class PriceSink(Protocol):
 class RandomWalkFeed:
     """Seeded random-walk prices pushed into a broker with ``set_price``."""
 
-    def __init__(self, broker: PriceSink, prices: Mapping[str, Number], *, seed: int | None = None,
-                 volatility: float = 0.001, tick: Number = "0.01") -> None:
+    def __init__(
+        self,
+        broker: PriceSink,
+        prices: Mapping[str, Number],
+        *,
+        seed: int | None = None,
+        volatility: float = 0.001,
+        tick: Number = "0.01",
+    ) -> None:
         self.broker = broker
         self.prices = {s: dec(p) for s, p in prices.items()}
         self.rng = random.Random(seed)

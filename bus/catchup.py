@@ -30,9 +30,7 @@ def catch_up(subscriber: Subscriber, sub: _Sub) -> None:
 
 def recover(subscriber: Subscriber, sub: _Sub, symbol: str, last: Id, upto: str | None) -> None:
     """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) this sub wants."""
-    real = (
-        symbol in sub.last
-    )  # `last` is a delivered entry (not the baseline): it must still be there
+    real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
     start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
     key, first = subscriber._keys.log(symbol), True
     while True:

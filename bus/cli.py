@@ -36,9 +36,7 @@ def _root(
     ctx: typer.Context,
     redis_url: Annotated[
         str | None,
-        typer.Option(
-            "--redis-url", help="Redis URL of the bus (overrides REDIS_URL).", show_default=False
-        ),
+        typer.Option("--redis-url", help="Redis URL of the bus (overrides REDIS_URL).", show_default=False),
     ] = None,
     broker_url: Annotated[
         str | None,
@@ -50,17 +48,11 @@ def _root(
     ] = None,
     key_prefix: Annotated[
         str | None,
-        typer.Option(
-            "--prefix", help="Redis key prefix (overrides TRADEBUS_KEY_PREFIX).", show_default=False
-        ),
+        typer.Option("--prefix", help="Redis key prefix (overrides TRADEBUS_KEY_PREFIX).", show_default=False),
     ] = None,
-    env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(
-        ".env"
-    ),
+    env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(".env"),
 ) -> None:
-    ctx.obj = CliContext(
-        env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix
-    )
+    ctx.obj = CliContext(env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix)
 
 
 def _register() -> None:

@@ -92,9 +92,7 @@ def connect(settings: Settings, *, decode: bool = True, check: bool = True) -> r
             client.ping()
         except redis.AuthenticationError as e:
             client.close()
-            raise CliError(
-                f"Redis at {safe_url(settings.bus_url)} refused the credentials: {e}"
-            ) from None
+            raise CliError(f"Redis at {safe_url(settings.bus_url)} refused the credentials: {e}") from None
         except (redis.RedisError, OSError) as e:
             client.close()
             raise CliError(unreachable(settings.bus_url, e)) from None
@@ -103,11 +101,7 @@ def connect(settings: Settings, *, decode: bool = True, check: bool = True) -> r
 
 def unreachable(url: str, exc: BaseException | None = None, *, hint: bool = True) -> str:
     why = f" ({_first_line(exc)})" if exc else ""
-    fix = (
-        "; start Redis, or set REDIS_URL / --redis-url (`tradebus doctor` checks the setup)"
-        if hint
-        else ""
-    )
+    fix = "; start Redis, or set REDIS_URL / --redis-url (`tradebus doctor` checks the setup)" if hint else ""
     return f"cannot reach Redis at {safe_url(url)}{why}{fix}"
 
 

@@ -39,9 +39,7 @@ def doctor(
     ping_timeout: Annotated[
         float, typer.Option("--ping-timeout", min=0.1, help="Worker ping wait (s).")
     ] = PING_TIMEOUT,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Machine-readable output (JSON).")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")] = False,
 ) -> None:
     """Check Redis, persistence, the broker, workers, queues and dead letters."""
     obj: CliContext = ctx.obj
@@ -68,17 +66,11 @@ def run_checks(settings: Settings, *, ping_timeout: float = PING_TIMEOUT) -> lis
     if broker_ok:
         _worker_and_queue_checks(settings, checks, ping_timeout)
     else:
-        checks.append(
-            Check(
-                "workers", "fail", "not checked: the broker is unreachable", "fix the broker first"
-            )
-        )
+        checks.append(Check("workers", "fail", "not checked: the broker is unreachable", "fix the broker first"))
     return checks
 
 
-def _redis_checks(
-    client: redis.Redis, settings: Settings, checks: list[Check]
-) -> dict[str, Any] | None:
+def _redis_checks(client: redis.Redis, settings: Settings, checks: list[Check]) -> dict[str, Any] | None:
     url = safe_url(settings.bus_url)
     try:
         info = client.info()
@@ -144,9 +136,7 @@ def _redis_checks(
 def _rdb_enabled(client: redis.Redis) -> bool:
     try:
         save = client.config_get("save").get("save", "")
-    except (
-        redis.RedisError
-    ):  # CONFIG may be disabled (managed Redis): assume the provider snapshots
+    except redis.RedisError:  # CONFIG may be disabled (managed Redis): assume the provider snapshots
         return True
     return bool(str(save).strip())
 
@@ -157,9 +147,7 @@ def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check
     keys = Keys(settings.key_prefix)
     try:
         dead = int(client.xlen(keys.dead_letters()))
-        pending = sum(
-            int(client.zcard(keys.pending_dispatch_for(s))) for s in client.smembers(keys.symbols())
-        )
+        pending = sum(int(client.zcard(keys.pending_dispatch_for(s))) for s in client.smembers(keys.symbols()))
     except redis.RedisError as e:
         checks.append(Check("dead letters", "warn", f"could not read: {e}"))
         return
@@ -232,9 +220,7 @@ def _worker_and_queue_checks(settings: Settings, checks: list[Check], timeout: f
             active = app.control.inspect(timeout=timeout).active_queues() or {}
             consumed = {q["name"] for qs in active.values() for q in qs}
     except Exception as e:  # noqa: BLE001
-        checks.append(
-            Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL")
-        )
+        checks.append(Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL"))
         return
     workers = sorted(name for r in replies for name in r)
     if not workers:
@@ -242,8 +228,7 @@ def _worker_and_queue_checks(settings: Settings, checks: list[Check], timeout: f
             Check(
                 "workers",
                 "fail",
-                f"no Celery worker answered a ping within {timeout}s: "
-                "events are logged but their tasks do not run",
+                f"no Celery worker answered a ping within {timeout}s: events are logged but their tasks do not run",
                 f"start one: `{WORKER_CMD}`",
             )
         )
@@ -260,9 +245,7 @@ def _worker_and_queue_checks(settings: Settings, checks: list[Check], timeout: f
                 )
             )
         else:
-            checks.append(
-                Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}")
-            )
+            checks.append(Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}"))
     for q in queues:
         depth = depths.get(q)
         if depth is None:

@@ -60,9 +60,7 @@ def parse_pairs(pairs: list[str], data_json: str | None) -> dict[str, Any]:
 
 def publish(
     ctx: typer.Context,
-    event_type: Annotated[
-        str, typer.Argument(help="Event type, e.g. order.created or ORDER_CREATED.")
-    ],
+    event_type: Annotated[str, typer.Argument(help="Event type, e.g. order.created or ORDER_CREATED.")],
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. XAUUSD.")],
     pairs: Annotated[list[str] | None, typer.Argument(help="key=value fields of data.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="data as a JSON object.")] = None,
@@ -88,9 +86,7 @@ def publish(
     sym = parse_symbol(symbol)
     payload = parse_pairs(pairs or [], data)
     try:
-        event = TradeEvent(
-            event_type=etype, symbol=sym, data=payload, correlation_id=correlation_id, source=source
-        )
+        event = TradeEvent(event_type=etype, symbol=sym, data=payload, correlation_id=correlation_id, source=source)
     except EventValidationError as e:
         raise CliError(f"invalid event: {e}", EXIT_USAGE) from None
     bus = obj.bus(dispatch=True, apply_state=apply_state)
@@ -117,11 +113,7 @@ def publish(
     if out["dispatched"] or out["not_dispatched"]:
         console.print(
             f"  tasks: {', '.join(out['dispatched']) or '-'}"
-            + (
-                f"  (not dispatched yet: {', '.join(out['not_dispatched'])})"
-                if out["not_dispatched"]
-                else ""
-            )
+            + (f"  (not dispatched yet: {', '.join(out['not_dispatched'])})" if out["not_dispatched"] else "")
         )
 
 
@@ -137,8 +129,7 @@ def _show(event: Any, as_json: bool, log_id: str | None = None) -> None:
         return
     data = escape(json.dumps(event.data, separators=(",", ":"), default=str))
     console.print(
-        f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] "
-        f"[bold]{event.event_type.value:<26}[/] {data}",
+        f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] [bold]{event.event_type.value:<26}[/] {data}",
         soft_wrap=True,
     )
 
@@ -160,21 +151,11 @@ def _subscribe(bus: Any, symbols: list[str], types: list[str], handler: Any) -> 
 
 def tail(
     ctx: typer.Context,
-    symbol: Annotated[
-        list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")
-    ] = None,
-    event_type: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")
-    ] = None,
-    from_log: Annotated[
-        bool, typer.Option("--from-log", help="Replay the logged history first.")
-    ] = False,
-    count: Annotated[
-        int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")
-    ] = None,
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")] = None,
+    event_type: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")] = None,
+    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the logged history first.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Follow events live, filtered by symbol and type; --from-log shows the logged history first.
@@ -211,9 +192,7 @@ def tail(
             wait = 1.0 if end is None else min(1.0, end - time.monotonic())
             if wait <= 0:
                 if count is not None:
-                    raise CliError(
-                        f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM
-                    )
+                    raise CliError(f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM)
                 return
             try:
                 event = live.get(timeout=wait)

@@ -21,9 +21,7 @@ from .cli_common import (
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
-deadletters_app = typer.Typer(
-    help="Tasks that failed past their retries: list, replay, purge.", no_args_is_help=True
-)
+deadletters_app = typer.Typer(help="Tasks that failed past their retries: list, replay, purge.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,14 +45,10 @@ def _table(title: str, rows: list[dict[str, Any]], first: list[str]) -> Table:
 
 def state(
     ctx: typer.Context,
-    symbol: Annotated[
-        str | None, typer.Argument(help="Symbol (default: every known symbol).")
-    ] = None,
+    symbol: Annotated[str | None, typer.Argument(help="Symbol (default: every known symbol).")] = None,
     order: Annotated[str | None, typer.Option("--order", help="Show this order.")] = None,
     position: Annotated[str | None, typer.Option("--position", help="Show this position.")] = None,
-    positions_only: Annotated[
-        bool, typer.Option("--positions", help="Only active positions.")
-    ] = False,
+    positions_only: Annotated[bool, typer.Option("--positions", help="Only active positions.")] = False,
     orders_only: Annotated[bool, typer.Option("--orders", help="Only open orders.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -141,13 +135,9 @@ def _route_dict(r: Any) -> dict[str, Any]:
 
 def routes(
     ctx: typer.Context,
-    event_type: Annotated[
-        str | None, typer.Argument(help="Event type (default: show every route).")
-    ] = None,
+    event_type: Annotated[str | None, typer.Argument(help="Event type (default: show every route).")] = None,
     symbol: Annotated[str, typer.Option("--symbol", "-s", help="Symbol to route for.")] = "XAUUSD",
-    routes_file: Annotated[
-        Path | None, typer.Option("--routes-file", help="Routing table file.")
-    ] = None,
+    routes_file: Annotated[Path | None, typer.Option("--routes-file", help="Routing table file.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Which Celery tasks an event type triggers (or the whole routing table)."""
@@ -177,9 +167,7 @@ def routes(
     for c in ("name", "task", "queue", "event_types", "max_retries"):
         t.add_column(c)
     for r in rows:
-        t.add_row(
-            r["name"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"])
-        )
+        t.add_row(r["name"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"]))
     console.print(t)
 
 
@@ -208,12 +196,7 @@ def dl_list(
     from .channels import Keys
 
     try:
-        items = [
-            _dl_dict(x)
-            for x in deadletters.list_dead_letters(
-                client, Keys(obj.settings.key_prefix), count=count
-            )
-        ]
+        items = [_dl_dict(x) for x in deadletters.list_dead_letters(client, Keys(obj.settings.key_prefix), count=count)]
     finally:
         client.close()
     if as_json:
@@ -238,10 +221,7 @@ def _dl_dict(x: Any) -> dict[str, Any]:
         d = asdict(x)
     else:
         d = {"value": x}
-    return {
-        k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-        for k, v in d.items()
-    }
+    return {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in d.items()}
 
 
 @deadletters_app.command("replay")
@@ -284,9 +264,7 @@ def dl_purge(
 
     obj: CliContext = ctx.obj
     if not ids and not yes:
-        raise CliError(
-            "purging every dead letter needs --yes (or give the ids to purge)", EXIT_USAGE
-        )
+        raise CliError("purging every dead letter needs --yes (or give the ids to purge)", EXIT_USAGE)
     client = obj.client(decode=False)
     try:
         n = deadletters.purge(client, Keys(obj.settings.key_prefix), ids=ids or None)

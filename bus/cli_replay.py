@@ -28,9 +28,7 @@ def _stream_id(value: str, what: str) -> str:
         return value
     ms, sep, seq = value.partition("-")
     if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise CliError(
-            f"{what} {value!r} is not a log id (like 1700000000000-0, or - / +)", EXIT_USAGE
-        )
+        raise CliError(f"{what} {value!r} is not a log id (like 1700000000000-0, or - / +)", EXIT_USAGE)
     return value
 
 
@@ -44,9 +42,7 @@ def replay(
     symbol: Annotated[str, typer.Argument(help="Symbol whose log to read.")],
     start: Annotated[str, typer.Option("--from", help="First log id (inclusive), or '-'.")] = "-",
     end: Annotated[str, typer.Option("--to", help="Last log id (inclusive), or '+'.")] = "+",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only list what would be re-dispatched.")
-    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be re-dispatched.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent."""
@@ -64,8 +60,7 @@ def replay(
         picked = [
             (log_id, ev)
             for log_id, ev in bus.read_log(sym)
-            if (lo == "-" or _id_key(log_id) >= _id_key(lo))
-            and (hi == "+" or _id_key(log_id) <= _id_key(hi))
+            if (lo == "-" or _id_key(log_id) >= _id_key(lo)) and (hi == "+" or _id_key(log_id) <= _id_key(hi))
         ]
         results = [
             {

@@ -55,12 +55,8 @@ class Settings(BaseSettings):
     redis_ssl_certfile: str | None = _env("REDIS_SSL_CERTFILE")
     redis_ssl_keyfile: str | None = _env("REDIS_SSL_KEYFILE")
     redis_ssl_cert_reqs: str = Field("required", validation_alias="REDIS_SSL_CERT_REQS")
-    redis_connect_timeout: float = Field(
-        DEFAULT_CONNECT_TIMEOUT, gt=0, validation_alias="REDIS_CONNECT_TIMEOUT"
-    )
-    redis_socket_timeout: float = Field(
-        DEFAULT_SOCKET_TIMEOUT, gt=0, validation_alias="REDIS_SOCKET_TIMEOUT"
-    )
+    redis_connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0, validation_alias="REDIS_CONNECT_TIMEOUT")
+    redis_socket_timeout: float = Field(DEFAULT_SOCKET_TIMEOUT, gt=0, validation_alias="REDIS_SOCKET_TIMEOUT")
     redis_health_check_interval: int = Field(
         DEFAULT_HEALTH_CHECK_INTERVAL,
         ge=0,
@@ -82,9 +78,7 @@ class Settings(BaseSettings):
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
-    max_event_bytes: int = Field(
-        DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES"
-    )
+    max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
 
     # the .env file these settings were read from (for environ())
     _env_file: Path | None = PrivateAttr(default=None)
@@ -182,8 +176,7 @@ class Settings(BaseSettings):
         return opts
 
     def __repr_args__(self) -> Any:
-        for name, value in super().__repr_args__():
-            yield name, value
+        yield from super().__repr_args__()
         yield "bus_url", safe_url(self.bus_url)
 
 

@@ -89,8 +89,10 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Dispatcher, ids: list[st
     rebuilt from the recorded task name. Malformed messages cannot be replayed and stay put.
     Raises DispatchError (nothing deleted) if the broker refuses.
     """
-    letters = [d for d in (get_dead_letter(client, keys, i) for i in ids)] if ids else list_dead_letters(
-        client, keys, count=10_000
+    letters = (
+        [d for d in (get_dead_letter(client, keys, i) for i in ids)]
+        if ids
+        else list_dead_letters(client, keys, count=10_000)
     )
     replayed: list[str] = []
     for d in letters:

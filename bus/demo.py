@@ -43,24 +43,12 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     ctx: typer.Context,
-    seconds: Annotated[
-        float, typer.Option("--seconds", min=3, max=45, help="Length of the trading session.")
-    ] = 10.0,
-    symbols: Annotated[
-        int, typer.Option("--symbols", min=2, max=3, help="How many symbols to trade.")
-    ] = 3,
-    embedded: Annotated[
-        bool, typer.Option("--embedded", help="Always start an embedded Redis.")
-    ] = False,
-    pool: Annotated[
-        str, typer.Option("--pool", help="Worker pool: prefork, threads or solo.")
-    ] = "prefork",
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Random-walk seed (repeatable runs).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON only.")
-    ] = False,
+    seconds: Annotated[float, typer.Option("--seconds", min=3, max=45, help="Length of the trading session.")] = 10.0,
+    symbols: Annotated[int, typer.Option("--symbols", min=2, max=3, help="How many symbols to trade.")] = 3,
+    embedded: Annotated[bool, typer.Option("--embedded", help="Always start an embedded Redis.")] = False,
+    pool: Annotated[str, typer.Option("--pool", help="Worker pool: prefork, threads or solo.")] = "prefork",
+    seed: Annotated[int | None, typer.Option("--seed", help="Random-walk seed (repeatable runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
 ) -> None:
     """Run the whole bridge: Redis, a Celery worker, a paper-traded session, and a summary."""
     obj: CliContext = ctx.obj
@@ -136,9 +124,7 @@ def _session(
     names = list(DEMO_SYMBOLS)[:n_symbols]
     # channels are not prefixed: on a shared server keep clear of real symbols' channels
     symbols = [f"DEMO-{s}" for s in names] if env.shared else names
-    bus = EventBusFactory.create_from_env(
-        env.settings, dispatcher=Dispatcher.from_settings(env.settings)
-    )
+    bus = EventBusFactory.create_from_env(env.settings, dispatcher=Dispatcher.from_settings(env.settings))
     timed = TimedBus(bus)
     monitor = TaskMonitor(env.app, timed).start()
     broker = PaperBroker(
@@ -199,20 +185,12 @@ def _session(
                 strategy.open(tick, target, "BUY", OVERSIZED_LOT)
                 phase, breach_deadline = "breach sent", time.monotonic() + BREACH_TIMEOUT
             elif phase == "breach sent" and executor.kill_switch_reason(target):
-                say(
-                    f"risk task flagged it; kill switch engaged on {target}: {executor.kill_switch_reason(target)}"
-                )
+                say(f"risk task flagged it; kill switch engaged on {target}: {executor.kill_switch_reason(target)}")
                 ticket = strategy.open(tick, target, "BUY", LOT)
                 say(f"the strategy's next order on {target}: {ticket.status} ({ticket.reason})")
                 phase = "refused"
-            elif (
-                phase == "breach sent"
-                and breach_deadline is not None
-                and time.monotonic() > breach_deadline
-            ):
-                say(
-                    f"no risk breach came back within {BREACH_TIMEOUT:.0f}s (is the risk task running?)"
-                )
+            elif phase == "breach sent" and breach_deadline is not None and time.monotonic() > breach_deadline:
+                say(f"no risk breach came back within {BREACH_TIMEOUT:.0f}s (is the risk task running?)")
                 break
             tick += 1
             if view is not None:
@@ -223,9 +201,7 @@ def _session(
                     f"{len(monitor.finished)} tasks done"
                 )
             next_at += TICK_SECONDS
-            time.sleep(
-                max(0.0, next_at - time.monotonic())
-            )  # pacing the price feed, not waiting on work
+            time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the price feed, not waiting on work
         if view is not None:
             view.stop()
         executor.flush()

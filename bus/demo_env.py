@@ -76,9 +76,7 @@ class DemoEnvironment:
             bus_url = url
             broker = self._embed()
             broker_url = broker.url
-            self.redis_desc = (
-                f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
-            )
+            self.redis_desc = f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
         else:
             why = "asked for" if self.force_embedded else f"nothing answers at {safe_url(url)}"
             server = self._embed()
@@ -143,8 +141,7 @@ class DemoEnvironment:
         ]
         self.worker_log = self.workdir / "worker.log"
         self.log(
-            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} "
-            f"-c {self.concurrency} -Q {queues}"
+            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} -c {self.concurrency} -Q {queues}"
         )
         with open(self.worker_log, "wb") as out:
             self.worker = subprocess.Popen(
@@ -161,16 +158,11 @@ class DemoEnvironment:
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.worker.poll() is not None:
-                raise CliError(
-                    f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}"
-                )
+                raise CliError(f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}")
             replies = self.app.control.ping(timeout=0.5) or []
             if any(name.startswith(f"demo-{self.run_id}@") for r in replies for name in r):
                 return
-        raise CliError(
-            f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: "
-            f"{self.worker_tail()}"
-        )
+        raise CliError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: {self.worker_tail()}")
 
     def worker_tail(self, lines: int = 3) -> str:
         try:

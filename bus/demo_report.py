@@ -67,9 +67,7 @@ def collect(
     for s in symbols:
         mine = [p for p in broker_positions if p["symbol"] == s]
         projected = bus.get_active_positions(s)
-        matches &= sorted(p["position_id"] for p in mine) == sorted(
-            _s(p.get("position_id")) for p in projected
-        )
+        matches &= sorted(p["position_id"] for p in mine) == sorted(_s(p.get("position_id")) for p in projected)
         unreal = Decimal(0)
         for p in mine:
             full = broker.position(p["position_id"])
@@ -156,9 +154,7 @@ def problems(summary: dict[str, Any]) -> list[str]:
     if not summary["kill_switch_refusals"]:
         out.append("no order was refused by the kill switch")
     if not t["all_finished"]:
-        out.append(
-            f"not every dispatched task finished ({t['task_events']}, {t['dispatched']} dispatched)"
-        )
+        out.append(f"not every dispatched task finished ({t['task_events']}, {t['dispatched']} dispatched)")
     if t["run"] == 0:
         out.append("the worker ran no task")
     if not summary["state_projection_matches_broker"]:
@@ -191,9 +187,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
     )
     console.print(tasks)
     if t["by_task"]:
-        console.print(
-            "  run by task: " + ", ".join(f"{k} {v}" for k, v in sorted(t["by_task"].items()))
-        )
+        console.print("  run by task: " + ", ".join(f"{k} {v}" for k, v in sorted(t["by_task"].items())))
     pos = Table(title="positions and PnL", title_justify="left")
     for c in (
         "symbol",
@@ -207,10 +201,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
     ):
         pos.add_column(c, justify="right" if c not in ("symbol", "open positions") else "left")
     for s, p in summary["positions"].items():
-        opened = (
-            ", ".join(f"{o['direction']} {o['volume']}@{o['entry_price']}" for o in p["open"])
-            or "-"
-        )
+        opened = ", ".join(f"{o['direction']} {o['volume']}@{o['entry_price']}" for o in p["open"]) or "-"
         pos.add_row(
             s,
             p["price"],
@@ -223,14 +214,9 @@ def render(summary: dict[str, Any], console: Console) -> None:
         )
     console.print(pos)
     pnl = summary["pnl"]
-    console.print(
-        f"PnL: realized {pnl['realized']:.2f}, unrealized {pnl['unrealized']:.2f}, "
-        f"equity {pnl['equity']}"
-    )
+    console.print(f"PnL: realized {pnl['realized']:.2f}, unrealized {pnl['unrealized']:.2f}, equity {pnl['equity']}")
     for b in summary["risk_breaches"]:
-        console.print(
-            f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})"
-        )
+        console.print(f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})")
     refusals = summary["kill_switch_refusals"]
     for r in refusals[:2]:
         console.print(
@@ -254,6 +240,4 @@ def render(summary: dict[str, Any], console: Console) -> None:
     else:
         for p in summary["problems"]:
             console.print(f"[bold red]problem:[/] {escape(p)}")
-        console.print(
-            f"[dim]worker log (last lines):[/] {escape(summary.get('worker_log_tail', ''))}"
-        )
+        console.print(f"[dim]worker log (last lines):[/] {escape(summary.get('worker_log_tail', ''))}")

@@ -146,9 +146,7 @@ class Strategy:
             elif not book.halved and self._profit(symbol, px) > Decimal("0.001"):
                 pos = self.broker.position(book.position)
                 if pos is not None and pos["volume"] >= Decimal("0.2"):
-                    self.executor.close_position(
-                        book.position, (pos["volume"] / 2).quantize(Decimal("0.01"))
-                    )
+                    self.executor.close_position(book.position, (pos["volume"] / 2).quantize(Decimal("0.01")))
                     book.halved = True
 
     def _profit(self, symbol: str, px: Decimal) -> Decimal:
@@ -169,9 +167,7 @@ class Strategy:
         book.last_trade_tick = tick
         if ticket.status == "rejected":
             book.refused += 1
-            self.refusals.append(
-                {"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason}
-            )
+            self.refusals.append({"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason})
             return ticket
         info = self.broker.order(ticket.order_id) or {}
         if info.get("status") in ("filled", "partially_filled"):
@@ -179,8 +175,7 @@ class Strategy:
                 (
                     p["position_id"]
                     for p in self.broker.positions()
-                    if p["symbol"] == symbol
-                    and self.broker.position(p["position_id"])["order_id"] == ticket.order_id
+                    if p["symbol"] == symbol and self.broker.position(p["position_id"])["order_id"] == ticket.order_id
                 ),
                 None,
             )

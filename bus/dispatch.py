@@ -35,8 +35,8 @@ from .errors import DispatchError
 from .events import TradeEvent
 from .kombu_messages import (
     PUBLISH_RETRY_POLICY,
-    broker_key_prefix_option,
     MessageBuilder,
+    broker_key_prefix_option,
     redis_client_kwargs,
     same_redis_server,
 )
@@ -120,9 +120,7 @@ class Dispatcher:
         """Bind to the bus's client; decides whether task messages can join the bus's transaction."""
         self.client, self.keys = client, keys
         bus_kw = client.connection_pool.connection_kwargs
-        same = self._redis_kw is not None and same_redis_server(
-            _norm(client), self._redis_kw
-        )
+        same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
         # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
         self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int)
         if self.stages_in_bus_pipeline:

@@ -67,14 +67,22 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         args = [
             redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--protected-mode", "yes",
-            "--logfile", str(self.directory / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.directory / "redis.log"),
             *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -92,7 +100,7 @@ class EmbeddedRedis:
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     pass
                 if self.process is not None and self.process.poll() is not None:
-                    log = (self.directory / "redis.log")
+                    log = self.directory / "redis.log"
                     tail = log.read_text()[-500:] if log.exists() else ""
                     raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
                 if time.monotonic() > deadline:
@@ -146,4 +154,3 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
-

@@ -54,20 +54,12 @@ class EventHelpers:
         return cls._create(TradeEventType.ORDER_PARTIALLY_FILLED, symbol, f, extra)
 
     @classmethod
-    def create_order_cancelled(
-        cls, symbol: str, order_id: str, reason: str | None = None, **extra: Any
-    ) -> TradeEvent:
-        return cls._create(
-            TradeEventType.ORDER_CANCELLED, symbol, {"order_id": order_id, "reason": reason}, extra
-        )
+    def create_order_cancelled(cls, symbol: str, order_id: str, reason: str | None = None, **extra: Any) -> TradeEvent:
+        return cls._create(TradeEventType.ORDER_CANCELLED, symbol, {"order_id": order_id, "reason": reason}, extra)
 
     @classmethod
-    def create_order_rejected(
-        cls, symbol: str, order_id: str, reason: str, **extra: Any
-    ) -> TradeEvent:
-        return cls._create(
-            TradeEventType.ORDER_REJECTED, symbol, {"order_id": order_id, "reason": reason}, extra
-        )
+    def create_order_rejected(cls, symbol: str, order_id: str, reason: str, **extra: Any) -> TradeEvent:
+        return cls._create(TradeEventType.ORDER_REJECTED, symbol, {"order_id": order_id, "reason": reason}, extra)
 
     @classmethod
     def create_order_modified(cls, symbol: str, order_id: str, **changes: Any) -> TradeEvent:
@@ -100,9 +92,7 @@ class EventHelpers:
 
     @classmethod
     def create_position_modified(cls, symbol: str, position_id: str, **changes: Any) -> TradeEvent:
-        return cls._create(
-            TradeEventType.POSITION_MODIFIED, symbol, {"position_id": position_id}, changes
-        )
+        return cls._create(TradeEventType.POSITION_MODIFIED, symbol, {"position_id": position_id}, changes)
 
     @classmethod
     def create_position_partially_closed(
@@ -130,24 +120,16 @@ class EventHelpers:
         return cls._create(TradeEventType.TRADE_EXECUTED, symbol, f, extra)
 
     @classmethod
-    def create_trade_failed(
-        cls, symbol: str, reason: str, trade_id: str | None = None, **extra: Any
-    ) -> TradeEvent:
-        return cls._create(
-            TradeEventType.TRADE_FAILED, symbol, {"reason": reason, "trade_id": trade_id}, extra
-        )
+    def create_trade_failed(cls, symbol: str, reason: str, trade_id: str | None = None, **extra: Any) -> TradeEvent:
+        return cls._create(TradeEventType.TRADE_FAILED, symbol, {"reason": reason, "trade_id": trade_id}, extra)
 
     @classmethod
-    def create_risk_limit_breached(
-        cls, symbol: str, rule: str, limit: float, value: float, **extra: Any
-    ) -> TradeEvent:
+    def create_risk_limit_breached(cls, symbol: str, rule: str, limit: float, value: float, **extra: Any) -> TradeEvent:
         f = {"rule": rule, "limit": limit, "value": value}
         return cls._create(TradeEventType.RISK_LIMIT_BREACHED, symbol, f, extra)
 
     @classmethod
-    def create_stop_loss_hit(
-        cls, symbol: str, position_id: str, price: float, **extra: Any
-    ) -> TradeEvent:
+    def create_stop_loss_hit(cls, symbol: str, position_id: str, price: float, **extra: Any) -> TradeEvent:
         return cls._create(
             TradeEventType.STOP_LOSS_HIT,
             symbol,
@@ -156,9 +138,7 @@ class EventHelpers:
         )
 
     @classmethod
-    def create_take_profit_hit(
-        cls, symbol: str, position_id: str, price: float, **extra: Any
-    ) -> TradeEvent:
+    def create_take_profit_hit(cls, symbol: str, position_id: str, price: float, **extra: Any) -> TradeEvent:
         f = {"position_id": position_id, "price": price}
         return cls._create(TradeEventType.TAKE_PROFIT_HIT, symbol, f, extra)
 
@@ -174,9 +154,7 @@ class EventHelpers:
         return cls._create(TradeEventType.SIGNAL_VALIDATED, symbol, {"signal_id": signal_id}, extra)
 
     @classmethod
-    def create_signal_rejected(
-        cls, symbol: str, signal_id: str, reason: str, **extra: Any
-    ) -> TradeEvent:
+    def create_signal_rejected(cls, symbol: str, signal_id: str, reason: str, **extra: Any) -> TradeEvent:
         return cls._create(
             TradeEventType.SIGNAL_REJECTED,
             symbol,

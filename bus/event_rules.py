@@ -24,9 +24,7 @@ PRICE_FIELDS = frozenset(
         "entry",
     }
 )
-VOLUME_FIELDS = frozenset(
-    {"volume", "fill_volume", "closed_volume", "filled_volume", "remaining_volume"}
-)
+VOLUME_FIELDS = frozenset({"volume", "fill_volume", "closed_volume", "filled_volume", "remaining_volume"})
 SIDES = {
     "order_type": frozenset({"BUY", "SELL", "BUY_LIMIT", "SELL_LIMIT", "BUY_STOP", "SELL_STOP"}),
     "side": frozenset({"BUY", "SELL"}),

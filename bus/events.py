@@ -81,9 +81,7 @@ class TradeEvent(EventHelpers, BaseModel):
             )
         data = v["data"] = validate_data(v.get("data"))
         if event_type in ORDER_TYPES and not data.get("order_id"):
-            raise bad(
-                "data.order_id", data.get("order_id"), f"required for {event_type.value} events"
-            )
+            raise bad("data.order_id", data.get("order_id"), f"required for {event_type.value} events")
         if event_type in POSITION_TYPES and not data.get("position_id"):
             raise bad(
                 "data.position_id",
@@ -127,9 +125,7 @@ class TradeEvent(EventHelpers, BaseModel):
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise EventValidationError(
-                f"not valid JSON: {e}", field="json", value=bytes(raw[:80])
-            ) from None
+            raise EventValidationError(f"not valid JSON: {e}", field="json", value=bytes(raw[:80])) from None
         return cls.from_dict(obj)
 
     @classmethod
@@ -137,9 +133,7 @@ class TradeEvent(EventHelpers, BaseModel):
         """Build from a decoded JSON object. Same rules as the constructor, without pydantic's
         second pass: decoding sits on the subscriber's and the workers' hot path."""
         if not isinstance(obj, dict):
-            raise EventValidationError(
-                f"an event must be a JSON object, got {type(obj).__name__}", field="json"
-            )
+            raise EventValidationError(f"an event must be a JSON object, got {type(obj).__name__}", field="json")
         unknown = obj.keys() - _FIELDS
         if unknown:
             name = sorted(unknown)[0]

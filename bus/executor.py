@@ -41,11 +41,21 @@ from .paper_broker import PaperBroker
 from .redis_bus import RedisEventBus
 
 KILL_SWITCH_PREFIX = "kill switch: "
-__all__ = ["ExecutorBuilder", "ExecutorConfig", "OrderExecutor", "OrderTicket", "TradeExecutor",
-           "engage_kill_switch", "kill_switch_reason", "kill_switches", "release_kill_switch"]
+__all__ = [
+    "ExecutorBuilder",
+    "ExecutorConfig",
+    "OrderExecutor",
+    "OrderTicket",
+    "TradeExecutor",
+    "engage_kill_switch",
+    "kill_switch_reason",
+    "kill_switches",
+    "release_kill_switch",
+]
 
 
 # --- configuration ------------------------------------------------------------------------------
+
 
 @dataclass
 class ExecutorConfig:
@@ -94,12 +104,20 @@ class _NullBus:
 
 # --- the executor ---------------------------------------------------------------------------------
 
+
 class OrderExecutor:
     """Places orders through ``broker`` and publishes what happens (see the module docstring)."""
 
-    def __init__(self, broker: BrokerClient, publisher: OutboxPublisher, *, source: str = "executor",
-                 logger: logging.Logger | None = None, redis_client: redis.Redis | None = None,
-                 keys: Keys | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerClient,
+        publisher: OutboxPublisher,
+        *,
+        source: str = "executor",
+        logger: logging.Logger | None = None,
+        redis_client: redis.Redis | None = None,
+        keys: Keys | None = None,
+    ) -> None:
         self.broker = broker
         self.publisher = publisher
         self.source = source
@@ -113,19 +131,38 @@ class OrderExecutor:
         broker.add_listener(self._on_update)
 
     # orders and positions
-    def place_order(self, symbol: str, side: str, volume: Number, *, order_type: str = "MARKET",
-                    price: Number | None = None, sl: Number | None = None, tp: Number | None = None,
-                    correlation_id: str | None = None, causation_id: str | None = None) -> OrderTicket:
+    def place_order(
+        self,
+        symbol: str,
+        side: str,
+        volume: Number,
+        *,
+        order_type: str = "MARKET",
+        price: Number | None = None,
+        sl: Number | None = None,
+        tp: Number | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> OrderTicket:
         corr = correlation_id or uuid.uuid4().hex
         halted = self.kill_switch_reason(symbol)
         if halted is not None or self.publisher.is_full:
             why = KILL_SWITCH_PREFIX + halted if halted is not None else "outbox full: cannot record events"
             oid = f"REJ-{uuid.uuid4().hex[:12]}"
-            ev = self._emit(TradeEvent.create_order_rejected(
-                symbol, oid, why, side=side.upper(), requested_volume=str(volume), correlation_id=corr,
-                causation_id=causation_id))
-            self._emit(TradeEvent.create_trade_failed(symbol, why, trade_id=oid, correlation_id=corr,
-                                                      causation_id=ev.event_id))
+            ev = self._emit(
+                TradeEvent.create_order_rejected(
+                    symbol,
+                    oid,
+                    why,
+                    side=side.upper(),
+                    requested_volume=str(volume),
+                    correlation_id=corr,
+                    causation_id=causation_id,
+                )
+            )
+            self._emit(
+                TradeEvent.create_trade_failed(symbol, why, trade_id=oid, correlation_id=corr, causation_id=ev.event_id)
+            )
             self.log.warning("order refused on %s: %s", symbol, why)
             return OrderTicket(oid, "rejected", corr, why)
         self._ctx.pending = (corr, causation_id)
@@ -181,8 +218,16 @@ class OrderExecutor:
             corr, cause = self._chain.get(okey) or (uuid.uuid4().hex, None)
         else:  # position events, stop-loss / take-profit hits
             corr, cause = self._chain.get(pkey) or (uuid.uuid4().hex, None)
-        ev = self._emit(TradeEvent(event_type=u.kind, symbol=u.symbol, data=data, correlation_id=corr,
-                                   causation_id=cause, source=self.source))
+        ev = self._emit(
+            TradeEvent(
+                event_type=u.kind,
+                symbol=u.symbol,
+                data=data,
+                correlation_id=corr,
+                causation_id=cause,
+                source=self.source,
+            )
+        )
         if u.kind.is_order:
             self._chain[okey] = (corr, ev.event_id)
             if u.kind is T.ORDER_CANCELLED and not u.data.get("filled_volume"):
@@ -248,8 +293,15 @@ class OrderExecutor:
 class TradeExecutor:
     """What ``ExecutorBuilder.build_from_config`` returns: the broker, the OrderExecutor and the outbox."""
 
-    def __init__(self, config: ExecutorConfig, client: BrokerClient, order_executor: OrderExecutor,
-                 publisher: OutboxPublisher, event_bus: Any, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        config: ExecutorConfig,
+        client: BrokerClient,
+        order_executor: OrderExecutor,
+        publisher: OutboxPublisher,
+        event_bus: Any,
+        logger: logging.Logger,
+    ) -> None:
         self.config, self.client, self.order_executor = config, client, order_executor
         self.publisher, self.event_bus, self.log = publisher, event_bus, logger
         self._listener: Any = None
@@ -335,21 +387,32 @@ class TradeExecutor:
 
 class ExecutorBuilder:
     @staticmethod
-    def build_from_config(config: ExecutorConfig | Mapping[str, Any] | None = None,
-                          client: BrokerClient | None = None, event_bus: Any = None,
-                          logger: logging.Logger | None = None) -> TradeExecutor:
+    def build_from_config(
+        config: ExecutorConfig | Mapping[str, Any] | None = None,
+        client: BrokerClient | None = None,
+        event_bus: Any = None,
+        logger: logging.Logger | None = None,
+    ) -> TradeExecutor:
         """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
         cfg = ExecutorConfig.coerce(config)
         log = logger or logging.getLogger(f"tradebus.executor.{cfg.source}")
         broker = client if client is not None else PaperBroker(symbols=cfg.symbols or None)
-        outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events,
-                        max_bytes=cfg.outbox_max_bytes)
-        publisher = OutboxPublisher(event_bus if event_bus is not None else _NullBus(), outbox, logger=log,
-                                    retry_interval=cfg.outbox_retry_interval)
+        outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events, max_bytes=cfg.outbox_max_bytes)
+        publisher = OutboxPublisher(
+            event_bus if event_bus is not None else _NullBus(),
+            outbox,
+            logger=log,
+            retry_interval=cfg.outbox_retry_interval,
+        )
         if len(outbox):
             log.warning("outbox %s holds %d events from before; flushing", outbox.path, len(outbox))
             publisher.flush()
-        executor = OrderExecutor(broker, publisher, source=cfg.source, logger=log,
-                                 redis_client=getattr(event_bus, "client", None),
-                                 keys=getattr(event_bus, "keys", None))
+        executor = OrderExecutor(
+            broker,
+            publisher,
+            source=cfg.source,
+            logger=log,
+            redis_client=getattr(event_bus, "client", None),
+            keys=getattr(event_bus, "keys", None),
+        )
         return TradeExecutor(cfg, broker, executor, publisher, event_bus, log).start()

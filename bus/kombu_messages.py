@@ -67,7 +67,13 @@ class MessageBuilder:
     ) -> tuple[str, bytes]:
         """Return ``(redis list key, message bytes)`` for one task."""
         headers, properties, body, _ = self.app.amqp.as_task_v2(
-            task_id, task, args, kwargs, argsrepr=argsrepr, kwargsrepr=kwargsrepr, origin=self.origin,
+            task_id,
+            task,
+            args,
+            kwargs,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+            origin=self.origin,
             ignore_result=True,  # no result backend: nothing to store
         )
         data = orjson.dumps(body)  # kombu's "json" serializer: application/json, utf-8

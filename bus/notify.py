@@ -84,7 +84,12 @@ def sign(body: bytes, secret: str, timestamp: str) -> str:
 
 
 def verify_signature(
-    body: bytes, secret: str, timestamp: str, signature: str, *, tolerance_s: float = 300.0,
+    body: bytes,
+    secret: str,
+    timestamp: str,
+    signature: str,
+    *,
+    tolerance_s: float = 300.0,
     now: float | None = None,
 ) -> bool:
     """For receivers: the signature matches and the timestamp is within ``tolerance_s`` of now."""
@@ -125,8 +130,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class WebhookSink:
     """POSTs the event JSON to one URL, signed when a secret is set."""
 
-    def __init__(self, url: str, secret: str | None = None, *, timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, url: str, secret: str | None = None, *, timeout: float = DEFAULT_WEBHOOK_TIMEOUT, name: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"webhook URL {redact_url(url)!r} must be http:// or https:// with a host")
@@ -173,7 +179,7 @@ class WebhookSink:
             if status >= 500 or status in _RETRYABLE_4XX:
                 raise RetryableError(f"webhook {where} answered {status}") from None
             raise PermanentNotifyError(f"webhook {where} answered {status}; not retried") from None
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise RetryableError(f"webhook {where} timed out after {self.timeout}s") from e
         except urllib.error.URLError as e:
             reason = e.reason

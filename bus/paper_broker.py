@@ -1,9 +1,10 @@
 """A simulated broker account for the demo, tests and paper trading.
 
 PaperBroker (a ``BrokerClient``, see bus/broker.py): market and limit orders against prices set
-with ``set_price`` (or ``RandomWalkFeed``); orders larger than ``max_fill_volume`` fill in chunks, one chunk now and one per price update; rejects
-for an unknown symbol, an invalid volume or price, and insufficient margin; stop-loss /
-take-profit checked on every price update; one position per filled order (hedging account).
+with ``set_price`` (or ``RandomWalkFeed``); orders larger than ``max_fill_volume`` fill in chunks,
+one chunk now and one per price update; rejects for an unknown symbol, an invalid volume or price,
+and insufficient margin; stop-loss / take-profit checked on every price update; one position per
+filled order (hedging account).
 """
 
 from __future__ import annotations
@@ -55,10 +56,18 @@ class _Position:
 class PaperBroker:
     """A simulated broker account (see the module docstring). Thread-safe; updates are delivered in order."""
 
-    def __init__(self, *, balance: Number = 100_000, leverage: Number = 100,
-                 contract_sizes: Mapping[str, Number] | None = None, symbols: Iterable[str] | None = None,
-                 max_fill_volume: Number | None = None, volume_step: Number = "0.01",
-                 max_volume: Number = 1000, id_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        balance: Number = 100_000,
+        leverage: Number = 100,
+        contract_sizes: Mapping[str, Number] | None = None,
+        symbols: Iterable[str] | None = None,
+        max_fill_volume: Number | None = None,
+        volume_step: Number = "0.01",
+        max_volume: Number = 1000,
+        id_prefix: str | None = None,
+    ) -> None:
         self.balance = dec(balance)
         self.leverage = dec(leverage)
         self.contract_sizes = {k: dec(v) for k, v in (contract_sizes or {}).items()}
@@ -89,8 +98,16 @@ class PaperBroker:
 
     def positions(self) -> list[dict[str, str]]:
         with self._lock:
-            return [{"symbol": p.symbol, "position_id": p.position_id, "direction": p.direction,
-                     "volume": str(p.volume), "entry_price": str(p.entry_price)} for p in self._positions.values()]
+            return [
+                {
+                    "symbol": p.symbol,
+                    "position_id": p.position_id,
+                    "direction": p.direction,
+                    "volume": str(p.volume),
+                    "entry_price": str(p.entry_price),
+                }
+                for p in self._positions.values()
+            ]
 
     def position(self, position_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -108,8 +125,7 @@ class PaperBroker:
 
     def used_margin(self) -> Decimal:
         with self._lock:
-            used = sum((self._margin(p.symbol, p.volume, p.entry_price) for p in self._positions.values()),
-                       Decimal(0))
+            used = sum((self._margin(p.symbol, p.volume, p.entry_price) for p in self._positions.values()), Decimal(0))
             for o in self._orders.values():
                 if o.status in ("pending", "partially_filled"):
                     used += self._margin(o.symbol, o.volume - o.filled, o.limit or self.prices[o.symbol])
@@ -117,13 +133,23 @@ class PaperBroker:
 
     def equity(self) -> Decimal:
         with self._lock:
-            return self.balance + sum((self._pnl(p, self.prices[p.symbol], p.volume)
-                                       for p in self._positions.values()), Decimal(0))
+            return self.balance + sum(
+                (self._pnl(p, self.prices[p.symbol], p.volume) for p in self._positions.values()), Decimal(0)
+            )
 
     # --- orders ----------------------------------------------------------------------------------
 
-    def place_order(self, symbol: str, side: str, volume: Number, *, order_type: str = "MARKET",
-                    price: Number | None = None, sl: Number | None = None, tp: Number | None = None) -> str:
+    def place_order(
+        self,
+        symbol: str,
+        side: str,
+        volume: Number,
+        *,
+        order_type: str = "MARKET",
+        price: Number | None = None,
+        sl: Number | None = None,
+        tp: Number | None = None,
+    ) -> str:
         """Place a MARKET or LIMIT order; returns its id. A refused order is reported as ORDER_REJECTED."""
         side, order_type = side.upper(), order_type.upper()
         if side not in ("BUY", "SELL") or order_type not in ("MARKET", "LIMIT"):
@@ -134,15 +160,22 @@ class PaperBroker:
             limit = dec(price) if order_type == "LIMIT" and price is not None else None
             reason = self._check(symbol, vol, order_type, limit)
             if reason:
-                self._orders[oid] = _Order(oid, symbol, side, limit, vol, None, None, status="rejected",
-                                           reason=reason)
+                self._orders[oid] = _Order(oid, symbol, side, limit, vol, None, None, status="rejected", reason=reason)
                 self._emit(T.ORDER_REJECTED, symbol, order_id=oid, reason=reason)
                 self._emit(T.TRADE_FAILED, symbol, trade_id=oid, reason=reason)
                 return oid
             o = _Order(oid, symbol, side, limit, vol, _opt(sl), _opt(tp))
             self._orders[oid] = o
-            self._emit(T.ORDER_CREATED, symbol, order_id=oid, order_type=side if limit is None else f"{side}_LIMIT",
-                       price=limit or self.prices[symbol], volume=vol, sl=o.sl, tp=o.tp)
+            self._emit(
+                T.ORDER_CREATED,
+                symbol,
+                order_id=oid,
+                order_type=side if limit is None else f"{side}_LIMIT",
+                price=limit or self.prices[symbol],
+                volume=vol,
+                sl=o.sl,
+                tp=o.tp,
+            )
             self._try_fill(o)
             return oid
 
@@ -163,8 +196,9 @@ class PaperBroker:
         with self._lock:
             o = self._pending(order_id)
             o.status, o.reason = "cancelled", reason or "cancelled by client"
-            self._emit(T.ORDER_CANCELLED, o.symbol, order_id=o.order_id, reason=o.reason,
-                       filled_volume=o.filled or None)
+            self._emit(
+                T.ORDER_CANCELLED, o.symbol, order_id=o.order_id, reason=o.reason, filled_volume=o.filled or None
+            )
             if o.filled:  # the filled part becomes a position
                 self._open_position(o)
 
@@ -196,8 +230,15 @@ class PaperBroker:
         o.notional += chunk * px
         if o.filled < o.volume:
             o.status = "partially_filled"
-            self._emit(T.ORDER_PARTIALLY_FILLED, o.symbol, order_id=o.order_id, fill_price=px, fill_volume=chunk,
-                       filled_volume=o.filled, remaining_volume=o.volume - o.filled)
+            self._emit(
+                T.ORDER_PARTIALLY_FILLED,
+                o.symbol,
+                order_id=o.order_id,
+                fill_price=px,
+                fill_volume=chunk,
+                filled_volume=o.filled,
+                remaining_volume=o.volume - o.filled,
+            )
             return
         o.status = "filled"
         self._emit(T.ORDER_FILLED, o.symbol, order_id=o.order_id, fill_price=o.notional / o.filled, volume=o.filled)
@@ -208,10 +249,27 @@ class PaperBroker:
         pid = f"{self.id_prefix}P{next(self._ids)}"
         p = _Position(pid, o.order_id, o.symbol, "LONG" if o.side == "BUY" else "SHORT", o.filled, avg, o.sl, o.tp)
         self._positions[pid] = p
-        self._emit(T.POSITION_OPENED, o.symbol, position_id=pid, order_id=o.order_id, entry_price=avg,
-                   volume=o.filled, direction=p.direction, sl=p.sl, tp=p.tp)
-        self._emit(T.TRADE_EXECUTED, o.symbol, trade_id=o.order_id, order_id=o.order_id, position_id=pid,
-                   side=o.side, price=avg, volume=o.filled)
+        self._emit(
+            T.POSITION_OPENED,
+            o.symbol,
+            position_id=pid,
+            order_id=o.order_id,
+            entry_price=avg,
+            volume=o.filled,
+            direction=p.direction,
+            sl=p.sl,
+            tp=p.tp,
+        )
+        self._emit(
+            T.TRADE_EXECUTED,
+            o.symbol,
+            trade_id=o.order_id,
+            order_id=o.order_id,
+            position_id=pid,
+            side=o.side,
+            price=avg,
+            volume=o.filled,
+        )
         self._check_triggers(p)
 
     # --- positions -------------------------------------------------------------------------------
@@ -231,12 +289,28 @@ class PaperBroker:
             p.realized += pnl
             self.balance += pnl
             if p.volume:
-                self._emit(T.POSITION_PARTIALLY_CLOSED, p.symbol, position_id=p.position_id, exit_price=px,
-                           closed_volume=vol, pnl=pnl, remaining_volume=p.volume, reason=reason)
+                self._emit(
+                    T.POSITION_PARTIALLY_CLOSED,
+                    p.symbol,
+                    position_id=p.position_id,
+                    exit_price=px,
+                    closed_volume=vol,
+                    pnl=pnl,
+                    remaining_volume=p.volume,
+                    reason=reason,
+                )
             else:
                 del self._positions[position_id]
-                self._emit(T.POSITION_CLOSED, p.symbol, position_id=p.position_id, exit_price=px, pnl=pnl,
-                           closed_volume=vol, total_pnl=p.realized, reason=reason)
+                self._emit(
+                    T.POSITION_CLOSED,
+                    p.symbol,
+                    position_id=p.position_id,
+                    exit_price=px,
+                    pnl=pnl,
+                    closed_volume=vol,
+                    total_pnl=p.realized,
+                    reason=reason,
+                )
 
     def modify_position(self, position_id: str, **changes: Number) -> None:
         """Change a position's ``sl`` / ``tp``; a level already crossed triggers at once."""

@@ -34,9 +34,7 @@ class PublishReceipt:
     log_id: str
     subscribers: int
     dispatched: tuple[str, ...] = ()  # route names enqueued
-    not_dispatched: tuple[
-        str, ...
-    ] = ()  # route names the broker did not take (re-dispatched by beat)
+    not_dispatched: tuple[str, ...] = ()  # route names the broker did not take (re-dispatched by beat)
 
 
 class Publisher:
@@ -54,9 +52,7 @@ class Publisher:
     #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
     publish_run_max: int = PUBLISH_RUN_MAX
 
-    def _connection_error(
-        self, e: Exception
-    ) -> BusConnectionError:  # pragma: no cover - overridden
+    def _connection_error(self, e: Exception) -> BusConnectionError:  # pragma: no cover - overridden
         raise NotImplementedError
 
     # --- publish ----------------------------------------------------------------------------------
@@ -75,9 +71,7 @@ class Publisher:
         if not isinstance(event, TradeEvent):
             raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
         payload = event.encode(self.max_event_bytes)
-        routes: Sequence[Any] = (
-            self.dispatcher.routes_for(event) if self.dispatcher is not None else ()
-        )
+        routes: Sequence[Any] = self.dispatcher.routes_for(event) if self.dispatcher is not None else ()
         route = self._routes_cache.get((event.symbol, event.event_type))
         if route is None:
             t = event.event_type.value
@@ -108,9 +102,7 @@ class Publisher:
                 log_id, n = PUBLISH.call(self.client, keys, args)
                 names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
             else:
-                (log_id, n), names = self._publish_pipeline([(event, payload, keys, args, routes)])[
-                    0
-                ]
+                (log_id, n), names = self._publish_pipeline([(event, payload, keys, args, routes)])[0]
             log_id = log_id.decode()
             if routes and not staged:
                 names = self._send([(event, payload, routes)], [log_id])[0]
@@ -136,9 +128,7 @@ class Publisher:
             for i, (event, *_rest) in enumerate(prepared):
                 (log_id, n), names = results[i]
                 names = sent.get(i, names)
-                receipts.append(
-                    PublishReceipt(event.event_id, log_id.decode(), int(n), names[0], names[1])
-                )
+                receipts.append(PublishReceipt(event.event_id, log_id.decode(), int(n), names[0], names[1]))
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise self._connection_error(e) from None
         return receipts
@@ -154,20 +144,14 @@ class Publisher:
             i = j
         return runs
 
-    def _publish_pipeline(
-        self, batch: list[Any]
-    ) -> list[tuple[list[Any], tuple[tuple[str, ...], tuple[str, ...]]]]:
+    def _publish_pipeline(self, batch: list[Any]) -> list[tuple[list[Any], tuple[tuple[str, ...], tuple[str, ...]]]]:
         """One pipeline for the batch; MULTI when the dispatcher stages task messages in it.
 
         A batch is one publish_many.lua call per run of consecutive same-symbol events (at most
         ``publish_run_max``), in batch order, so it keeps its order per symbol and across symbols.
         When every run is one event long (a single publish, alternating symbols, or
         ``publish_run_max = 1``: the pre-batching behaviour) each event is one publish.lua call."""
-        staged_any = (
-            self.dispatcher is not None
-            and self.dispatcher.stages_in_bus_pipeline
-            and any(b[4] for b in batch)
-        )
+        staged_any = self.dispatcher is not None and self.dispatcher.stages_in_bus_pipeline and any(b[4] for b in batch)
         runs = self._runs(batch)
         # One publish script per pipeline: after a script-cache loss every call fails with NOSCRIPT
         # and execute_pipeline re-runs them all, in order (two scripts could half succeed). Runs of
@@ -212,27 +196,18 @@ class Publisher:
                 raise res
             out.append((res if k < 0 else res[2 * k : 2 * k + 2], (staged, ())))
         failed = [r for r in results if isinstance(r, Exception)]
-        if (
-            failed
-        ):  # state or staged dispatch failed after the event was logged: report, do not lose it
-            log.error(
-                "publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0]
-            )
+        if failed:  # state or staged dispatch failed after the event was logged: report, do not lose it
+            log.error("publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0])
             if staged_any:
                 out = [(res, ((), staged)) for res, (staged, _) in out]
         self._symbols_sent |= new_symbols
         return out
 
-    def _send(
-        self, items: list[Any], log_ids: list[str]
-    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    def _send(self, items: list[Any], log_ids: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         d = self.dispatcher
         try:
             if len(items) == 1 or not hasattr(d, "send_many"):
-                return [
-                    tuple(d.send(e, p, r, lid))
-                    for (e, p, r), lid in zip(items, log_ids, strict=True)
-                ]  # type: ignore[misc]
+                return [tuple(d.send(e, p, r, lid)) for (e, p, r), lid in zip(items, log_ids, strict=True)]  # type: ignore[misc]
             return list(d.send_many(items, log_ids))
         except DispatchError:
             raise

@@ -59,8 +59,14 @@ class ReconcileConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReconcileConfig:
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}
-        for name, kind in (("redispatch_grace", float), ("rebuild_grace", float), ("stale_order_age", float),
-                           ("log_retention", float), ("log_maxlen", int), ("lease_ttl_ms", int)):
+        for name, kind in (
+            ("redispatch_grace", float),
+            ("rebuild_grace", float),
+            ("stale_order_age", float),
+            ("log_retention", float),
+            ("log_maxlen", int),
+            ("lease_ttl_ms", int),
+        ):
             var = f"TRADEBUS_RECONCILE_{name.upper()}"
             raw = env.get(var, "").strip()
             if raw:
@@ -93,8 +99,16 @@ def symbols_of(client: redis.Redis, keys: Keys) -> list[str]:
 Job = Callable[[int, Callable[[], None]], dict[str, Any]]
 
 
-def run_job(client: redis.Redis, keys: Keys, name: str, job: Job, *, min_interval_s: float = 0.0,
-            ttl_ms: int = DEFAULT_LEASE_TTL_MS, owner: str | None = None) -> dict[str, Any]:
+def run_job(
+    client: redis.Redis,
+    keys: Keys,
+    name: str,
+    job: Job,
+    *,
+    min_interval_s: float = 0.0,
+    ttl_ms: int = DEFAULT_LEASE_TTL_MS,
+    owner: str | None = None,
+) -> dict[str, Any]:
     """Run ``job(token, heartbeat)`` if this process wins the lease and the job is due; report."""
     lease = Lease(client, keys, f"reconcile-{name}", ttl_ms=ttl_ms, owner=owner)
     token = lease.acquire()
@@ -113,8 +127,12 @@ def run_job(client: redis.Redis, keys: Keys, name: str, job: Job, *, min_interva
             if now - finished < min_interval_s * 1000:
                 return {"job": name, "ran": False, "reason": f"ran {(now - finished) / 1000:.1f}s ago"}
         report = job(token, heartbeat)
-        record = {"finished_ms": server_ms(client), "token": token, "owner": lease.owner,
-                  "summary": {k: v for k, v in report.items() if isinstance(v, int | float | str)}}
+        record = {
+            "finished_ms": server_ms(client),
+            "token": token,
+            "owner": lease.owner,
+            "summary": {k: v for k, v in report.items() if isinstance(v, int | float | str)},
+        }
         _RUNS(client, keys, name, token, json.dumps(record))
         return {"job": name, "ran": True, "token": token, **report}
     finally:
@@ -123,7 +141,8 @@ def run_job(client: redis.Redis, keys: Keys, name: str, job: Job, *, min_interva
 
 def _RUNS(client: redis.Redis, keys: Keys, name: str, token: int, record: str) -> None:  # noqa: N802
     fenced_script(client, "redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) return 1")(
-        keys=[keys.job_fence(), keys.reconcile_runs()], args=[token, name, record])
+        keys=[keys.job_fence(), keys.reconcile_runs()], args=[token, name, record]
+    )
 
 
 def last_runs(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
@@ -133,6 +152,7 @@ def last_runs(client: redis.Redis, keys: Keys) -> dict[str, dict[str, Any]]:
 
 # --- jobs ----------------------------------------------------------------------------------------------
 
+
 def redispatch(dispatcher: Any, *, grace_s: float) -> dict[str, Any]:
     """Re-dispatch logged events whose dispatch was not recorded after ``grace_s`` (bus.dispatch)."""
     fn = getattr(dispatcher, "redispatch_missed", None)
@@ -141,12 +161,27 @@ def redispatch(dispatcher: Any, *, grace_s: float) -> dict[str, Any]:
     return {"redispatched": int(fn(grace_seconds=grace_s))}
 
 
-def rebuild(client: redis.Redis, keys: Keys, *, token: int, grace_s: float, repair: bool = True,
-            symbols: list[str] | None = None, heartbeat: Callable[[], None] | None = None) -> dict[str, Any]:
+def rebuild(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    token: int,
+    grace_s: float,
+    repair: bool = True,
+    symbols: list[str] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Rebuild orders/positions from the log and repair drift (see bus.reconcile_state)."""
-    return rebuild_state(client, keys, symbols if symbols is not None else symbols_of(client, keys),
-                         token=token, grace_ms=int(grace_s * 1000), now_ms=server_ms(client),
-                         repair=repair, heartbeat=heartbeat)
+    return rebuild_state(
+        client,
+        keys,
+        symbols if symbols is not None else symbols_of(client, keys),
+        token=token,
+        grace_ms=int(grace_s * 1000),
+        now_ms=server_ms(client),
+        repair=repair,
+        heartbeat=heartbeat,
+    )
 
 
 def _age_s(created_at: str | None, now_ms: int) -> float | None:
@@ -158,8 +193,9 @@ def _age_s(created_at: str | None, now_ms: int) -> float | None:
         return None
 
 
-def flag_stale_orders(client: redis.Redis, keys: Keys, *, max_age_s: float, token: int | None = None,
-                      symbols: list[str] | None = None) -> dict[str, Any]:
+def flag_stale_orders(
+    client: redis.Redis, keys: Keys, *, max_age_s: float, token: int | None = None, symbols: list[str] | None = None
+) -> dict[str, Any]:
     """Pending / partially filled orders created more than ``max_age_s`` ago.
 
     With a token, the flags replace the hash ``keys.stale_orders()`` (fenced) for the CLI to show.
@@ -170,18 +206,26 @@ def flag_stale_orders(client: redis.Redis, keys: Keys, *, max_age_s: float, toke
         for order in open_orders(client, keys, symbol):
             age = _age_s(order.get("created_at"), now)
             if age is not None and age > max_age_s:
-                stale.append({"symbol": symbol, "order_id": order.get("order_id"), "status": order.get("status"),
-                              "created_at": order.get("created_at"), "age_s": round(age, 3)})
+                stale.append(
+                    {
+                        "symbol": symbol,
+                        "order_id": order.get("order_id"),
+                        "status": order.get("status"),
+                        "created_at": order.get("created_at"),
+                        "age_s": round(age, 3),
+                    }
+                )
     if token is not None:
         args: list[Any] = [token]
         for item in stale:
             args += [f"{item['symbol']}|{item['order_id']}", json.dumps(item)]
-        fenced_script(client, "redis.call('DEL', KEYS[2]) for i = 2, #ARGV, 2 do "
-                              "redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end return 1")(
-            keys=[keys.job_fence(), keys.stale_orders()], args=args)
+        fenced_script(
+            client,
+            "redis.call('DEL', KEYS[2]) for i = 2, #ARGV, 2 do "
+            "redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end return 1",
+        )(keys=[keys.job_fence(), keys.stale_orders()], args=args)
     for item in stale:
-        log.warning("stale order %s %s: %s for %.0fs", item["symbol"], item["order_id"], item["status"],
-                    item["age_s"])
+        log.warning("stale order %s %s: %s for %.0fs", item["symbol"], item["order_id"], item["status"], item["age_s"])
     return {"stale": stale, "count": len(stale)}
 
 
@@ -220,17 +264,27 @@ def reconcile_broker(client: redis.Redis, keys: Keys, broker: PositionsSource) -
     return report
 
 
-def trim_logs(client: redis.Redis, keys: Keys, *, token: int, retention_s: float | None = None,
-              maxlen: int | None = None, symbols: list[str] | None = None) -> dict[str, Any]:
+def trim_logs(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    token: int,
+    retention_s: float | None = None,
+    maxlen: int | None = None,
+    symbols: list[str] | None = None,
+) -> dict[str, Any]:
     """XTRIM each symbol's log by age (MINID) and/or length (MAXLEN), never dropping an entry whose
     dispatch is still pending (the redispatch job needs it)."""
     now = server_ms(client)
-    trim = fenced_script(client, """
+    trim = fenced_script(
+        client,
+        """
 local removed = 0
 if ARGV[2] ~= '' then removed = removed + redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2]) end
 if ARGV[3] ~= '' then removed = removed + redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[3]) end
 return removed
-""")
+""",
+    )
     out: dict[str, Any] = {"removed": {}, "held_by_pending_dispatch": []}
     for symbol in symbols if symbols is not None else symbols_of(client, keys):
         minid = f"{now - int(retention_s * 1000)}-0" if retention_s is not None else ""
@@ -260,6 +314,15 @@ def _id_key(stream_id: str) -> tuple[int, int]:
 
 
 __all__ = [
-    "LeaseLostError", "PositionsSource", "ReconcileConfig", "flag_stale_orders",
-    "last_runs", "rebuild", "reconcile_broker", "redispatch", "run_job", "server_ms", "trim_logs",
+    "LeaseLostError",
+    "PositionsSource",
+    "ReconcileConfig",
+    "flag_stale_orders",
+    "last_runs",
+    "rebuild",
+    "reconcile_broker",
+    "redispatch",
+    "run_job",
+    "server_ms",
+    "trim_logs",
 ]

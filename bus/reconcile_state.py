@@ -126,12 +126,24 @@ def rebuild_symbol(
 
 
 def _compare_and_repair(
-    client: redis.Redis, keys: Keys, scratch: Keys, symbol: str,
-    first_type: dict[tuple[str, str], TradeEventType], recent: set[tuple[str, str]], token: int,
+    client: redis.Redis,
+    keys: Keys,
+    scratch: Keys,
+    symbol: str,
+    first_type: dict[tuple[str, str], TradeEventType],
+    recent: set[tuple[str, str]],
+    token: int,
     repair: bool,
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"symbol": symbol, "checked": 0, "drift": [], "in_flight": len(recent),
-                              "incomplete": 0, "dangling_removed": [], "skipped_changed": []}
+    report: dict[str, Any] = {
+        "symbol": symbol,
+        "checked": 0,
+        "drift": [],
+        "in_flight": len(recent),
+        "incomplete": 0,
+        "dangling_removed": [],
+        "skipped_changed": [],
+    }
     repair_script = fenced_script(client, _REPAIR)
     fence = keys.symbol_fence(symbol)
     for (kind, entity_id), first in sorted(first_type.items()):
@@ -145,16 +157,28 @@ def _compare_and_repair(
         live, rebuilt = _decoded(client.hgetall(live_key)), _decoded(client.hgetall(rebuilt_key))
         should_index = rebuilt.get("status") in _ACTIVE[kind]
         in_index = bool(client.sismember(_index_key(keys, symbol, kind), entity_id))
-        fields = {f: [live.get(f), rebuilt.get(f)] for f in sorted(set(live) | set(rebuilt))
-                  if live.get(f) != rebuilt.get(f)}
+        fields = {
+            f: [live.get(f), rebuilt.get(f)] for f in sorted(set(live) | set(rebuilt)) if live.get(f) != rebuilt.get(f)
+        }
         if not fields and in_index == should_index:
             continue
-        item: dict[str, Any] = {"kind": kind, "id": entity_id, "fields": fields,
-                                "index": [in_index, should_index], "repaired": False}
+        item: dict[str, Any] = {
+            "kind": kind,
+            "id": entity_id,
+            "fields": fields,
+            "index": [in_index, should_index],
+            "repaired": False,
+        }
         if repair:
             done = repair_script(
-                keys=[fence, live_key, keys.applied(symbol, kind, entity_id), _index_key(keys, symbol, kind),
-                      rebuilt_key, scratch.applied(symbol, kind, entity_id)],
+                keys=[
+                    fence,
+                    live_key,
+                    keys.applied(symbol, kind, entity_id),
+                    _index_key(keys, symbol, kind),
+                    rebuilt_key,
+                    scratch.applied(symbol, kind, entity_id),
+                ],
                 args=[token, entity_id, "1" if should_index else "0"],
             )
             item["repaired"] = bool(done)
@@ -175,8 +199,7 @@ def _drop_dangling(client: redis.Redis, keys: Keys, symbol: str, token: int) -> 
         for raw in client.smembers(index):
             entity_id = _text(raw)
             key = _hash_key(keys, symbol, kind, entity_id)
-            if not client.exists(key) and drop(keys=[keys.symbol_fence(symbol), key, index],
-                                               args=[token, entity_id]):
+            if not client.exists(key) and drop(keys=[keys.symbol_fence(symbol), key, index], args=[token, entity_id]):
                 removed.append(f"{kind}:{entity_id}")
     return removed
 
@@ -201,8 +224,9 @@ def rebuild_state(
     for symbol in symbols:
         if heartbeat is not None:
             heartbeat()
-        per_symbol.append(rebuild_symbol(client, keys, symbol, token=token, grace_ms=grace_ms,
-                                         now_ms=now_ms, repair=repair))
+        per_symbol.append(
+            rebuild_symbol(client, keys, symbol, token=token, grace_ms=grace_ms, now_ms=now_ms, repair=repair)
+        )
     drift = [dict(d, symbol=r["symbol"]) for r in per_symbol for d in r["drift"]]
     return {
         "symbols": len(per_symbol),

@@ -105,8 +105,7 @@ class RedisEventBus(Publisher):
 
     def _connection_error(self, e: Exception) -> BusConnectionError:
         return BusConnectionError(
-            f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). "
-            "Is the Redis container running?"
+            f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). Is the Redis container running?"
         )
 
     # --- subscribe / listen -------------------------------------------------------------------------
@@ -166,9 +165,7 @@ class RedisEventBus(Publisher):
 
     # --- log and state ------------------------------------------------------------------------------
 
-    def read_log(
-        self, symbol: str, after: str = "-", count: int | None = None
-    ) -> list[tuple[str, TradeEvent]]:
+    def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
         start = after if after in ("-", "") else f"({after}"
         entries = self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count)

@@ -43,8 +43,7 @@ PNL_SCALE = Decimal("1e8")
 DAILY_PNL_TTL_SECONDS = 3 * 24 * 3600
 # Namespace of the deterministic ids of breach events: the same (rule, event) always has the same id.
 BREACH_NAMESPACE = uuid.UUID("6f1c1b9e-3c52-4b7e-9a61-0d4f7b1e2a10")
-RULES = ("max_order_volume", "stop_loss_required", "max_volume_per_symbol", "max_open_positions",
-         "max_daily_loss")
+RULES = ("max_order_volume", "stop_loss_required", "max_volume_per_symbol", "max_open_positions", "max_daily_loss")
 _SL_FIELDS = ("sl", "stop_loss")
 
 
@@ -76,8 +75,13 @@ class RiskLimits:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RiskLimits:
         """``{"max_order_volume": "5", "max_volume_per_symbol": {"XAUUSD": "2", "*": "10"}, ...}``."""
-        known = {"max_order_volume", "max_volume_per_symbol", "max_open_positions", "max_daily_loss",
-                 "stop_loss_required"}
+        known = {
+            "max_order_volume",
+            "max_volume_per_symbol",
+            "max_open_positions",
+            "max_daily_loss",
+            "stop_loss_required",
+        }
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown risk limit(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -98,8 +102,7 @@ class RiskLimits:
                 raise ConfigError(f"max_open_positions={data['max_open_positions']!r}: must be an integer")
             kw["max_open_positions"] = int(n)
         sl = data.get("stop_loss_required", False)
-        kw["stop_loss_required"] = sl if isinstance(sl, bool) else str(sl).strip().lower() in (
-            "1", "true", "yes", "on")
+        kw["stop_loss_required"] = sl if isinstance(sl, bool) else str(sl).strip().lower() in ("1", "true", "yes", "on")
         return cls(**kw)
 
     @classmethod
@@ -109,8 +112,13 @@ class RiskLimits:
         TRADEBUS_RISK_STOP_LOSS_REQUIRED."""
         env = os.environ if environ is None else environ
         data: dict[str, Any] = {}
-        for name in ("max_order_volume", "max_volume_per_symbol", "max_open_positions", "max_daily_loss",
-                     "stop_loss_required"):
+        for name in (
+            "max_order_volume",
+            "max_volume_per_symbol",
+            "max_open_positions",
+            "max_daily_loss",
+            "stop_loss_required",
+        ):
             raw = env.get(f"TRADEBUS_RISK_{name.upper()}")
             if raw is None or not raw.strip():
                 continue
@@ -142,12 +150,21 @@ class Breach:
         return uuid.uuid5(BREACH_NAMESPACE, f"{self.rule}|{self.event_id}").hex
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "symbol": self.symbol, "limit": str(self.limit), "value": str(self.value),
-                "event_id": self.event_id, "event_type": self.event_type, "message": self.message,
-                "raised": self.raised, "breach_id": self.breach_id}
+        return {
+            "rule": self.rule,
+            "symbol": self.symbol,
+            "limit": str(self.limit),
+            "value": str(self.value),
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "message": self.message,
+            "raised": self.raised,
+            "breach_id": self.breach_id,
+        }
 
 
 # --- evaluation ------------------------------------------------------------------------------------
+
 
 def known_symbols(client: redis.Redis, keys: Keys, extra: str | None = None) -> list[str]:
     """Every symbol with a log (plus ``extra``), sorted."""
@@ -206,32 +223,58 @@ def evaluate(client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLim
     if t in (T.ORDER_CREATED, T.ORDER_MODIFIED) and limits.max_order_volume is not None:
         vol = _volume(data, "volume")
         if vol is not None and vol > limits.max_order_volume:
-            out.append(_breach("max_order_volume", event, limits.max_order_volume, vol,
-                               f"order {data.get('order_id')} volume {vol} > {limits.max_order_volume}"))
-    if t in (T.ORDER_CREATED, T.POSITION_OPENED) and limits.stop_loss_required:
-        if all(data.get(f) in (None, "", 0) for f in _SL_FIELDS):
-            ident = data.get("order_id") or data.get("position_id")
-            out.append(_breach("stop_loss_required", event, Decimal(1), Decimal(0),
-                               f"{t.value} {ident} has no stop loss"))
+            out.append(
+                _breach(
+                    "max_order_volume",
+                    event,
+                    limits.max_order_volume,
+                    vol,
+                    f"order {data.get('order_id')} volume {vol} > {limits.max_order_volume}",
+                )
+            )
+    needs_stop = t in (T.ORDER_CREATED, T.POSITION_OPENED) and limits.stop_loss_required
+    if needs_stop and all(data.get(f) in (None, "", 0) for f in _SL_FIELDS):
+        ident = data.get("order_id") or data.get("position_id")
+        out.append(_breach("stop_loss_required", event, Decimal(1), Decimal(0), f"{t.value} {ident} has no stop loss"))
     cap = limits.symbol_volume_limit(event.symbol)
     if cap is not None and t in (T.ORDER_CREATED, T.POSITION_OPENED, T.POSITION_MODIFIED):
         exposure = _exposure_after(client, keys, event)
         if exposure is not None and exposure > cap:
-            out.append(_breach("max_volume_per_symbol", event, cap, exposure,
-                               f"{event.symbol} volume would be {exposure} > {cap}"))
+            out.append(
+                _breach(
+                    "max_volume_per_symbol", event, cap, exposure, f"{event.symbol} volume would be {exposure} > {cap}"
+                )
+            )
     if t is T.POSITION_OPENED and limits.max_open_positions is not None:
         own = data["position_id"]
-        count = 1 + sum(1 for sym in known_symbols(client, keys, extra=event.symbol)
-                        for p in active_positions(client, keys, sym)
-                        if not (sym == event.symbol and p.get("position_id") == own))
+        count = 1 + sum(
+            1
+            for sym in known_symbols(client, keys, extra=event.symbol)
+            for p in active_positions(client, keys, sym)
+            if not (sym == event.symbol and p.get("position_id") == own)
+        )
         if count > limits.max_open_positions:
-            out.append(_breach("max_open_positions", event, Decimal(limits.max_open_positions), Decimal(count),
-                               f"{count} open positions > {limits.max_open_positions}"))
+            out.append(
+                _breach(
+                    "max_open_positions",
+                    event,
+                    Decimal(limits.max_open_positions),
+                    Decimal(count),
+                    f"{count} open positions > {limits.max_open_positions}",
+                )
+            )
     if t in (T.POSITION_CLOSED, T.POSITION_PARTIALLY_CLOSED) and data.get("pnl") is not None:
         net = record_realised_pnl(client, keys, event)
         if limits.max_daily_loss is not None and -net > limits.max_daily_loss:
-            out.append(_breach("max_daily_loss", event, limits.max_daily_loss, -net,
-                               f"realised loss {-net} on {event.timestamp[:10]} > {limits.max_daily_loss}"))
+            out.append(
+                _breach(
+                    "max_daily_loss",
+                    event,
+                    limits.max_daily_loss,
+                    -net,
+                    f"realised loss {-net} on {event.timestamp[:10]} > {limits.max_daily_loss}",
+                )
+            )
     return out
 
 
@@ -243,8 +286,14 @@ def _exposure_after(client: redis.Redis, keys: Keys, event: TradeEvent) -> Decim
     if vol is None:
         return None
     own = data.get("position_id")
-    others = sum((_position_volume(p) for p in active_positions(client, keys, event.symbol)
-                  if own is None or p.get("position_id") != own), Decimal(0))
+    others = sum(
+        (
+            _position_volume(p)
+            for p in active_positions(client, keys, event.symbol)
+            if own is None or p.get("position_id") != own
+        ),
+        Decimal(0),
+    )
     return others + vol
 
 
@@ -255,20 +304,31 @@ Publish = Callable[[TradeEvent], Any]
 
 def breach_event(breach: Breach, cause: TradeEvent) -> TradeEvent:
     """The RISK_LIMIT_BREACHED event for ``breach``: caused by ``cause``, in its correlation."""
-    extra: dict[str, Any] = {"message": breach.message, "limit_exact": str(breach.limit),
-                             "value_exact": str(breach.value), "offending_event_type": breach.event_type}
+    extra: dict[str, Any] = {
+        "message": breach.message,
+        "limit_exact": str(breach.limit),
+        "value_exact": str(breach.value),
+        "offending_event_type": breach.event_type,
+    }
     for name in ("order_id", "position_id"):
         if cause.data.get(name):
             extra[name] = cause.data[name]
     return TradeEvent.create_risk_limit_breached(
-        cause.symbol, breach.rule, float(breach.limit), float(breach.value),
-        event_id=breach.breach_id, causation_id=cause.event_id,
-        correlation_id=cause.correlation_id or cause.event_id, source="tradebus.risk", **extra,
+        cause.symbol,
+        breach.rule,
+        float(breach.limit),
+        float(breach.value),
+        event_id=breach.breach_id,
+        causation_id=cause.event_id,
+        correlation_id=cause.correlation_id or cause.event_id,
+        source="tradebus.risk",
+        **extra,
     )
 
 
-def raise_breaches(client: redis.Redis, keys: Keys, event: TradeEvent, breaches: list[Breach],
-                   publish: Publish) -> list[Breach]:
+def raise_breaches(
+    client: redis.Redis, keys: Keys, event: TradeEvent, breaches: list[Breach], publish: Publish
+) -> list[Breach]:
     """Publish each breach unless already raised. The 'rule|event_id' marker is SADDed first, so
     concurrent or repeated checks publish once; if publishing fails the marker is removed and the
     error propagates (the task retries)."""
@@ -288,8 +348,9 @@ def raise_breaches(client: redis.Redis, keys: Keys, event: TradeEvent, breaches:
     return out
 
 
-def check_event(client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLimits,
-                publish: Publish | None = None) -> list[Breach]:
+def check_event(
+    client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLimits, publish: Publish | None = None
+) -> list[Breach]:
     """Evaluate ``event``; with ``publish`` (e.g. ``RedisEventBus.publish``), raise new breaches."""
     breaches = evaluate(client, keys, event, limits)
     if publish is None or not breaches:

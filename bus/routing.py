@@ -155,10 +155,7 @@ class RoutingTable:
 
     def routes_for(self, event: TradeEvent | tuple[str, str]) -> tuple[Route, ...]:
         """Routes matching an event (or an ``(event_type, symbol)`` pair), in table order."""
-        if isinstance(event, tuple):
-            key = event
-        else:
-            key = (event.event_type.value, event.symbol)
+        key = event if isinstance(event, tuple) else (event.event_type.value, event.symbol)
         hit = self._cache.get(key)
         if hit is None:
             hit = tuple(r for r in self._routes.values() if r.matches(*key))

@@ -103,8 +103,7 @@ def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str] | None:
     if not raw:
         return None
     return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
     }
 
 
@@ -112,9 +111,7 @@ def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> di
     return _decode(client.hgetall(keys.order(symbol, str(order_id))))  # type: ignore[arg-type]
 
 
-def get_position(
-    client: redis.Redis, keys: Keys, symbol: str, position_id: str
-) -> dict[str, str] | None:
+def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str) -> dict[str, str] | None:
     return _decode(client.hgetall(keys.position(symbol, str(position_id))))  # type: ignore[arg-type]
 
 

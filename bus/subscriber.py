@@ -58,9 +58,7 @@ class Counters:
 class _Sub:
     __slots__ = ("name", "pattern", "symbol", "type_b", "handlers", "last", "baseline")
 
-    def __init__(
-        self, name: str, pattern: bool, symbol: str | None, type_value: str | None
-    ) -> None:
+    def __init__(self, name: str, pattern: bool, symbol: str | None, type_value: str | None) -> None:
         self.name, self.pattern, self.symbol = name, pattern, symbol
         self.type_b = type_value.encode() if type_value else None
         self.handlers: list[Callable[[TradeEvent], Any]] = []

@@ -33,10 +33,15 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "health_check_interval": settings.redis_health_check_interval,
     }
     transport: dict[str, Any] = (
-        {"visibility_timeout": VISIBILITY_TIMEOUT, "priority_steps": list(PRIORITY_STEPS), **timeouts,
-         **broker_key_prefix_option(broker, settings)}
+        {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "priority_steps": list(PRIORITY_STEPS),
+            **timeouts,
+            **broker_key_prefix_option(broker, settings),
+        }
         # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
-        if is_redis else {"confirm_publish": True}
+        if is_redis
+        else {"confirm_publish": True}
     )
     # Bounded reconnect attempts while publishing: apply_async/send_task must not hang on a dead broker.
     transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,

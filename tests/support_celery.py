@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 ALL_QUEUES = "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile"
 
 
-
 def test_app(settings: Settings, routing: RoutingTable | None = None, **overrides: Any) -> Any:
     """A tradebus Celery app for ``settings`` whose broker keys live under the test's prefix."""
     app = make_celery(settings, routing, set_as_current=False, **overrides)
@@ -69,8 +68,14 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def subprocess_worker(settings: Settings, *, queues: str = ALL_QUEUES, include: str = "",
-                      concurrency: int = 1, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+def subprocess_worker(
+    settings: Settings,
+    *,
+    queues: str = ALL_QUEUES,
+    include: str = "",
+    concurrency: int = 1,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A celery_app worker`` (prefork) as a child process configured by environment only.
 
     TRADEBUS_TEST_GLOBAL_KEYPREFIX keeps its queues private (read by tests/support_worker_app.py).

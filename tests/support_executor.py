@@ -27,9 +27,7 @@ class StreamBus:
         log_id, _ = pipe.execute()
         return log_id.decode()
 
-    def read_log(
-        self, symbol: str, after: str = "-", count: int | None = None
-    ) -> list[tuple[str, TradeEvent]]:
+    def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         rows = self.client.xrange(self.keys.log(symbol), min=after, count=count)
         return [(i.decode(), TradeEvent.from_json(f[b"event"])) for i, f in rows]
 
@@ -45,7 +43,4 @@ def make_bus(url: str, key_prefix: str) -> Any:
 
 
 def has_subscriber_api(bus: Any) -> bool:
-    return hasattr(bus, "listen_in_thread") and (
-        hasattr(bus, "subscribe_type") or hasattr(bus, "subscribe")
-    )
-
+    return hasattr(bus, "listen_in_thread") and (hasattr(bus, "subscribe_type") or hasattr(bus, "subscribe"))

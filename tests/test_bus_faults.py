@@ -93,9 +93,7 @@ def test_listener_survives_a_redis_restart_with_aof(own_redis, key_prefix):
 
     def publish(i: int) -> None:
         e = event(i, "RESTART")
-        while (
-            True
-        ):  # a publisher retries until Redis acknowledges the event (G1: errors, never drops)
+        while True:  # a publisher retries until Redis acknowledges the event (G1: errors, never drops)
             try:
                 pub.publish(e)
                 acknowledged.append(e.event_id)
@@ -112,15 +110,11 @@ def test_listener_survives_a_redis_restart_with_aof(own_redis, key_prefix):
 
     # The subscriber delivers exactly what the log holds, in log order, once each
     logged = [e.event_id for _, e in pub.read_log("RESTART")]
-    assert [
-        x for x in acknowledged if x in set(logged)
-    ] == acknowledged  # nothing acknowledged was lost
+    assert [x for x in acknowledged if x in set(logged)] == acknowledged  # nothing acknowledged was lost
     wait_for(lambda: len(seen) >= len(logged), 60, "catch-up after restart")
     assert seen == logged and len(logged) >= n
     # everything published after the restart reached the listener through the log
-    assert (
-        sub.counters.reconnects >= 1 and sub.counters.recovered_from_log == len(logged) - restart_at
-    )
+    assert sub.counters.reconnects >= 1 and sub.counters.recovered_from_log == len(logged) - restart_at
     handle.stop()
     handle.join(5)
     pub.close()

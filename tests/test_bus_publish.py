@@ -44,12 +44,7 @@ def test_publish_logs_and_broadcasts_with_gap_metadata(bus, redis_client, key_pr
     first, second = (orjson.loads(m["data"]) for m in msgs)
     assert first["log_id"] == r1.log_id and first["prev"] == "" and first["bus"] == key_prefix
     assert second["prev"] == r1.log_id and second["prev_t"] == r1.log_id
-    assert (
-        TradeEvent.from_dict(
-            {k: v for k, v in second.items() if k not in ("log_id", "prev", "prev_t", "bus")}
-        )
-        == e2
-    )
+    assert TradeEvent.from_dict({k: v for k, v in second.items() if k not in ("log_id", "prev", "prev_t", "bus")}) == e2
     assert bus.known_symbols() == ["PUBTEST"]
     assert [ev for _, ev in bus.read_log("PUBTEST")] == [e1, e2]
     assert [ev for _, ev in bus.read_log("PUBTEST", after=r1.log_id)] == [e2]
@@ -103,9 +98,7 @@ def test_apply_state_inline(redis_url, key_prefix):
         )
         assert bus.get_order("XAUUSD", "7")["filled_volume"] == "0.05"  # the same event twice: once
         assert [o["order_id"] for o in bus.get_open_orders("XAUUSD")] == ["7"]
-        assert (
-            bus.get_order("XAUUSD", "nope") is None and bus.get_position("XAUUSD", "nope") is None
-        )
+        assert bus.get_order("XAUUSD", "nope") is None and bus.get_position("XAUUSD", "nope") is None
 
 
 def test_script_cache_loss_is_survived(key_prefix):
@@ -131,9 +124,7 @@ def test_publish_while_redis_is_down_raises_connection_error(key_prefix):
         server.close()
     with pytest.raises(redis.ConnectionError) as info:
         bus.publish(order(2))
-    assert isinstance(info.value, BusConnectionError) and f"127.0.0.1:{server.port}" in str(
-        info.value
-    )
+    assert isinstance(info.value, BusConnectionError) and f"127.0.0.1:{server.port}" in str(info.value)
     assert not bus.is_connected
     bus.close()
 
@@ -154,10 +145,7 @@ def test_dispatcher_staged_in_the_same_transaction(key_prefix):
         assert set(r.dispatched) >= {"state"} and r.not_dispatched == ()
         assert all(x.dispatched == r.dispatched for x in rs)
         assert broker.llen("tradebus.state") == 3
-        assert (
-            redis.Redis.from_url(f"{base}/0").zcard(f"{key_prefix}:{{XAUUSD}}:dispatch:pending")
-            == 0
-        )
+        assert redis.Redis.from_url(f"{base}/0").zcard(f"{key_prefix}:{{XAUUSD}}:dispatch:pending") == 0
         broker.close()
 
 

@@ -66,9 +66,7 @@ listener_thread.start()
 """
 
 
-@pytest.mark.parametrize(
-    "snippet", [SUBSCRIBE_TYPE, SUBSCRIBE_ALL], ids=["specific-type", "all-events"]
-)
+@pytest.mark.parametrize("snippet", [SUBSCRIBE_TYPE, SUBSCRIBE_ALL], ids=["specific-type", "all-events"])
 def test_subscribing_snippets(settings, capsys, snippet):
     event_bus = EventBusFactory.create_from_env(settings)
     publisher = EventBusFactory.create_from_env(settings)
@@ -77,11 +75,7 @@ def test_subscribing_snippets(settings, capsys, snippet):
     listener.start()
     assert event_bus.wait_until_listening(10)
     publisher.publish(TradeEvent.create_order_created(**ORDER))
-    publisher.publish(
-        TradeEvent.create_order_filled(
-            symbol="XAUUSD", order_id="12345", fill_price=2000.5, volume=0.1
-        )
-    )
+    publisher.publish(TradeEvent.create_order_filled(symbol="XAUUSD", order_id="12345", fill_price=2000.5, volume=0.1))
     out = []
     wait_for(
         lambda: out.append(capsys.readouterr().out) or "2000.5" in "".join(out),
@@ -96,9 +90,7 @@ def test_subscribing_snippets(settings, capsys, snippet):
     else:
         wait_for(lambda: out.append(capsys.readouterr().out) or "order.filled" in "".join(out))
         text = "".join(out)
-        assert (
-            "Event: order.created for XAUUSD" in text and "Event: order.filled for XAUUSD" in text
-        )
+        assert "Event: order.created for XAUUSD" in text and "Event: order.filled for XAUUSD" in text
         assert "Data: {'order_id': '12345'" in text
     publisher.close()
     event_bus.close()
@@ -190,9 +182,7 @@ def test_error_handling_snippet_redis_down(settings, capsys, key_prefix):
     ns = names(env_config, event=event, event_bus=event_bus)
     run(ERROR_HANDLING, ns)
     out = capsys.readouterr().out
-    assert (
-        out == "Cannot connect to Redis. Is the Docker container running?\nRedis connection lost\n"
-    )
+    assert out == "Cannot connect to Redis. Is the Docker container running?\nRedis connection lost\n"
     event_bus.close()
 
 
@@ -209,18 +199,14 @@ def test_context_manager_snippet(settings, redis_client, key_prefix):
     run(CONTEXT_MANAGER, ns)
     assert redis_client.xlen(f"{key_prefix}:{{XAUUSD}}:log") == 1
     pool = ns["event_bus"].client.connection_pool
-    assert not pool._in_use_connections and all(
-        c._sock is None for c in pool._available_connections
-    )
+    assert not pool._in_use_connections and all(c._sock is None for c in pool._available_connections)
 
 
 def test_connection_error_names_server_not_password(key_prefix):
     from bus.embedded import free_port
 
     port = free_port()
-    cfg = LoadEnvironmentVariables(
-        None, redis_url=f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0", key_prefix=key_prefix
-    )
+    cfg = LoadEnvironmentVariables(None, redis_url=f"redis://user:s3cr3t-pw@127.0.0.1:{port}/0", key_prefix=key_prefix)
     with pytest.raises(redis.ConnectionError) as info:
         EventBusFactory.create_from_env(cfg)
     msg = str(info.value)

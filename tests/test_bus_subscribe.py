@@ -21,9 +21,7 @@ def order(i: int, symbol: str, **extra) -> TradeEvent:
 
 
 def signal_event(symbol: str) -> TradeEvent:
-    return TradeEvent.create_signal_generated(
-        symbol=symbol, signal_id="s", direction="LONG", strategy="m"
-    )
+    return TradeEvent.create_signal_generated(symbol=symbol, signal_id="s", direction="LONG", strategy="m")
 
 
 @pytest.fixture
@@ -55,9 +53,7 @@ def lose_broadcast(bus: RedisEventBus, event: TradeEvent) -> None:
         bus.keys.heads(event.symbol),
         bus.keys.pending_dispatch_for(event.symbol),
     ]
-    PUBLISH.call(
-        bus.client, keys, [event.encode(), "lost:nowhere", t, 1000, b"0", 0, bus.keys.prefix]
-    )
+    PUBLISH.call(bus.client, keys, [event.encode(), "lost:nowhere", t, 1000, b"0", 0, bus.keys.prefix])
 
 
 def test_raising_handler_does_not_stop_the_others(bus, publisher):
@@ -68,9 +64,7 @@ def test_raising_handler_does_not_stop_the_others(bus, publisher):
 
     bus.subscribe_all("SUBA", bad)
     bus.subscribe_all("SUBA", lambda e: good.append(e.event_id))
-    bus.subscribe(
-        "SUBA", TradeEventType.ORDER_CREATED, lambda e: good.append("exact:" + e.event_id)
-    )
+    bus.subscribe("SUBA", TradeEventType.ORDER_CREATED, lambda e: good.append("exact:" + e.event_id))
     handle = listening(bus)
     events = [order(i, "SUBA") for i in range(3)]
     for e in events:

@@ -56,7 +56,12 @@ def test_route_table_decides_which_tasks_run(celery_settings, client) -> None:  
     with _bus(celery_settings, app) as bus, worker(app):
         receipts = [bus.publish(e) for e in events]
         assert [r.dispatched for r in receipts] == [
-            ("all_orders",), ("all_orders", "gold_fills"), ("all_orders",), ("risk_alerts",), ()]
+            ("all_orders",),
+            ("all_orders", "gold_fills"),
+            ("all_orders",),
+            ("risk_alerts",),
+            (),
+        ]
         wait_for(lambda: client.llen(_k(celery_settings, "ran")) >= len(expected), what="5 tasks")
         stats = client.hgetall(Keys(celery_settings.key_prefix).stats())
         assert int(stats["run:tradebus_test.record"]) == len(expected)

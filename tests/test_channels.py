@@ -25,8 +25,16 @@ def test_channel_names_follow_the_reference() -> None:
 
 def test_per_symbol_keys_share_one_hash_tag() -> None:
     k = Keys("tb")
-    per_symbol = [k.log("XAU"), k.heads("XAU"), k.order("XAU", "1"), k.position("XAU", "2"),
-                  k.open_orders("XAU"), k.active_positions("XAU"), k.applied("XAU", "order", "1"), k.risk("XAU")]
+    per_symbol = [
+        k.log("XAU"),
+        k.heads("XAU"),
+        k.order("XAU", "1"),
+        k.position("XAU", "2"),
+        k.open_orders("XAU"),
+        k.active_positions("XAU"),
+        k.applied("XAU", "order", "1"),
+        k.risk("XAU"),
+    ]
     for key in per_symbol:
         assert key.startswith("tb:{XAU}:"), key
     assert len(set(per_symbol)) == len(per_symbol)

@@ -26,17 +26,13 @@ SECRET = "s3cr3t-pw"
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
     env.update(extra)
     env["COLUMNS"] = "200"
     return env
 
 
-def run(
-    args: list[str], env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", *args],
         env=env,
@@ -63,9 +59,7 @@ def private_broker() -> Iterator[str]:
 
 @pytest.fixture
 def env(redis_url: str, key_prefix: str, private_broker: str) -> dict[str, str]:
-    return cli_env(
-        REDIS_URL=redis_url, CELERY_BROKER_URL=private_broker, TRADEBUS_KEY_PREFIX=key_prefix
-    )
+    return cli_env(REDIS_URL=redis_url, CELERY_BROKER_URL=private_broker, TRADEBUS_KEY_PREFIX=key_prefix)
 
 
 @pytest.fixture
@@ -249,9 +243,7 @@ def test_routes_for_an_event_type() -> None:
         ("state", "tradebus.state.apply", "tradebus.state"),
         ("risk", "tradebus.risk.check", "tradebus.risk"),
     ]
-    breach = json.loads(run(["routes", "RISK_LIMIT_BREACHED", "--json"], cli_env()).stdout)[
-        "routes"
-    ]
+    breach = json.loads(run(["routes", "RISK_LIMIT_BREACHED", "--json"], cli_env()).stdout)["routes"]
     assert [r["name"] for r in breach] == ["notify"]
     table = run(["routes"], cli_env())
     assert table.returncode == 0 and "tradebus.notify.send" in table.stdout
@@ -284,9 +276,7 @@ def finish(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
 
 def test_tail_live_filtered_by_symbol_and_type(env: dict[str, str], symbol: str) -> None:
     proc = start_tail(env, "--symbol", symbol, "--type", "signal.generated", "--count", "2")
-    publish_json(
-        env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=1", "volume=1"
-    )
+    publish_json(env, "order.created", symbol, "order_id=o1", "order_type=BUY", "price=1", "volume=1")
     publish_json(env, "signal.generated", symbol + "X", "signal_id=other-symbol")
     a = publish_json(env, "signal.generated", symbol, "signal_id=s1")
     b = publish_json(env, "signal.generated", symbol, "signal_id=s2")
@@ -314,13 +304,9 @@ def test_tail_count_not_reached_exits_1(env: dict[str, str], symbol: str) -> Non
 # --- replay ----------------------------------------------------------------------------------------
 
 
-def test_replay_redispatches_a_range_of_logged_events(
-    env: dict[str, str], symbol: str, private_broker: str
-) -> None:
+def test_replay_redispatches_a_range_of_logged_events(env: dict[str, str], symbol: str, private_broker: str) -> None:
     ids = [
-        publish_json(
-            env, "order.created", symbol, f"order_id=r{i}", "order_type=BUY", "price=1", "volume=1"
-        )
+        publish_json(env, "order.created", symbol, f"order_id=r{i}", "order_type=BUY", "price=1", "volume=1")
         for i in range(4)
     ]
     client = redis.Redis.from_url(private_broker)
@@ -361,10 +347,7 @@ def test_deadletters_list_replay_purge(
 ) -> None:
     keys = Keys(key_prefix)
     client = redis.Redis.from_url(redis_url)
-    events = [
-        TradeEvent(event_type="signal.generated", symbol=symbol, data={"signal_id": f"s{i}"})
-        for i in range(3)
-    ]
+    events = [TradeEvent(event_type="signal.generated", symbol=symbol, data={"signal_id": f"s{i}"}) for i in range(3)]
     for ev in events:
         dead_letter(
             client,
@@ -421,9 +404,7 @@ def test_doctor_without_workers_says_how_to_start_one(env: dict[str, str]) -> No
 
 @pytest.mark.slow
 @pytest.mark.celery
-def test_doctor_all_good_with_a_worker(
-    env: dict[str, str], private_broker: str, tmp_path: Any
-) -> None:
+def test_doctor_all_good_with_a_worker(env: dict[str, str], private_broker: str, tmp_path: Any) -> None:
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
     worker = subprocess.Popen(
         [
@@ -453,11 +434,7 @@ def test_doctor_all_good_with_a_worker(
         while True:
             p = run(["doctor", "--json"], env)
             checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
-            if (
-                checks["workers"]["status"] == "ok"
-                or time.monotonic() > deadline
-                or worker.poll() is not None
-            ):
+            if checks["workers"]["status"] == "ok" or time.monotonic() > deadline or worker.poll() is not None:
                 break
         assert checks["workers"]["status"] == "ok", (
             checks["workers"],

@@ -10,9 +10,23 @@ import pytest
 from bus import ConfigError, LoadEnvironmentVariables
 from bus.config import safe_url
 
-VARS = ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_USERNAME", "REDIS_SSL",
-        "REDIS_SSL_CA_CERTS", "REDIS_SSL_CERTFILE", "REDIS_SSL_KEYFILE", "REDIS_SSL_CERT_REQS",
-        "CELERY_BROKER_URL", "TRADEBUS_KEY_PREFIX", "TRADEBUS_LOG_MAXLEN", "TRADEBUS_MAX_EVENT_BYTES"]
+VARS = [
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "REDIS_PASSWORD",
+    "REDIS_USERNAME",
+    "REDIS_SSL",
+    "REDIS_SSL_CA_CERTS",
+    "REDIS_SSL_CERTFILE",
+    "REDIS_SSL_KEYFILE",
+    "REDIS_SSL_CERT_REQS",
+    "CELERY_BROKER_URL",
+    "TRADEBUS_KEY_PREFIX",
+    "TRADEBUS_LOG_MAXLEN",
+    "TRADEBUS_MAX_EVENT_BYTES",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -66,21 +80,37 @@ def test_explicit_broker_url_is_kept(monkeypatch) -> None:
 
 
 def test_acl_user_password_and_tls_compose_a_rediss_url(tmp_path) -> None:
-    env = write_env(tmp_path, "REDIS_USERNAME=trader\nREDIS_PASSWORD=p@ss:w/rd\nREDIS_SSL=true\n"
-                              "REDIS_SSL_CA_CERTS=/etc/ca.pem\nREDIS_SSL_CERTFILE=/etc/c.pem\n"
-                              "REDIS_SSL_KEYFILE=/etc/k.pem\n")
+    env = write_env(
+        tmp_path,
+        "REDIS_USERNAME=trader\nREDIS_PASSWORD=p@ss:w/rd\nREDIS_SSL=true\n"
+        "REDIS_SSL_CA_CERTS=/etc/ca.pem\nREDIS_SSL_CERTFILE=/etc/c.pem\n"
+        "REDIS_SSL_KEYFILE=/etc/k.pem\n",
+    )
     s = LoadEnvironmentVariables(env)
     assert s.bus_url == "rediss://trader:p%40ss%3Aw%2Frd@localhost:6379/0"
-    assert s.ssl_options() == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ca.pem",
-                               "ssl_certfile": "/etc/c.pem", "ssl_keyfile": "/etc/k.pem"}
+    assert s.ssl_options() == {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_certfile": "/etc/c.pem",
+        "ssl_keyfile": "/etc/k.pem",
+    }
     assert LoadEnvironmentVariables(None).ssl_options() == {}
 
 
-@pytest.mark.parametrize(("var", "value"), [
-    ("REDIS_PORT", "abc"), ("REDIS_PORT", "70000"), ("REDIS_DB", "-1"), ("REDIS_SSL", "maybe"),
-    ("TRADEBUS_LOG_MAXLEN", "0"), ("TRADEBUS_MAX_EVENT_BYTES", "ten"), ("REDIS_URL", "http://x"),
-    ("CELERY_BROKER_URL", "sqs://queue"), ("REDIS_SSL_CERT_REQS", "sometimes"),
-])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("REDIS_PORT", "abc"),
+        ("REDIS_PORT", "70000"),
+        ("REDIS_DB", "-1"),
+        ("REDIS_SSL", "maybe"),
+        ("TRADEBUS_LOG_MAXLEN", "0"),
+        ("TRADEBUS_MAX_EVENT_BYTES", "ten"),
+        ("REDIS_URL", "http://x"),
+        ("CELERY_BROKER_URL", "sqs://queue"),
+        ("REDIS_SSL_CERT_REQS", "sometimes"),
+    ],
+)
 def test_a_bad_value_names_the_variable(monkeypatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as err:

@@ -22,9 +22,7 @@ DEMO_BUDGET_SECONDS = 60
 
 
 def demo_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
     env.update(extra)
     env["COLUMNS"] = "200"
     return env
@@ -59,15 +57,11 @@ def check_summary(s: dict[str, Any]) -> None:
     assert s["events_total"] == sum(by_type.values())
     # the breach came from the risk task running in the worker, and the kill switch refused an order after it
     assert any(b["rule"] == "max_order_volume" for b in s["risk_breaches"])
-    assert s["kill_switch_refusals"] and all(
-        "kill switch" in r["reason"] for r in s["kill_switch_refusals"]
-    )
+    assert s["kill_switch_refusals"] and all("kill switch" in r["reason"] for r in s["kill_switch_refusals"])
     tasks = s["tasks"]
     assert tasks["all_finished"] and tasks["dispatched"] > 0
     assert tasks["run"] >= tasks["dispatched"]  # + the tasks of the breach the worker published
-    assert {"tradebus.state.apply", "tradebus.risk.check", "tradebus.notify.send"} <= set(
-        tasks["by_task"]
-    )
+    assert {"tradebus.state.apply", "tradebus.risk.check", "tradebus.notify.send"} <= set(tasks["by_task"])
     assert tasks["dead_lettered"] == 0
     assert s["state_projection_matches_broker"]
     lat = s["latency"]
@@ -102,9 +96,7 @@ def test_demo_with_no_redis_configured_embeds_one() -> None:
 
 
 def test_demo_human_output_shows_progress_and_summary() -> None:
-    p, _ = run_demo(
-        demo_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2"
-    )
+    p, _ = run_demo(demo_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for needle in (

@@ -38,17 +38,26 @@ EXPECTED_TYPES = {
 HELPER_CALLS = [
     ("create_order_created", dict(order_id="1", order_type="BUY", price=2000.5, volume=0.1), "order.created"),
     ("create_order_filled", dict(order_id="1", fill_price=2000.4, volume=0.1), "order.filled"),
-    ("create_order_partially_filled", dict(order_id="1", fill_price=2000.4, fill_volume=0.05),
-     "order.partially_filled"),
+    (
+        "create_order_partially_filled",
+        dict(order_id="1", fill_price=2000.4, fill_volume=0.05),
+        "order.partially_filled",
+    ),
     ("create_order_cancelled", dict(order_id="1", reason="user"), "order.cancelled"),
     ("create_order_rejected", dict(order_id="1", reason="no margin"), "order.rejected"),
     ("create_order_modified", dict(order_id="1", price=2001.0), "order.modified"),
-    ("create_position_opened", dict(position_id="p", entry_price=2000.5, volume=0.1, direction="LONG"),
-     "position.opened"),
+    (
+        "create_position_opened",
+        dict(position_id="p", entry_price=2000.5, volume=0.1, direction="LONG"),
+        "position.opened",
+    ),
     ("create_position_closed", dict(position_id="p", exit_price=2010.0, pnl=95.0), "position.closed"),
     ("create_position_modified", dict(position_id="p", sl=1990.0), "position.modified"),
-    ("create_position_partially_closed", dict(position_id="p", exit_price=2005.0, closed_volume=0.05, pnl=-2.5),
-     "position.partially_closed"),
+    (
+        "create_position_partially_closed",
+        dict(position_id="p", exit_price=2005.0, closed_volume=0.05, pnl=-2.5),
+        "position.partially_closed",
+    ),
     ("create_trade_executed", dict(trade_id="t", side="SELL", price=45000.0, volume=0.5), "trade.executed"),
     ("create_trade_failed", dict(reason="timeout"), "trade.failed"),
     ("create_risk_limit_breached", dict(rule="max_volume", limit=1.0, value=1.5), "risk.limit_breached"),
@@ -96,8 +105,15 @@ def test_envelope_defaults() -> None:
     assert a.schema_version == 1
     assert a.timestamp.endswith("+00:00")
     assert set(orjson.loads(a.to_json())) == {
-        "event_id", "event_type", "symbol", "timestamp", "data",
-        "correlation_id", "causation_id", "source", "schema_version",
+        "event_id",
+        "event_type",
+        "symbol",
+        "timestamp",
+        "data",
+        "correlation_id",
+        "causation_id",
+        "source",
+        "schema_version",
     }
 
 
@@ -127,8 +143,23 @@ def test_unknown_event_type_lists_the_valid_ones() -> None:
 
 @pytest.mark.parametrize(
     "symbol",
-    ["", "XAU:USD", "XAU*", "XAU?", "XAU[1]", "XAU]", "XAU USD", "XAU\tUSD", "XAU\nUSD", "XAU\x00", "XAU\x7f",
-     "{XAU}", "X" * 65, None, 42],
+    [
+        "",
+        "XAU:USD",
+        "XAU*",
+        "XAU?",
+        "XAU[1]",
+        "XAU]",
+        "XAU USD",
+        "XAU\tUSD",
+        "XAU\nUSD",
+        "XAU\x00",
+        "XAU\x7f",
+        "{XAU}",
+        "X" * 65,
+        None,
+        42,
+    ],
 )
 def test_symbols_that_would_break_a_channel_or_key_are_refused(symbol: object) -> None:
     with pytest.raises(EventValidationError) as err:
@@ -141,8 +172,9 @@ def test_symbol_limits_accept_ordinary_names() -> None:
         assert make(symbol=ok).symbol == ok
 
 
-@pytest.mark.parametrize("field", ["price", "entry_price", "exit_price", "fill_price", "sl", "tp", "volume",
-                                   "fill_volume", "closed_volume"])
+@pytest.mark.parametrize(
+    "field", ["price", "entry_price", "exit_price", "fill_price", "sl", "tp", "volume", "fill_volume", "closed_volume"]
+)
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0, 0.0, -1.5, "12", True])
 def test_prices_and_volumes_must_be_finite_positive_numbers(field: str, value: object) -> None:
     with pytest.raises(EventValidationError) as err:
@@ -177,9 +209,14 @@ def test_position_events_need_a_position_id(event_type: str) -> None:
         make(event_type, data={})
 
 
-@pytest.mark.parametrize(("field", "bad", "good"), [
-    ("side", "UP", "buy"), ("direction", "BUY", "short"), ("order_type", "MARKET", "sell_limit"),
-])
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        ("side", "UP", "buy"),
+        ("direction", "BUY", "short"),
+        ("order_type", "MARKET", "sell_limit"),
+    ],
+)
 def test_side_and_direction_come_from_a_fixed_set(field: str, bad: str, good: str) -> None:
     with pytest.raises(EventValidationError) as err:
         make(data={field: bad})
@@ -203,24 +240,35 @@ def test_encoded_size_limit_is_enforced_and_configurable() -> None:
         make(data={"blob": "x" * 300}).encode(max_bytes=256)
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"nonsense": 1}, "nonsense"),
-    ({"data": [1, 2]}, "data"),
-    ({"timestamp": "yesterday"}, "timestamp"),
-    ({"timestamp": 12}, "timestamp"),
-    ({"correlation_id": 5}, "correlation_id"),
-    ({"event_id": "has space"}, "event_id"),
-    ({"schema_version": 99}, "schema_version"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"nonsense": 1}, "nonsense"),
+        ({"data": [1, 2]}, "data"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"timestamp": 12}, "timestamp"),
+        ({"correlation_id": 5}, "correlation_id"),
+        ({"event_id": "has space"}, "event_id"),
+        ({"schema_version": 99}, "schema_version"),
+    ],
+)
 def test_other_bad_fields_name_themselves(fields: dict, field: str) -> None:
     with pytest.raises(EventValidationError) as err:
         make(**fields)
     assert field in str(err.value)
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[1,2]", b'{"event_type": "order.created"}',
-                                 b'{"event_type":"trade.executed","symbol":"X","extra_field":1}',
-                                 b'{"event_type":"trade.executed","symbol":"X","source":7}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[1,2]",
+        b'{"event_type": "order.created"}',
+        b'{"event_type":"trade.executed","symbol":"X","extra_field":1}',
+        b'{"event_type":"trade.executed","symbol":"X","source":7}',
+    ],
+)
 def test_from_json_rejects_malformed_input_with_our_error(raw: bytes) -> None:
     with pytest.raises(EventValidationError):
         TradeEvent.from_json(raw)
@@ -233,13 +281,23 @@ def test_validation_error_is_a_value_error_and_events_are_immutable() -> None:
         event.symbol = "OTHER"  # type: ignore[misc]
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False,
-                                                                                      allow_infinity=False) | st.text()
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=4), max_leaves=12)
-symbols = st.text(alphabet=st.characters(blacklist_characters=":*?[]{}\\", blacklist_categories=("Cc", "Zs", "Zl",
-                                                                                                  "Zp", "Cs")),
-                  min_size=1, max_size=64)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+symbols = st.text(
+    alphabet=st.characters(blacklist_characters=":*?[]{}\\", blacklist_categories=("Cc", "Zs", "Zl", "Zp", "Cs")),
+    min_size=1,
+    max_size=64,
+)
 
 
 @given(
@@ -247,13 +305,13 @@ symbols = st.text(alphabet=st.characters(blacklist_characters=":*?[]{}\\", black
     symbol=symbols,
     extra=st.dictionaries(st.text(max_size=10).map(lambda k: f"x_{k}"), json_values, max_size=5),
     correlation_id=st.none() | st.text(max_size=20),
-    when=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.none()
-                      | st.just(UTC)),
+    when=st.datetimes(
+        min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.none() | st.just(UTC)
+    ),
 )
 def test_every_event_round_trips_exactly_through_json(event_type, symbol, extra, correlation_id, when) -> None:
     data = {"order_id": "o1", "position_id": "p1", **extra}
-    event = TradeEvent(event_type=event_type, symbol=symbol, data=data, correlation_id=correlation_id,
-                       timestamp=when)
+    event = TradeEvent(event_type=event_type, symbol=symbol, data=data, correlation_id=correlation_id, timestamp=when)
     again = TradeEvent.from_json(event.to_json())
     assert again == event
     assert again.to_json() == event.to_json()

@@ -138,10 +138,7 @@ def test_modify_cancel_and_reject_events(executor: TradeExecutor, event_bus: Any
         T.POSITION_MODIFIED,
     ]
     assert events[1].data["price"] == 1991.0 and events[1].causation_id == events[0].event_id
-    assert (
-        events[2].data["reason"] == "changed my mind"
-        and events[2].causation_id == events[1].event_id
-    )
+    assert events[2].data["reason"] == "changed my mind" and events[2].causation_id == events[1].event_id
     assert bad.status == "rejected" and "invalid volume" in events[3].data["reason"]
     assert bad.reason == events[3].data["reason"]
     assert events[3].correlation_id == events[4].correlation_id == bad.correlation_id
@@ -165,10 +162,7 @@ def test_kill_switch_from_own_breach_refuses_orders_until_reset(
         T.TRADE_FAILED,
     ]
     assert events[0].event_id == breach.event_id
-    assert (
-        events[1].data["reason"].startswith("kill switch: ")
-        and events[1].data["order_id"] == refused.order_id
-    )
+    assert events[1].data["reason"].startswith("kill switch: ") and events[1].data["order_id"] == refused.order_id
     # other executors and the CLI see it in Redis
     assert set(kill_switches(redis_client, Keys(key_prefix))) == {"XAUUSD"}
     assert executor.client.positions()[0]["symbol"] == "BTCUSD"
@@ -206,38 +200,23 @@ def test_kill_switch_learned_from_the_bus(
     wait_for(lambda: executor.kill_switch_reason("BTCUSD"))
     assert executor.kill_switch_reason("XAUUSD") is None
     refused = executor.buy("BTCUSD", "0.1")
-    assert (
-        refused.status == "rejected"
-        and "exposure" in refused.reason
-        and breach.event_id in refused.reason
-    )
+    assert refused.status == "rejected" and "exposure" in refused.reason and breach.event_id in refused.reason
 
 
 def test_config_as_dataclass_or_dict(tmp_path: Path, event_bus: Any) -> None:
     with pytest.raises(ConfigError, match="outbox_pth"):
-        ExecutorBuilder.build_from_config(
-            config={"outbox_pth": "x"}, client=PaperBroker(), event_bus=event_bus
-        )
-    cfg = ExecutorConfig(
-        source="cfg", outbox_path=str(tmp_path / "o.db"), listen_for_breaches=False
-    )
-    with ExecutorBuilder.build_from_config(
-        config=cfg, client=None, event_bus=event_bus, logger=None
-    ) as ex:
+        ExecutorBuilder.build_from_config(config={"outbox_pth": "x"}, client=PaperBroker(), event_bus=event_bus)
+    cfg = ExecutorConfig(source="cfg", outbox_path=str(tmp_path / "o.db"), listen_for_breaches=False)
+    with ExecutorBuilder.build_from_config(config=cfg, client=None, event_bus=event_bus, logger=None) as ex:
         assert isinstance(ex.client, PaperBroker) and ex.config is cfg
         ex.client.set_price("XAUUSD", "2000")
         assert ex.buy("XAUUSD", "0.1").status == "filled"
     assert [e.source for e in log_of(event_bus)] == ["cfg"] * 4
 
 
-def test_default_outbox_path_follows_xdg_state_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_outbox_path_follows_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert (
-        ExecutorConfig(source="s1").resolved_outbox_path()
-        == tmp_path / "tradebus" / "outbox-s1.sqlite3"
-    )
+    assert ExecutorConfig(source="s1").resolved_outbox_path() == tmp_path / "tradebus" / "outbox-s1.sqlite3"
 
 
 def test_executors_sharing_a_bus_listen_apart_from_the_caller(

@@ -25,9 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def session(executor: Any, feed: RandomWalkFeed, rounds: int) -> None:
     """Some trading: open, tick, partially close, close, with SL/TP levels that may trigger."""
     for _ in range(rounds):
-        executor.buy(
-            "XAUUSD", "1.5", sl=str(feed.prices["XAUUSD"] - 30), tp=str(feed.prices["XAUUSD"] + 30)
-        )
+        executor.buy("XAUUSD", "1.5", sl=str(feed.prices["XAUUSD"] - 30), tp=str(feed.prices["XAUUSD"] + 30))
         feed.step()
         for pos in executor.client.positions():
             executor.close_position(pos["position_id"], "0.5")
@@ -96,9 +94,7 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
     logged = [e for _, e in bus.read_log("XAUUSD")]
     assert [e.event_id for e in logged] == [e.event_id for e in emitted]
     assert_consistent(logged)
-    assert {T.POSITION_PARTIALLY_CLOSED, T.POSITION_CLOSED, T.ORDER_PARTIALLY_FILLED} <= {
-        e.event_type for e in logged
-    }
+    assert {T.POSITION_PARTIALLY_CLOSED, T.POSITION_CLOSED, T.ORDER_PARTIALLY_FILLED} <= {e.event_type for e in logged}
     ex.close()
     bus.close()
 
@@ -126,9 +122,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
         print(ex.pending_events, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == -9, proc.stderr
     queued = int(proc.stdout.strip())
     assert queued == 5 * 6  # created, partial, filled, opened, executed, closed

@@ -153,12 +153,14 @@ def test_signature_binds_body_and_timestamp():
 
 def test_config_from_env_and_filter(caplog):
     caplog.set_level(logging.INFO)
-    cfg = NotifyConfig.from_env({
-        "TRADEBUS_WEBHOOK_URL": "http://a.example/h, https://b.example/h",
-        "TRADEBUS_WEBHOOK_SECRET": SECRET,
-        "TRADEBUS_WEBHOOK_TIMEOUT": "2.5",
-        "TRADEBUS_NOTIFY_TYPES": "risk.*,position.closed",
-    })
+    cfg = NotifyConfig.from_env(
+        {
+            "TRADEBUS_WEBHOOK_URL": "http://a.example/h, https://b.example/h",
+            "TRADEBUS_WEBHOOK_SECRET": SECRET,
+            "TRADEBUS_WEBHOOK_TIMEOUT": "2.5",
+            "TRADEBUS_NOTIFY_TYPES": "risk.*,position.closed",
+        }
+    )
     assert cfg.webhook_urls == ("http://a.example/h", "https://b.example/h")
     assert cfg.timeout == 2.5 and SECRET not in repr(cfg)
     assert [s.name for s in cfg.sinks()] == ["log", "webhook:http://a.example/h", "webhook:https://b.example/h"]

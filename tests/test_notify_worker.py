@@ -27,8 +27,9 @@ def client(celery_settings):  # noqa: F811
 
 
 def _app(settings, url):
-    table = RoutingTable([Route("notify", "tradebus.notify.send", "tradebus.notify",
-                                ("order.rejected", "risk.*"), retry=BUDGET)])
+    table = RoutingTable(
+        [Route("notify", "tradebus.notify.send", "tradebus.notify", ("order.rejected", "risk.*"), retry=BUDGET)]
+    )
     app = test_app(settings, table)
     app.tradebus.notify_config = NotifyConfig(webhook_urls=(url,), secret=SECRET, log_sink=False)
     return app
@@ -39,14 +40,17 @@ def test_webhook_failing_twice_is_delivered(celery_settings, client):  # noqa: F
     event = TradeEvent.create_order_rejected("XAUUSD", "o1", "no margin")
     with webhook_receiver([500, 500]) as rx:
         app = _app(celery_settings, rx.url)
-        with RedisEventBus(settings=celery_settings, dispatcher=dispatcher_for(app, celery_settings)) as bus, \
-                worker(app, queues="tradebus.notify"):
+        with (
+            RedisEventBus(settings=celery_settings, dispatcher=dispatcher_for(app, celery_settings)) as bus,
+            worker(app, queues="tradebus.notify"),
+        ):
             assert bus.publish(event).dispatched == ("notify",)
             wait_for(lambda: client.hgetall(keys.notified(event.event_id)), what="delivery recorded")
         assert len(rx.requests) == 3
         last = rx.requests[-1]
-        assert verify_signature(last.body, SECRET, last.headers["X-Tradebus-Timestamp"],
-                                last.headers["X-Tradebus-Signature"])
+        assert verify_signature(
+            last.body, SECRET, last.headers["X-Tradebus-Timestamp"], last.headers["X-Tradebus-Signature"]
+        )
     assert list(client.hgetall(keys.notified(event.event_id)).values()) == ["ok"]
     assert client.hget(keys.stats(), "retried:tradebus.notify.send") == "2"
     assert list_dead_letters(client, keys) == []

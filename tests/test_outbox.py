@@ -96,14 +96,10 @@ def test_appended_events_survive_a_killed_process(tmp_path: Path) -> None:
 
 @pytest.mark.redis
 @pytest.mark.faults
-def test_publisher_queues_during_outage_and_flushes_in_order(
-    tmp_path: Path, own_redis: EmbeddedRedis
-) -> None:
+def test_publisher_queues_during_outage_and_flushes_in_order(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
     sink = StreamSink(own_redis.url)
     now = [0.0]
-    pub = OutboxPublisher(
-        sink, Outbox(tmp_path / "ob.db"), retry_interval=5.0, clock=lambda: now[0]
-    )
+    pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db"), retry_interval=5.0, clock=lambda: now[0])
     events = [event(i) for i in range(10)]
     assert pub.publish(events[0]) is not None
     own_redis.stop()
@@ -125,9 +121,7 @@ def test_publisher_queues_during_outage_and_flushes_in_order(
 
 @pytest.mark.redis
 @pytest.mark.faults
-def test_explicit_flush_stops_at_the_first_failure(
-    tmp_path: Path, own_redis: EmbeddedRedis
-) -> None:
+def test_explicit_flush_stops_at_the_first_failure(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
     sink = StreamSink(own_redis.url)
     pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db"), retry_interval=0)
     own_redis.stop()
@@ -140,9 +134,7 @@ def test_explicit_flush_stops_at_the_first_failure(
     pub.close()
 
 
-def test_full_outbox_drops_loudly_and_never_raises(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_full_outbox_drops_loudly_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A bus that cannot connect at all: nothing listens on this port.
     sink = StreamSink("redis://127.0.0.1:1/0")
     pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db", max_events=2), retry_interval=0)

@@ -48,9 +48,7 @@ def test_large_order_fills_in_chunks_one_per_price_update_at_average_price() -> 
     broker, seen = make_broker(max_fill_volume="1")
     oid = broker.place_order("XAUUSD", "SELL", "2.5")
     assert kinds(seen) == [T.ORDER_CREATED, T.ORDER_PARTIALLY_FILLED]
-    assert seen[1].data["fill_volume"] == Decimal("1") and seen[1].data[
-        "remaining_volume"
-    ] == Decimal("1.5")
+    assert seen[1].data["fill_volume"] == Decimal("1") and seen[1].data["remaining_volume"] == Decimal("1.5")
     broker.set_price("XAUUSD", "2001.00")
     broker.set_price("XAUUSD", "2002.00")
     assert kinds(seen)[2:] == [
@@ -111,9 +109,7 @@ def test_cancel_of_a_partly_filled_order_opens_the_filled_part() -> None:
     ],
 )
 def test_rejects(symbol: str, volume: str, why: str) -> None:
-    broker, seen = make_broker(
-        balance=10_000, leverage=100
-    )  # 600 lots * 2000 / 100 = 12,000 > 10,000
+    broker, seen = make_broker(balance=10_000, leverage=100)  # 600 lots * 2000 / 100 = 12,000 > 10,000
     oid = broker.place_order(symbol, "BUY", volume)
     assert kinds(seen) == [T.ORDER_REJECTED, T.TRADE_FAILED]
     assert why in seen[0].data["reason"]
@@ -137,9 +133,7 @@ def test_margin_counts_open_positions() -> None:
         ("SELL", "1989", T.TAKE_PROFIT_HIT, "11"),
     ],
 )
-def test_stop_loss_and_take_profit_trigger_on_price_updates(
-    side: str, price: str, kind: T, pnl: str
-) -> None:
+def test_stop_loss_and_take_profit_trigger_on_price_updates(side: str, price: str, kind: T, pnl: str) -> None:
     broker, seen = make_broker()
     sl, tp = ("1990", "2010") if side == "BUY" else ("2010", "1990")
     broker.place_order("XAUUSD", side, "1", sl=sl, tp=tp)

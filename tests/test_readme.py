@@ -22,15 +22,26 @@ BLOCKING = ("event_bus.listen()",)
 
 def runnable_blocks() -> list[str]:
     # The Context Manager snippet elides its arguments as the reference does: fill them in.
-    filled = [b.replace("create_order_created(...)", 'create_order_created("XAUUSD", "1", "BUY", 2000.5, 0.1)')
-              for b in PYTHON]
+    filled = [
+        b.replace("create_order_created(...)", 'create_order_created("XAUUSD", "1", "BUY", 2000.5, 0.1)')
+        for b in PYTHON
+    ]
     return [b for b in filled if not any(marker in b for marker in BLOCKING)]
 
 
 def test_readme_has_the_reference_sections() -> None:
-    for heading in ("Usage in Code", "Using Helper Methods", "Custom Events", "Subscribe to Specific Event Type",
-                    "Subscribe to All Events", "Non-blocking Subscription", "Querying State",
-                    "Integration with TradeExecutor", "Error Handling", "Context Manager"):
+    for heading in (
+        "Usage in Code",
+        "Using Helper Methods",
+        "Custom Events",
+        "Subscribe to Specific Event Type",
+        "Subscribe to All Events",
+        "Non-blocking Subscription",
+        "Querying State",
+        "Integration with TradeExecutor",
+        "Error Handling",
+        "Context Manager",
+    ):
         assert heading in README, heading
     assert len(runnable_blocks()) >= 9
 
@@ -44,8 +55,12 @@ def test_python_snippets_run_in_order(settings, tmp_path, monkeypatch, capsys) -
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the executor's outbox
     # Names the reference's executor snippet assumes exist
-    namespace: dict = {"redis": redis, "logger": logging.getLogger("readme"), "client": PaperBroker(),
-                       "executor_config": {"source": "readme"}}
+    namespace: dict = {
+        "redis": redis,
+        "logger": logging.getLogger("readme"),
+        "client": PaperBroker(),
+        "executor_config": {"source": "readme"},
+    }
     # When every snippet runs, in README order, in one namespace
     for block in runnable_blocks():
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102

@@ -184,29 +184,40 @@ class SnapshotBroker:
 
 
 def test_broker_snapshot_mismatch_reported(bus, redis_client, keys):
-    bus.publish_many([
-        TradeEvent.create_position_opened(SYM, "p1", 2000.0, 1.0, "LONG"),
-        TradeEvent.create_position_partially_closed(SYM, "p1", 2005.0, 0.5, 2.5),
-        TradeEvent.create_position_opened(SYM, "p2", 2000.0, 1.0, "SHORT"),
-        TradeEvent.create_position_opened("EURUSD", "e1", 1.1, 3.0, "LONG"),
-    ])
-    broker = SnapshotBroker([
-        {"symbol": SYM, "position_id": "p1", "direction": "LONG", "volume": "0.50", "entry_price": "2000"},
-        {"symbol": SYM, "position_id": "p2", "direction": "LONG", "volume": "0.7", "entry_price": "2000"},
-        {"symbol": "GBPUSD", "position_id": "g1", "direction": "SHORT", "volume": "1", "entry_price": "1.2"},
-    ])
+    bus.publish_many(
+        [
+            TradeEvent.create_position_opened(SYM, "p1", 2000.0, 1.0, "LONG"),
+            TradeEvent.create_position_partially_closed(SYM, "p1", 2005.0, 0.5, 2.5),
+            TradeEvent.create_position_opened(SYM, "p2", 2000.0, 1.0, "SHORT"),
+            TradeEvent.create_position_opened("EURUSD", "e1", 1.1, 3.0, "LONG"),
+        ]
+    )
+    broker = SnapshotBroker(
+        [
+            {"symbol": SYM, "position_id": "p1", "direction": "LONG", "volume": "0.50", "entry_price": "2000"},
+            {"symbol": SYM, "position_id": "p2", "direction": "LONG", "volume": "0.7", "entry_price": "2000"},
+            {"symbol": "GBPUSD", "position_id": "g1", "direction": "SHORT", "volume": "1", "entry_price": "1.2"},
+        ]
+    )
     report = reconcile_broker(redis_client, keys, broker)
     assert not report["ok"]
     assert report["missing_in_state"] == [{"symbol": "GBPUSD", "position_id": "g1"}]
     assert report["missing_at_broker"] == [{"symbol": "EURUSD", "position_id": "e1"}]
-    assert report["mismatched"] == [{"symbol": SYM, "position_id": "p2", "diff": {
-        "volume": {"broker": "0.7", "state": "1"}, "direction": {"broker": "LONG", "state": "SHORT"}}}]
+    assert report["mismatched"] == [
+        {
+            "symbol": SYM,
+            "position_id": "p2",
+            "diff": {"volume": {"broker": "0.7", "state": "1"}, "direction": {"broker": "LONG", "state": "SHORT"}},
+        }
+    ]
     # p1 matches: 0.50 == 0.5 as decimals
-    matching = SnapshotBroker([
-        {"symbol": SYM, "position_id": "p1", "direction": "LONG", "volume": "0.5", "entry_price": "2000"},
-        {"symbol": SYM, "position_id": "p2", "direction": "SHORT", "volume": "1.0", "entry_price": "2000"},
-        {"symbol": "EURUSD", "position_id": "e1", "direction": "LONG", "volume": "3", "entry_price": "1.1"},
-    ])
+    matching = SnapshotBroker(
+        [
+            {"symbol": SYM, "position_id": "p1", "direction": "LONG", "volume": "0.5", "entry_price": "2000"},
+            {"symbol": SYM, "position_id": "p2", "direction": "SHORT", "volume": "1.0", "entry_price": "2000"},
+            {"symbol": "EURUSD", "position_id": "e1", "direction": "LONG", "volume": "3", "entry_price": "1.1"},
+        ]
+    )
     assert reconcile_broker(redis_client, keys, matching)["ok"]
 
 
@@ -280,8 +291,9 @@ def test_redispatch_without_dispatcher_is_reported():
 
 
 def test_config_from_env():
-    cfg = ReconcileConfig.from_env({"TRADEBUS_RECONCILE_STALE_ORDER_AGE": "600",
-                                    "TRADEBUS_RECONCILE_LOG_MAXLEN": "5000"})
+    cfg = ReconcileConfig.from_env(
+        {"TRADEBUS_RECONCILE_STALE_ORDER_AGE": "600", "TRADEBUS_RECONCILE_LOG_MAXLEN": "5000"}
+    )
     assert cfg.stale_order_age == 600 and cfg.log_maxlen == 5000 and cfg.log_retention is None
     with pytest.raises(ConfigError, match="TRADEBUS_RECONCILE_LOG_MAXLEN"):
         ReconcileConfig.from_env({"TRADEBUS_RECONCILE_LOG_MAXLEN": "lots"})

@@ -44,8 +44,9 @@ def test_two_beats_one_effective_rebuild(celery_settings, client):  # noqa: F811
 
 
 def test_beat_schedule_is_data(monkeypatch):
-    assert set(BEAT_SCHEDULE) == {f"tradebus.reconcile.{j}" for j in
-                                  ("redispatch", "rebuild", "stale_orders", "broker", "trim")}
+    assert set(BEAT_SCHEDULE) == {
+        f"tradebus.reconcile.{j}" for j in ("redispatch", "rebuild", "stale_orders", "broker", "trim")
+    }
     assert all(e["options"]["queue"] == "tradebus.reconcile" for e in BEAT_SCHEDULE.values())
     custom = beat_schedule(environ={"TRADEBUS_BEAT_REBUILD_INTERVAL": "600"})
     assert custom["tradebus.reconcile.rebuild"]["schedule"] == 600.0
@@ -63,8 +64,9 @@ def test_redispatch_and_stale_order_tasks_run(celery_settings, client):  # noqa:
     app = test_app(celery_settings)
     app.tradebus.reconcile_config = ReconcileConfig(redispatch_grace=0.001, stale_order_age=0.001)
     with RedisEventBus(settings=celery_settings, apply_state=True) as bus:
-        bus.publish(TradeEvent.create_order_created("XAUUSD", "o1", "BUY_LIMIT", 1900.0, 1.0,
-                                                    timestamp="2024-01-01T00:00:00Z"))
+        bus.publish(
+            TradeEvent.create_order_created("XAUUSD", "o1", "BUY_LIMIT", 1900.0, 1.0, timestamp="2024-01-01T00:00:00Z")
+        )
     report = app.tasks["tradebus.reconcile.redispatch"].apply().get()
     assert report["ran"] and report["redispatched"] == 0
     report = app.tasks["tradebus.reconcile.stale_orders"].apply().get()

@@ -45,13 +45,15 @@ class Published(list):
 
 
 def test_limits_from_dict_and_env():
-    limits = RiskLimits.from_env({
-        "TRADEBUS_RISK_MAX_ORDER_VOLUME": "5",
-        "TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL": "XAUUSD=2, *=10",
-        "TRADEBUS_RISK_MAX_OPEN_POSITIONS": "3",
-        "TRADEBUS_RISK_MAX_DAILY_LOSS": "1000.50",
-        "TRADEBUS_RISK_STOP_LOSS_REQUIRED": "true",
-    })
+    limits = RiskLimits.from_env(
+        {
+            "TRADEBUS_RISK_MAX_ORDER_VOLUME": "5",
+            "TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL": "XAUUSD=2, *=10",
+            "TRADEBUS_RISK_MAX_OPEN_POSITIONS": "3",
+            "TRADEBUS_RISK_MAX_DAILY_LOSS": "1000.50",
+            "TRADEBUS_RISK_STOP_LOSS_REQUIRED": "true",
+        }
+    )
     assert limits.max_order_volume == Decimal(5)
     assert limits.symbol_volume_limit("XAUUSD") == Decimal(2)
     assert limits.symbol_volume_limit("EURUSD") == Decimal(10)
@@ -70,7 +72,9 @@ def test_max_order_volume_and_stop_loss(redis_client, keys):
     limits = RiskLimits(max_order_volume=Decimal("1.5"), stop_loss_required=True)
     big = TradeEvent.create_order_created(SYM, "o1", "BUY", 2000.0, 2.0)
     assert sorted(b.rule for b in evaluate(redis_client, keys, big, limits)) == [
-        "max_order_volume", "stop_loss_required"]
+        "max_order_volume",
+        "stop_loss_required",
+    ]
     ok = TradeEvent.create_order_created(SYM, "o2", "BUY", 2000.0, 1.5, sl=1990.0)
     assert evaluate(redis_client, keys, ok, limits) == []
     modified = TradeEvent.create_order_modified(SYM, "o2", volume=1.6)

@@ -30,17 +30,21 @@ def client(celery_settings):  # noqa: F811
 
 def test_breach_raised_once_and_notified(celery_settings, client):  # noqa: F811
     keys = Keys(celery_settings.key_prefix)
-    table = RoutingTable([
-        Route("risk", "tradebus.risk.check", "tradebus.risk", ("order.created",), retry=FAST),
-        Route("notify", "tradebus.notify.send", "tradebus.notify", ("risk.*",), retry=FAST),
-    ])
+    table = RoutingTable(
+        [
+            Route("risk", "tradebus.risk.check", "tradebus.risk", ("order.created",), retry=FAST),
+            Route("notify", "tradebus.notify.send", "tradebus.notify", ("risk.*",), retry=FAST),
+        ]
+    )
     order = TradeEvent.create_order_created("XAUUSD", "o1", "BUY", 2000.0, 5.0, correlation_id="c-9")
     with webhook_receiver() as rx:
         app = test_app(celery_settings, table)
         app.tradebus.risk_limits = RiskLimits(max_order_volume=Decimal(2))
         app.tradebus.notify_config = NotifyConfig(webhook_urls=(rx.url,), secret="k", log_sink=False)
-        with RedisEventBus(settings=celery_settings, dispatcher=dispatcher_for(app, celery_settings)) as bus, \
-                worker(app, queues="tradebus.risk,tradebus.notify"):
+        with (
+            RedisEventBus(settings=celery_settings, dispatcher=dispatcher_for(app, celery_settings)) as bus,
+            worker(app, queues="tradebus.risk,tradebus.notify"),
+        ):
             bus.publish(order)
             bus.dispatcher.send(order, order.to_json(), table.routes_for(order))  # delivered twice
             wait_for(lambda: client.hget(keys.stats(), "run:tradebus.risk.check") == "2", what="2 risk runs")

@@ -19,8 +19,8 @@ def _names(table: RoutingTable, event_type: str, symbol: str = "XAUUSD") -> set[
 def test_import_routing_does_not_import_celery() -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", "import bus.routing, bus.dispatch, sys; print('celery' in sys.modules)"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    code = "import bus.routing, bus.dispatch, sys; print('celery' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 

@@ -12,9 +12,7 @@ S = "XAUUSD"
 
 
 def created(v=0.3):
-    return T.create_order_created(
-        symbol=S, order_id="1", order_type="BUY", price=2000.5, volume=v, sl=1995.0
-    )
+    return T.create_order_created(symbol=S, order_id="1", order_type="BUY", price=2000.5, volume=v, sl=1995.0)
 
 
 def part(v, eid=None):
@@ -136,15 +134,11 @@ def test_order_state_machine(redis_client, key_prefix, name, events, status, fie
     assert order["order_id"] == "1" and order["symbol"] == S
     assert {k: order.get(k) for k in fields} == fields
     assert all(isinstance(v, str) for v in order.values())
-    assert [o["order_id"] for o in state.open_orders(redis_client, keys, S)] == (
-        ["1"] if is_open else []
-    )
+    assert [o["order_id"] for o in state.open_orders(redis_client, keys, S)] == (["1"] if is_open else [])
 
 
 def opened(v=1.0):
-    return T.create_position_opened(
-        symbol=S, position_id="67890", entry_price=2000.5, volume=v, direction="LONG"
-    )
+    return T.create_position_opened(symbol=S, position_id="67890", entry_price=2000.5, volume=v, direction="LONG")
 
 
 def pclose(v, pnl, eid=None):

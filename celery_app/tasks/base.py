@@ -44,7 +44,9 @@ class TradebusTask(Task):
             from celery_app.config import REDELIVERY_CAP
             from celery_app.context import TaskContext
 
-            ctx = self.app.tradebus = TaskContext(LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900)
+            ctx = self.app.tradebus = TaskContext(
+                LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900
+            )
         return ctx
 
     @property
@@ -66,8 +68,8 @@ class TradebusTask(Task):
         except (EventValidationError, ValueError, TypeError) as e:
             return self._dead_letter(raw, route, 1, f"malformed task payload: {e}")
         if (req.delivery_info or {}).get("redelivered") and self._over_redelivery_cap():
-            return self._dead_letter(raw, route, req.retries + 1,
-                                     f"redelivered more than {self.ctx.redelivery_cap} times (worker lost each time)")  # fmt: skip
+            reason = f"redelivered more than {self.ctx.redelivery_cap} times (worker lost each time)"
+            return self._dead_letter(raw, route, req.retries + 1, reason)
         try:
             result = self.run(*args, **kwargs)
         except (Retry, Ignore, Reject):
@@ -103,7 +105,9 @@ class TradebusTask(Task):
             except Retry:
                 raise
             except Exception as e:  # noqa: BLE001 - the retry could not be enqueued: keep the evidence
-                return self._dead_letter(raw, route, req.retries + 1, f"{_reason(exc)}; retry not enqueued: {_reason(e)}")
+                return self._dead_letter(
+                    raw, route, req.retries + 1, f"{_reason(exc)}; retry not enqueued: {_reason(e)}"
+                )
         why = _reason(exc) if retryable else f"not retryable: {_reason(exc)}"
         return self._dead_letter(raw, route, req.retries + 1, why)
 

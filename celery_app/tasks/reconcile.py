@@ -46,8 +46,9 @@ def positions_source(ctx: Any) -> Any:
 def _run(task: Any, name: str, fn: Any) -> dict[str, Any]:
     ctx = task.ctx
     cfg = reconcile_config(ctx)
-    return reconcile.run_job(ctx.client, ctx.keys, name, fn, min_interval_s=beat.job(name).min_gap,
-                             ttl_ms=cfg.lease_ttl_ms)
+    return reconcile.run_job(
+        ctx.client, ctx.keys, name, fn, min_interval_s=beat.job(name).min_gap, ttl_ms=cfg.lease_ttl_ms
+    )
 
 
 def _task(name: str) -> Any:
@@ -74,15 +75,25 @@ def redispatch(self: Any) -> dict[str, Any]:
 @_task("rebuild")
 def rebuild(self: Any) -> dict[str, Any]:
     ctx = self.ctx
-    return _run(self, "rebuild", lambda token, hb: reconcile.rebuild(
-        ctx.client, ctx.keys, token=token, grace_s=reconcile_config(ctx).rebuild_grace, heartbeat=hb))
+    return _run(
+        self,
+        "rebuild",
+        lambda token, hb: reconcile.rebuild(
+            ctx.client, ctx.keys, token=token, grace_s=reconcile_config(ctx).rebuild_grace, heartbeat=hb
+        ),
+    )
 
 
 @_task("stale_orders")
 def stale_orders(self: Any) -> dict[str, Any]:
     ctx = self.ctx
-    return _run(self, "stale_orders", lambda token, hb: reconcile.flag_stale_orders(
-        ctx.client, ctx.keys, max_age_s=reconcile_config(ctx).stale_order_age, token=token))
+    return _run(
+        self,
+        "stale_orders",
+        lambda token, hb: reconcile.flag_stale_orders(
+            ctx.client, ctx.keys, max_age_s=reconcile_config(ctx).stale_order_age, token=token
+        ),
+    )
 
 
 @_task("broker")
@@ -100,5 +111,10 @@ def trim(self: Any) -> dict[str, Any]:
     cfg = reconcile_config(ctx)
     if cfg.log_retention is None and cfg.log_maxlen is None:
         return {"job": "trim", "ran": False, "reason": "no retention configured (TRADEBUS_RECONCILE_LOG_*)"}
-    return _run(self, "trim", lambda token, hb: reconcile.trim_logs(
-        ctx.client, ctx.keys, token=token, retention_s=cfg.log_retention, maxlen=cfg.log_maxlen))
+    return _run(
+        self,
+        "trim",
+        lambda token, hb: reconcile.trim_logs(
+            ctx.client, ctx.keys, token=token, retention_s=cfg.log_retention, maxlen=cfg.log_maxlen
+        ),
+    )
