@@ -25,50 +25,27 @@ def helper_encode() -> bytes:
     ).encode()
 
 
+def plain_fields() -> dict:
+    """The same envelope as a plain dict (fresh id and timestamp each time, as a helper makes)."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "event_type": "order.created",
+        "symbol": "XAUUSD",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"order_id": "12345", "order_type": "BUY", "price": 2000.50, "volume": 0.1, "sl": 1995.0, "tp": 2010.0},
+        "correlation_id": None,
+        "causation_id": None,
+        "source": None,
+        "schema_version": 1,
+    }
+
+
 def plain_json() -> str:
-    return json.dumps(
-        {
-            "event_id": uuid.uuid4().hex,
-            "event_type": "order.created",
-            "symbol": "XAUUSD",
-            "timestamp": datetime.now(UTC).isoformat(),
-            "data": {
-                "order_id": "12345",
-                "order_type": "BUY",
-                "price": 2000.50,
-                "volume": 0.1,
-                "sl": 1995.0,
-                "tp": 2010.0,
-            },
-            "correlation_id": None,
-            "causation_id": None,
-            "source": None,
-            "schema_version": 1,
-        }
-    )
+    return json.dumps(plain_fields())
 
 
 def plain_orjson() -> bytes:
-    return orjson.dumps(
-        {
-            "event_id": uuid.uuid4().hex,
-            "event_type": "order.created",
-            "symbol": "XAUUSD",
-            "timestamp": datetime.now(UTC).isoformat(),
-            "data": {
-                "order_id": "12345",
-                "order_type": "BUY",
-                "price": 2000.50,
-                "volume": 0.1,
-                "sl": 1995.0,
-                "tp": 2010.0,
-            },
-            "correlation_id": None,
-            "causation_id": None,
-            "source": None,
-            "schema_version": 1,
-        }
-    )
+    return orjson.dumps(plain_fields())
 
 
 RAW = helper_encode()

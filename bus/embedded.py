@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -42,7 +43,8 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server subprocess on 127.0.0.1:<free port>, data in its own directory.
 
-    ``appendonly=True`` keeps data across ``restart()`` (AOF, fsync every write).
+    ``appendonly=True`` keeps data across ``restart()`` (AOF, fsync every write). ``client_kwargs``
+    (password, TLS options) are what a client needs to reach it: the readiness PING uses them.
     """
 
     def __init__(
@@ -52,7 +54,11 @@ class EmbeddedRedis:
         appendonly: bool = False,
         directory: str | Path | None = None,
         extra_args: tuple[str, ...] = (),
+        binary: str | None = None,
+        client_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        self.binary = binary
+        self.client_kwargs = dict(client_kwargs or {})
         self.port = port or free_port()
         self.appendonly = appendonly
         self._own_dir = directory is None
@@ -66,7 +72,7 @@ class EmbeddedRedis:
 
     def start(self) -> EmbeddedRedis:
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--bind",
             "127.0.0.1",
             "--port",
@@ -86,18 +92,26 @@ class EmbeddedRedis:
             *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_until_up()
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
         return self
+
+    def client(self, **kw: Any) -> redis.Redis:
+        """A client for this server (with ``client_kwargs``)."""
+        return redis.Redis(host="127.0.0.1", port=self.port, **{**self.client_kwargs, **kw})
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = self.client(socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
             while True:
                 try:
                     if client.ping():
                         return
-                except (redis.ConnectionError, redis.BusyLoadingError):
+                except (redis.ConnectionError, redis.BusyLoadingError, OSError):
                     pass
                 if self.process is not None and self.process.poll() is not None:
                     log = self.directory / "redis.log"

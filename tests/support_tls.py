@@ -1,8 +1,8 @@
 """Own redis-servers with a password / ACL users / TLS for tests/test_security.py, and throwaway
 certificates made with the openssl CLI.
 
-EmbeddedRedis checks that its server is up with an unauthenticated plain-TCP PING; a server with
-``requirepass`` or only a TLS port needs the credentials / certificates for that, hence ``SecureRedis``.
+EmbeddedRedis reaches a server with ``requirepass`` or only a TLS port through its ``client_kwargs``;
+``SecureRedis`` adds a TLS-capable binary and an admin client.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bus.embedded import START_TIMEOUT, EmbeddedRedis, free_port, redis_server_binary
+from bus.embedded import EmbeddedRedis, free_port
 
 
 @functools.cache
@@ -33,63 +32,14 @@ def tls_capable_binary() -> str | None:
 
 
 class SecureRedis(EmbeddedRedis):
-    """An EmbeddedRedis whose readiness PING uses ``client_kwargs`` (password, TLS) and whose
-    ``admin()`` client is the default user's."""
+    """An EmbeddedRedis on a TLS-capable binary (when there is one); ``admin()`` is the default user's
+    client."""
 
-    def __init__(self, *, client_kwargs: dict[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.client_kwargs = dict(client_kwargs or {})
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(binary=tls_capable_binary(), **kw)
 
     def admin(self, **kw: Any) -> redis.Redis:
-        args = {"decode_responses": True, "socket_timeout": 5, **self.client_kwargs, **kw}
-        return redis.Redis(host="127.0.0.1", port=self.port, **args)
-
-    def start(self) -> SecureRedis:
-        """As EmbeddedRedis.start, with a TLS-capable binary when there is one; a server that does
-        not come up is stopped (never left behind)."""
-        args = [
-            tls_capable_binary() or redis_server_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(self.directory / "redis.log"),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            self._wait_until_up()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        client = self.admin(socket_connect_timeout=0.2, socket_timeout=0.5)
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError, OSError):
-                    pass
-                if self.process is not None and self.process.poll() is not None:
-                    log = self.directory / "redis.log"
-                    tail = log.read_text()[-500:] if log.exists() else ""
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server on port {self.port} did not answer in {START_TIMEOUT}s")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        return self.client(**{"decode_responses": True, "socket_timeout": 5, **kw})
 
 
 def password_server(password: str) -> SecureRedis:
