@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery.contrib.testing.worker import start_worker
 from conftest import delete_prefix
 from support_bus import wait_for  # noqa: F401 - re-exported for the worker tests
@@ -112,3 +113,11 @@ def celery_settings(settings: Settings, broker_url: str) -> Iterator[Settings]:
     """The test's settings; afterwards the broker keys under its prefix are deleted as well."""
     yield settings
     delete_prefix(broker_url, settings.key_prefix)
+
+
+@pytest.fixture
+def client(celery_settings: Settings) -> Iterator[redis.Redis]:
+    """A decoding client on the test's bus Redis."""
+    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
+    yield c
+    c.close()

@@ -6,9 +6,9 @@ import os
 import signal
 
 import pytest
-import redis
-from support_celery import (  # noqa: F401
-    celery_settings,
+from support_celery import (
+    celery_settings,  # noqa: F401 - fixtures
+    client,  # noqa: F401
     dispatcher_for,
     subprocess_worker,
     test_app,
@@ -31,13 +31,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults, pytest.
 
 def _k(s, name):
     return f"{s.key_prefix}:test:{name}"
-
-
-@pytest.fixture
-def client(celery_settings):  # noqa: F811
-    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 def test_worker_killed_mid_task_runs_again_effect_once(celery_settings, client) -> None:  # noqa: F811

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 import support_tasks  # noqa: F401  (registers the test tasks)
-from support_celery import celery_settings, dispatcher_for, test_app, wait_for, worker  # noqa: F401
+from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 
 from bus.channels import Keys
 from bus.deadletters import list_dead_letters, purge, replay
@@ -22,13 +21,6 @@ FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)
 
 def _k(s, name):
     return f"{s.key_prefix}:test:{name}"
-
-
-@pytest.fixture
-def client(celery_settings):  # noqa: F811
-    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 def _bus(settings, app, **kw):

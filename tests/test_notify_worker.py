@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import redis
-from support_celery import celery_settings, dispatcher_for, test_app, wait_for, worker  # noqa: F401
+from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 from support_webhook import webhook_receiver
 
 from bus.channels import Keys
@@ -17,13 +16,6 @@ from bus.routing import RetryPolicy, Route, RoutingTable
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 SECRET = "worker-test-secret"
 BUDGET = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)
-
-
-@pytest.fixture
-def client(celery_settings):  # noqa: F811
-    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 def _app(settings, url):

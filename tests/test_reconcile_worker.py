@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import redis
-from support_celery import celery_settings, test_app, wait_for, worker  # noqa: F401
+from support_celery import celery_settings, client, test_app, wait_for, worker  # noqa: F401
 
 from bus.channels import Keys
 from bus.events import TradeEvent
@@ -14,13 +13,6 @@ from bus.state import get_order
 from celery_app.beat import BEAT_SCHEDULE, beat_schedule
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
-
-
-@pytest.fixture
-def client(celery_settings):  # noqa: F811
-    c = redis.Redis.from_url(celery_settings.bus_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 def test_two_beats_one_effective_rebuild(celery_settings, client):  # noqa: F811
