@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 # Characters that would break a channel, a glob pattern or a hash tag: ':' '*' '?' '[' ']' '{' '}',
 # backslash, whitespace and control characters.
+# Key prefixes also travel inside every broadcast's JSON (publish.lua), so they stay plain.
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
 _BAD_SYMBOL_CHAR = re.compile(r"[:*?\[\]{}\\\s\x00-\x1f\x7f]")
 
 
@@ -88,8 +90,13 @@ class Keys:
     __slots__ = ("prefix",)
 
     def __init__(self, prefix: str = DEFAULT_KEY_PREFIX) -> None:
-        if not prefix or _BAD_SYMBOL_CHAR.search(prefix.replace(":", "")):
-            raise EventValidationError(f"key prefix {prefix!r} is not usable", field="key_prefix", value=prefix)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise EventValidationError(
+                f"key prefix {prefix!r} is not usable: 1-128 of letters, digits and '_.:-', starting with a "
+                "letter or digit",
+                field="key_prefix",
+                value=prefix,
+            )
         self.prefix = prefix
 
     def _sym(self, symbol: str) -> str:
@@ -165,7 +172,7 @@ class Keys:
         """Hash: symbol -> reason, set when the executor must refuse new orders."""
         return f"{self.prefix}:killswitch"
 
-    # risk, notify, reconcile (H3)
+    # risk, notify, reconcile
     def symbol_fence(self, symbol: str) -> str:
         """String: highest reconciliation fencing token that wrote to this symbol's keys."""
         return f"{self._sym(symbol)}:fence"
@@ -190,7 +197,7 @@ class Keys:
         """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
         return Keys(f"{self.prefix}:scratch:{run_id}")
 
-    # task bookkeeping (H2)
+    # task bookkeeping
     def deliveries(self, task_id: str) -> str:
         """Counter: redeliveries of one task message (poison-message cap)."""
         return f"{self.prefix}:deliveries:{task_id}"

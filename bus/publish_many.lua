@@ -4,7 +4,8 @@
 -- broadcast is too (and the run as a whole). Amortises the per-EVALSHA fixed cost over the run.
 -- KEYS[1] log stream, KEYS[2] heads hash, KEYS[3] pending-dispatch zset (same {symbol} slot)
 -- ARGV[1] log maxlen (approximate), ARGV[2] key prefix, then 4 per event:
---   event JSON, channel, event type, score (ms) of the pending-dispatch entry or '' (not tracked)
+--   event JSON, channel, event type, and '' (dispatch not tracked) or anything else (tracked: the
+--   pending-dispatch entry is scored with its log id's server time in ms, as redispatch compares)
 -- Returns {log_id_1, subscribers_1, log_id_2, subscribers_2, ...} in the order of the events.
 local log, heads, pending = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, bus = ARGV[1], '","bus":"' .. ARGV[2] .. '",'
@@ -21,7 +22,7 @@ for i = 3, #ARGV, 4 do
   end
   redis.call('HSET', heads, '_', id, t, id)
   if score ~= '' then
-    redis.call('ZADD', pending, score, id)
+    redis.call('ZADD', pending, string.match(id, '^%d+'), id)
   end
   local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
   out[#out + 1] = id

@@ -6,7 +6,6 @@ The dispatch protocol is documented in bus/redis_bus.py's module docstring.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +85,7 @@ class Publisher:
                 route[1],
                 self.log_maxlen,
                 b"1",
-                int(time.time() * 1000),
+                0,  # unused: the pending entry is scored with the server time of its log id
                 self.keys.prefix,
             ]
         else:
@@ -175,7 +174,7 @@ class Publisher:
             else:
                 margs: list[Any] = [self.log_maxlen, self.keys.prefix]
                 for _, _, _, args, _ in batch[i:j]:
-                    margs += (args[0], args[1], args[2], args[5] if args[4] == b"1" else b"")
+                    margs += (args[0], args[1], args[2], b"1" if args[4] == b"1" else b"")
                 PUBLISH_MANY.stage(pipe, batch[i][2], margs)
             at = len(pipe.command_stack) - 1
             for k, (event, payload, _, _, routes) in enumerate(batch[i:j]):

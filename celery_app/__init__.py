@@ -56,7 +56,7 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
     import importlib
 
     try:
-        beat = importlib.import_module(f"{__name__}.beat")  # H3: the schedule as data
+        beat = importlib.import_module(f"{__name__}.beat")  # the schedule, kept as data
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}.beat":
             raise

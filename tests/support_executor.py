@@ -1,4 +1,4 @@
-"""Helpers for the executor tests (H4): the bus to publish through, and polling with a deadline."""
+"""Helpers for the executor tests: the bus to publish through, and polling with a deadline."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class StreamBus:
 
 
 def make_bus(url: str, key_prefix: str) -> Any:
-    """The real bus (H1's RedisEventBus) under this test's key prefix."""
+    """The real RedisEventBus under this test's key prefix."""
     from bus.redis_bus import RedisEventBus
 
     return RedisEventBus(url, key_prefix=key_prefix)

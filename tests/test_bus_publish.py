@@ -162,8 +162,9 @@ def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
             r = bus.publish(order(1))
             assert r.dispatched == () and "state" in r.not_dispatched
             assert [e.event_id for _, e in bus.read_log("XAUUSD")] == [r.event_id]
-            pending = bus.client.zrange(bus.keys.pending_dispatch_for("XAUUSD"), 0, -1)
-            assert pending == [r.log_id.encode()]
+            pending = bus.client.zrange(bus.keys.pending_dispatch_for("XAUUSD"), 0, -1, withscores=True)
+            # scored with the server's clock (the log id's ms), as redispatch_missed compares it
+            assert pending == [(r.log_id.encode(), float(r.log_id.split("-")[0]))]
 
 
 # --- publish_many: one script call per run of consecutive same-symbol events ----------------------

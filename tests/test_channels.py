@@ -42,7 +42,7 @@ def test_per_symbol_keys_share_one_hash_tag() -> None:
 
 
 def test_key_prefix_is_validated() -> None:
-    for bad in ("", "a b", "x*"):
+    for bad in ("", "a b", "x*", 'a"b', "{x}", "-x", "x" * 129):
         with pytest.raises(EventValidationError):
             Keys(bad)
 
