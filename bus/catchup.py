@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from .wire import Id, decode_entry, format_id, parse_id
+from .wire import Id, LogEntries, decode_entry, format_id, parse_id
 
 if TYPE_CHECKING:
     from .subscriber import Subscriber, _Sub
@@ -34,7 +34,7 @@ def recover(subscriber: Subscriber, sub: _Sub, symbol: str, last: Id, upto: str 
     start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
     key, first = subscriber._keys.log(symbol), True
     while True:
-        entries = subscriber._client.xrange(key, start, end, count=RECOVER_BATCH)
+        entries = cast(LogEntries, subscriber._client.xrange(key, start, end, count=RECOVER_BATCH))
         if first and real:
             if entries and parse_id(entries[0][0]) == last:
                 entries = entries[1:]
@@ -43,7 +43,7 @@ def recover(subscriber: Subscriber, sub: _Sub, symbol: str, last: Id, upto: str 
                 log.error("log of %s no longer holds %s: events between it and the next entry are "
                           "lost for %s", symbol, format_id(last), sub.name)  # fmt: skip
         first = False
-        for raw_id, fields in entries:  # type: ignore[union-attr]
+        for raw_id, fields in entries:
             if sub.type_b is not None and fields.get(b"type") != sub.type_b:
                 continue
             event = decode_entry(fields)

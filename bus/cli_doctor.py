@@ -4,7 +4,7 @@ to fix it; the exit code is 1 when any check fails (warnings alone exit 0 unless
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import redis
 import typer
@@ -147,7 +147,8 @@ def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check
     keys = Keys(settings.key_prefix)
     try:
         dead = int(client.xlen(keys.dead_letters()))
-        pending = sum(int(client.zcard(keys.pending_dispatch_for(s))) for s in client.smembers(keys.symbols()))
+        symbols = cast("set[str]", client.smembers(keys.symbols()))  # connect(decode=True): str members
+        pending = sum(int(client.zcard(keys.pending_dispatch_for(s))) for s in symbols)
     except redis.RedisError as e:
         checks.append(Check("dead letters", "warn", f"could not read: {e}"))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,6 +147,7 @@ def routes(
     if routes_file is not None and not routes_file.is_file():
         raise CliError(f"--routes-file {str(routes_file)!r} does not exist", EXIT_USAGE)
     table = RoutingTable.from_file(routes_file) if routes_file else RoutingTable.default()
+    picked: Sequence[Any]
     if event_type is None:
         picked = list(_all_routes(table))
         title = "routing table"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -18,10 +18,14 @@ from .events import TradeEvent
 from .routing import Route
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
     from .dispatch import Dispatcher
 
 # Dead letters kept (approximately); the oldest go first.
 DEAD_LETTER_MAXLEN = 100_000
+# XRANGE of the dead-letter stream: bytes from the bus client, str from a decoding (CLI) one
+_Rows = list[tuple[bytes | str, dict[Any, Any]]]
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def dead_letter(
     """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute())."""
     if isinstance(event_json, bytes):
         event_json = event_json.decode("utf-8", "replace")
-    fields = {
+    fields: dict[FieldT, EncodableT] = {
         "event": event_json,
         "route": route or "",
         "task": task or "",
@@ -74,11 +78,12 @@ def dead_letter(
 def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
     """Oldest first, ``count`` entries after id ``after`` (exclusive when given)."""
     start = f"({after}" if after != "-" else "-"
-    return [_parse(i, f) for i, f in client.xrange(keys.dead_letters(), start, "+", count=count)]
+    rows = cast(_Rows, client.xrange(keys.dead_letters(), start, "+", count=count))
+    return [_parse(i, f) for i, f in rows]
 
 
 def get_dead_letter(client: redis.Redis, keys: Keys, dead_letter_id: str) -> DeadLetter | None:
-    rows = client.xrange(keys.dead_letters(), dead_letter_id, dead_letter_id)
+    rows = cast(_Rows, client.xrange(keys.dead_letters(), dead_letter_id, dead_letter_id))
     return _parse(*rows[0]) if rows else None
 
 

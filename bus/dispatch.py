@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -51,6 +51,8 @@ BROKER_BACKOFF_SECONDS = 1.0
 REDISPATCH_BATCH = 500
 
 Item = tuple[TradeEvent, "bytes | str", Sequence[Route]]
+# XRANGE of a log: [(log id, fields)], bytes or str as the attached client decodes
+Entries = list[tuple[bytes | str, dict[Any, Any]]]
 
 
 def task_id(event_id: str, route: Route) -> str:
@@ -246,7 +248,8 @@ class Dispatcher:
             symbol = _text(raw_symbol)
             key = keys.pending_dispatch_for(symbol)
             while True:
-                ids = [_text(m) for m in client.zrangebyscore(key, "-inf", cutoff, start=0, num=REDISPATCH_BATCH)]
+                members = client.zrangebyscore(key, "-inf", cutoff, start=0, num=REDISPATCH_BATCH)
+                ids = [_text(m) for m in cast("list[bytes | str]", members)]  # no scores asked for: members only
                 if not ids:
                     break
                 total += self._resend(symbol, ids, strict=True)
@@ -257,7 +260,7 @@ class Dispatcher:
     def redispatch_range(self, symbol: str, start: str = "-", end: str = "+", count: int | None = None) -> int:
         """Re-dispatch every logged event of ``symbol`` between two log ids (CLI replay)."""
         client, keys = self._bus()
-        entries = client.xrange(keys.log(symbol), start, end, count=count)
+        entries = cast(Entries, client.xrange(keys.log(symbol), start, end, count=count))
         return self._send_entries(symbol, entries, strict=True)
 
     def _resend(self, symbol: str, log_ids: list[str], strict: bool) -> int:

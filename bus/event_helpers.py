@@ -6,7 +6,7 @@ Extra keyword arguments are kept in ``data`` (the reference's ``sl=``, ``tp=``);
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .event_types import TradeEventType
 
@@ -20,7 +20,7 @@ class EventHelpers:
     """Mixed into TradeEvent."""
 
     @classmethod
-    def _create(  # type: ignore[misc]
+    def _create(
         cls,
         event_type: TradeEventType,
         symbol: str,
@@ -30,7 +30,9 @@ class EventHelpers:
         meta = {k: extra.pop(k) for k in _ENVELOPE if k in extra}
         data = {k: v for k, v in fields.items() if v is not None}
         data.update(extra)
-        return cls(event_type=event_type, symbol=symbol, data=data, **meta)
+        # the mixin's only user is TradeEvent (a subclass), so ``cls`` is TradeEvent or a subclass of it
+        event_cls = cast("type[TradeEvent]", cls)
+        return event_cls(event_type=event_type, symbol=symbol, data=data, **meta)
 
     @classmethod
     def create_order_created(

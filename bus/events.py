@@ -125,7 +125,8 @@ class TradeEvent(EventHelpers, BaseModel):
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            raise EventValidationError(f"not valid JSON: {e}", field="json", value=bytes(raw[:80])) from None
+            head = raw[:80] if isinstance(raw, str) else bytes(raw[:80])  # bytes(str) would raise TypeError
+            raise EventValidationError(f"not valid JSON: {e}", field="json", value=head) from None
         return cls.from_dict(obj)
 
     @classmethod
@@ -138,7 +139,8 @@ class TradeEvent(EventHelpers, BaseModel):
         if unknown:
             name = sorted(unknown)[0]
             raise bad(name, obj[name], "unknown field (put custom values in data)")
-        v = cls._validate(obj)
+        # pydantic types a decorated validator as its descriptor proxy; on the class it is the classmethod
+        v = cls._validate(obj)  # type: ignore[operator]
         for name in _OPTIONAL_STR:
             value = v.get(name)
             if value is not None and type(value) is not str:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .broker import BrokerClient
 from .errors import ConfigError
@@ -66,7 +66,8 @@ class ExecutorConfig:
     def coerce(cls, config: ExecutorConfig | Mapping[str, Any] | None) -> ExecutorConfig:
         if isinstance(config, cls):
             return config
-        values = dict(config or {})
+        # not an instance of cls: a mapping or None (a config of another class fails in dict() as before)
+        values = dict(cast("Mapping[str, Any] | None", config) or {})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown executor config keys: {', '.join(sorted(unknown))}")

@@ -188,7 +188,7 @@ class Publisher:
         for r in results:
             if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
                 raise r
-        out = []
+        out: list[tuple[list[Any], tuple[tuple[str, ...], tuple[str, ...]]]] = []
         for at, k, staged in slots:
             res = results[at]
             if isinstance(res, Exception):

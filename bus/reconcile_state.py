@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -30,6 +30,8 @@ from .state import stage_apply
 
 # Log entries read per XRANGE call.
 READ_BATCH = 1000
+# What XRANGE returns: [(log id, fields)], bytes or str as the client decodes
+_Entries = list[tuple[bytes | str, dict[Any, Any]]]
 _CREATION = {"order": TradeEventType.ORDER_CREATED, "position": TradeEventType.POSITION_OPENED}
 _ACTIVE = {"order": ("pending", "partially_filled"), "position": ("active",)}
 
@@ -102,19 +104,19 @@ def rebuild_symbol(
     start = "-"
     try:
         while True:
-            entries = client.xrange(keys.log(symbol), start, "+", count=READ_BATCH)
+            entries = cast(_Entries, client.xrange(keys.log(symbol), start, "+", count=READ_BATCH))
             if not entries:
                 break
             pipe = client.pipeline(transaction=False)
             for log_id, fields in entries:
                 event = _entry_event(fields)
                 entity = _entity(event) if event is not None and event.symbol == symbol else None
-                if entity is None:
+                if entity is None or event is None:  # entity is None whenever event is
                     continue
                 if int(_text(log_id).split("-")[0]) > cutoff:
                     recent.add(entity)
                     continue
-                first_type.setdefault(entity, event.event_type)  # type: ignore[union-attr]
+                first_type.setdefault(entity, event.event_type)
                 stage_apply(pipe, scratch, event)
             execute_pipeline(pipe, (STATE_SCRIPT,))
             if len(entries) < READ_BATCH:

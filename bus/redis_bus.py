@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -43,6 +43,7 @@ from .errors import BusConnectionError
 from .events import TradeEvent, TradeEventType
 from .publisher import PUBLISH, Publisher, PublishReceipt
 from .subscriber import Counters, ListenerHandle, Subscriber, decode_entry
+from .wire import LogEntries
 
 __all__ = ["PUBLISH", "EventBusFactory", "PublishReceipt", "RedisEventBus"]
 
@@ -168,9 +169,9 @@ class RedisEventBus(Publisher):
     def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
         start = after if after in ("-", "") else f"({after}"
-        entries = self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count)
+        entries = cast(LogEntries, self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count))
         out = []
-        for log_id, fields in entries:  # type: ignore[union-attr]
+        for log_id, fields in entries:
             event = decode_entry(fields)
             if event is not None:
                 out.append((log_id.decode(), event))

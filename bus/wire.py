@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 _trusted = TradeEvent._from_trusted_dict  # type: ignore[attr-defined]
 Id = tuple[int, int]
+#: what XRANGE returns on the bus client (decode_responses=False): [(log id, {field: value})]
+LogEntries = list[tuple[bytes, dict[bytes, bytes]]]
 MAX_SEQ = 2**64 - 1
 
 

@@ -16,6 +16,8 @@ from .config import REDELIVERY_CAP, VISIBILITY_TIMEOUT, celery_config
 if TYPE_CHECKING:
     from celery import Celery
 
+    app: Celery  # built on first access by __getattr__ below
+
 __all__ = ["app", "make_celery", "routing_from_settings"]
 
 

@@ -267,9 +267,11 @@ def test_other_bad_fields_name_themselves(fields: dict, field: str) -> None:
         b'{"event_type": "order.created"}',
         b'{"event_type":"trade.executed","symbol":"X","extra_field":1}',
         b'{"event_type":"trade.executed","symbol":"X","source":7}',
+        "",  # str input too (it used to fail with TypeError building the error)
+        "not json",
     ],
 )
-def test_from_json_rejects_malformed_input_with_our_error(raw: bytes) -> None:
+def test_from_json_rejects_malformed_input_with_our_error(raw: bytes | str) -> None:
     with pytest.raises(EventValidationError):
         TradeEvent.from_json(raw)
 
