@@ -88,11 +88,11 @@ def _app(settings):  # type: ignore[no-untyped-def]
 
 
 def _cleanup(settings) -> None:  # type: ignore[no-untyped-def]
+    from bus.keyspace import delete_matching
+
     for url in (settings.bus_url, settings.broker_url):
         c = redis.Redis.from_url(url)
-        keys = list(c.scan_iter(match=f"{settings.key_prefix}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            c.delete(*keys[i : i + 500])
+        delete_matching(c, f"{settings.key_prefix}:*")
         c.close()
 
 

@@ -20,6 +20,7 @@ import redis
 
 from bus import RedisEventBus, TradeEvent
 from bus.embedded import EmbeddedRedis
+from bus.keyspace import delete_matching
 
 MAXLEN = 100_000
 
@@ -129,8 +130,7 @@ def main() -> None:
               f"2 symbols alternating: {results[keys[3]] / results[keys[6]]:.2f}x)")  # fmt: skip
         bus.close()
         per_event.close()
-        for k in r.scan_iter(f"{prefix}*"):
-            r.delete(k)
+        delete_matching(r, f"{prefix}*")
         r.close()
     finally:
         if server is not None:

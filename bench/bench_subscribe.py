@@ -20,6 +20,7 @@ import redis
 
 from bus import RedisEventBus, TradeEvent
 from bus.embedded import EmbeddedRedis
+from bus.keyspace import delete_matching
 
 
 def make_events(n: int, symbol: str) -> list[TradeEvent]:
@@ -116,8 +117,7 @@ def main() -> None:
         for name, v in samples.items():
             print(f"{name:48s} {statistics.median(v):10,.0f} events/s")
         r = redis.Redis.from_url(url)
-        for k in r.scan_iter(f"{prefix}:*"):
-            r.delete(k)
+        delete_matching(r, f"{prefix}:*")
         r.close()
     finally:
         if server is not None:
