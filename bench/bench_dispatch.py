@@ -88,7 +88,7 @@ def _app(settings):  # type: ignore[no-untyped-def]
 
 
 def _cleanup(settings) -> None:  # type: ignore[no-untyped-def]
-    from bus.keyspace import delete_matching
+    from bus.core.keyspace import delete_matching
 
     for url in (settings.bus_url, settings.broker_url):
         c = redis.Redis.from_url(url)
@@ -97,15 +97,15 @@ def _cleanup(settings) -> None:  # type: ignore[no-untyped-def]
 
 
 def _closed(i: int):  # type: ignore[no-untyped-def]
-    from bus.events import TradeEvent
+    from bus.events.model import TradeEvent
 
     return TradeEvent.create_position_closed("XAUUSD", f"p{i}", 2001.0, 10.5)
 
 
 def bench_publish(n: int) -> dict[str, float]:
-    from bus.channels import channel
-    from bus.dispatch import Dispatcher, publisher_app
-    from bus.redis_bus import RedisEventBus
+    from bus.core.bus import RedisEventBus
+    from bus.core.keys import channel
+    from bus.dispatch.dispatcher import Dispatcher, publisher_app
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)
@@ -197,10 +197,10 @@ def _latencies(probe: redis.Redis, key: str, sent: dict[str, float]) -> dict[str
 
 
 def bench_latency(rate: int, seconds: float) -> dict[str, float]:
-    from bus.dispatch import Dispatcher
-    from bus.events import TradeEvent
-    from bus.redis_bus import RedisEventBus
-    from bus.routing import Route, RoutingTable
+    from bus.core.bus import RedisEventBus
+    from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.routing import Route, RoutingTable
+    from bus.events.model import TradeEvent
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)
@@ -260,10 +260,10 @@ def bench_drain(n: int) -> dict[str, float]:
     two workers started side by side (idle in BRPOP while the other drains), rounds interleaved, best of 2."""
     from celery import Celery
 
-    from bus.channels import Keys
-    from bus.dispatch import Dispatcher
-    from bus.events import TradeEvent
-    from bus.kombu_messages import MessageBuilder, redis_queue_key
+    from bus.core.keys import Keys
+    from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.messages import MessageBuilder, redis_queue_key
+    from bus.events.model import TradeEvent
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)

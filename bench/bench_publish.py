@@ -19,8 +19,8 @@ import uuid
 import redis
 
 from bus import RedisEventBus, TradeEvent
+from bus.core.keyspace import delete_matching
 from bus.embedded import EmbeddedRedis
-from bus.keyspace import delete_matching
 
 MAXLEN = 100_000
 

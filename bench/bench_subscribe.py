@@ -19,8 +19,8 @@ import orjson
 import redis
 
 from bus import RedisEventBus, TradeEvent
+from bus.core.keyspace import delete_matching
 from bus.embedded import EmbeddedRedis
-from bus.keyspace import delete_matching
 
 
 def make_events(n: int, symbol: str) -> list[TradeEvent]:

@@ -3,9 +3,10 @@
 ``import bus`` is cheap: it imports neither Celery nor opens a connection.
 """
 
-from .channels import Keys, channel, validate_symbol
-from .config import LoadEnvironmentVariables, Settings
-from .errors import (
+from bus.config import LoadEnvironmentVariables, Settings
+from bus.core.bus import EventBusFactory, PublishReceipt, RedisEventBus
+from bus.core.keys import Keys, channel, validate_symbol
+from bus.errors import (
     BusConnectionError,
     BusError,
     ConfigError,
@@ -13,8 +14,7 @@ from .errors import (
     EventValidationError,
     RoutingError,
 )
-from .events import TradeEvent, TradeEventType
-from .redis_bus import EventBusFactory, PublishReceipt, RedisEventBus
+from bus.events.model import TradeEvent, TradeEventType
 
 __all__ = [
     # Events

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .defaults import (
+from bus.defaults import (
     BROKER_DB_OFFSET,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEALTH_CHECK_INTERVAL,
@@ -30,7 +30,7 @@ from .defaults import (
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_SOCKET_TIMEOUT,
 )
-from .errors import ConfigError
+from bus.errors import ConfigError
 
 
 def _env(name: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bus.config import LoadEnvironmentVariables, Settings
-from bus.routing import MAX_BACKOFF_SECONDS, RoutingTable
+from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
 from .config import REDELIVERY_CAP, VISIBILITY_TIMEOUT, celery_config
 

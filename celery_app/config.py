@@ -6,8 +6,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bus.config import Settings
-from bus.kombu_messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
-from bus.routing import MAX_BACKOFF_SECONDS, RoutingTable
+from bus.dispatch.messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
+from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
 # Redis transport: a message taken but not acked within this many seconds is handed to another worker.
 # It must exceed every retry countdown / ETA, or the waiting message is redelivered again and again

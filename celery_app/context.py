@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
-from bus.channels import Keys
 from bus.config import Settings
-from bus.routing import RoutingTable
+from bus.core.keys import Keys
+from bus.dispatch.routing import RoutingTable
 
 _CONTEXTS: weakref.WeakSet[TaskContext] = weakref.WeakSet()
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from bus.config import LoadEnvironmentVariables, Settings
+from bus.core.keyspace import delete_matching
 from bus.embedded import EmbeddedRedis, redis_answers
-from bus.keyspace import delete_matching
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # Databases the test suite uses on the shared server (bus / Celery broker), away from the default 0/1.

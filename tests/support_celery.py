@@ -23,8 +23,8 @@ from conftest import delete_prefix
 from support_bus import wait_for  # noqa: F401 - re-exported for the worker tests
 
 from bus.config import Settings
-from bus.dispatch import Dispatcher
-from bus.routing import RoutingTable
+from bus.dispatch.dispatcher import Dispatcher
+from bus.dispatch.routing import RoutingTable
 from celery_app import make_celery
 
 REPO = Path(__file__).resolve().parent.parent

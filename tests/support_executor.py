@@ -6,8 +6,8 @@ from typing import Any
 
 import redis
 
-from bus.channels import Keys, channel
-from bus.events import TradeEvent
+from bus.core.keys import Keys, channel
+from bus.events.model import TradeEvent
 from tests.support_bus import wait_for  # noqa: F401 - re-exported for the executor tests
 
 
@@ -37,7 +37,7 @@ class StreamBus:
 
 def make_bus(url: str, key_prefix: str) -> Any:
     """The real RedisEventBus under this test's key prefix."""
-    from bus.redis_bus import RedisEventBus
+    from bus.core.bus import RedisEventBus
 
     return RedisEventBus(url, key_prefix=key_prefix)
 

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from bus import state
+from bus.core import state
 from celery_app.tasks.base import tradebus_task
 
 

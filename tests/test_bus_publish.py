@@ -131,7 +131,7 @@ def test_publish_while_redis_is_down_raises_connection_error(key_prefix):
 
 def test_dispatcher_staged_in_the_same_transaction(key_prefix):
     pytest.importorskip("celery")
-    from bus.dispatch import Dispatcher
+    from bus.dispatch.dispatcher import Dispatcher
 
     # Given a broker on the bus's own server (another database), task messages join the MULTI
     with EmbeddedRedis() as server:
@@ -151,7 +151,7 @@ def test_dispatcher_staged_in_the_same_transaction(key_prefix):
 
 def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
     pytest.importorskip("celery")
-    from bus.dispatch import Dispatcher
+    from bus.dispatch.dispatcher import Dispatcher
     from bus.embedded import free_port
 
     # Given a broker that does not answer (a separate server that is not running)

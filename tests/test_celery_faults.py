@@ -17,13 +17,13 @@ from support_celery import (
     worker_log,
 )
 
-from bus.channels import Keys
 from bus.config import LoadEnvironmentVariables
-from bus.deadletters import list_dead_letters
-from bus.events import TradeEvent
-from bus.redis_bus import RedisEventBus
-from bus.routing import Route, RoutingTable
-from bus.state import get_order
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.core.state import get_order
+from bus.dispatch.deadletters import list_dead_letters
+from bus.dispatch.routing import Route, RoutingTable
+from bus.events.model import TradeEvent
 from celery_app.config import REDELIVERY_CAP
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults, pytest.mark.slow]

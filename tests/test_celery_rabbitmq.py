@@ -8,12 +8,12 @@ import pytest
 import redis
 from support_celery import test_app, wait_for, worker
 
-from bus.channels import Keys
 from bus.config import LoadEnvironmentVariables
-from bus.events import TradeEvent
-from bus.redis_bus import RedisEventBus
-from bus.routing import Route, RoutingTable
-from bus.state import get_order
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.core.state import get_order
+from bus.dispatch.routing import Route, RoutingTable
+from bus.events.model import TradeEvent
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -42,7 +42,7 @@ def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix) 
     # immediate. A short heartbeat keeps this test from waiting on that start-up quirk.
     app.conf.broker_heartbeat = 2
     assert app.conf.broker_transport_options["confirm_publish"] is True
-    from bus.dispatch import Dispatcher
+    from bus.dispatch.dispatcher import Dispatcher
 
     d = Dispatcher(s.broker_url, table, settings=s, app=app)
     client = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -8,12 +8,12 @@ import pytest
 import support_tasks  # noqa: F401  (registers the test tasks)
 from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 
-from bus.channels import Keys
-from bus.deadletters import list_dead_letters, purge, replay
-from bus.events import TradeEvent
-from bus.redis_bus import RedisEventBus
-from bus.routing import RetryPolicy, Route, RoutingTable
-from bus.state import get_order
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.core.state import get_order
+from bus.dispatch.deadletters import list_dead_letters, purge, replay
+from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
+from bus.events.model import TradeEvent
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bus import EventValidationError, Keys, TradeEventType, channel
-from bus.channels import ALL_PATTERN, parse_channel, symbol_pattern, type_pattern
+from bus.core.keys import ALL_PATTERN, parse_channel, symbol_pattern, type_pattern
 
 
 def test_channel_names_follow_the_reference() -> None:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from bus.channels import Keys
-from bus.deadletters import dead_letter
+from bus.core.keys import Keys
+from bus.dispatch.deadletters import dead_letter
 from bus.embedded import EmbeddedRedis
-from bus.events import TradeEvent
+from bus.events.model import TradeEvent
 
 pytestmark = pytest.mark.redis
 

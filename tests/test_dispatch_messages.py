@@ -10,11 +10,11 @@ import redis
 from kombu.transport import redis as kombu_redis
 from support_celery import celery_settings, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 
-from bus.channels import Keys
-from bus.events import TradeEvent
-from bus.kombu_messages import PRIORITY_SEP, PRIORITY_STEPS, MessageBuilder, redis_queue_key
-from bus.routing import Route, RoutingTable
-from bus.state import get_order
+from bus.core.keys import Keys
+from bus.core.state import get_order
+from bus.dispatch.messages import PRIORITY_SEP, PRIORITY_STEPS, MessageBuilder, redis_queue_key
+from bus.dispatch.routing import Route, RoutingTable
+from bus.events.model import TradeEvent
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 

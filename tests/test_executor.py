@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis
 
-from bus.channels import Keys
+from bus.core.keys import Keys
 from bus.errors import ConfigError
-from bus.events import TradeEvent
-from bus.events import TradeEventType as T
-from bus.executor import (
+from bus.events.model import TradeEvent
+from bus.events.model import TradeEventType as T
+from bus.executor.builder import (
     ExecutorBuilder,
     ExecutorConfig,
     TradeExecutor,
@@ -21,7 +21,7 @@ from bus.executor import (
     kill_switches,
     release_kill_switch,
 )
-from bus.paper_broker import PaperBroker
+from bus.executor.paper import PaperBroker
 from tests.support_executor import has_subscriber_api, make_bus, wait_for
 
 pytestmark = pytest.mark.redis

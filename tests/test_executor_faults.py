@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bus.embedded import EmbeddedRedis
-from bus.events import TradeEvent
-from bus.events import TradeEventType as T
-from bus.executor import ExecutorBuilder, kill_switches
-from bus.paper_broker import PaperBroker, RandomWalkFeed
+from bus.events.model import TradeEvent
+from bus.events.model import TradeEventType as T
+from bus.executor.builder import ExecutorBuilder, kill_switches
+from bus.executor.paper import PaperBroker, RandomWalkFeed
 from tests.support_executor import make_bus, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
@@ -107,8 +107,8 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from bus.executor import ExecutorBuilder, kill_switches
-        from bus.paper_broker import PaperBroker
+        from bus.executor.builder import ExecutorBuilder, kill_switches
+        from bus.executor.paper import PaperBroker
         from tests.support_executor import StreamBus
         broker = PaperBroker(max_fill_volume="1")
         broker.set_price("XAUUSD", "2000")

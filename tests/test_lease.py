@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from bus.channels import Keys
-from bus.lease import Lease, StaleTokenError, check_fence, fenced_script
+from bus.core.keys import Keys
+from bus.domain.lease import Lease, StaleTokenError, check_fence, fenced_script
 
 pytestmark = pytest.mark.redis
 

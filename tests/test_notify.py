@@ -10,10 +10,8 @@ import orjson
 import pytest
 from support_webhook import webhook_receiver
 
-from bus.channels import Keys
-from bus.errors import ConfigError
-from bus.events import TradeEvent
-from bus.notify import (
+from bus.core.keys import Keys
+from bus.domain.notify import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -29,6 +27,8 @@ from bus.notify import (
     sign,
     verify_signature,
 )
+from bus.errors import ConfigError
+from bus.events.model import TradeEvent
 
 SECRET = "s3cr3t-webhook-key"
 

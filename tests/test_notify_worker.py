@@ -6,12 +6,12 @@ import pytest
 from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 from support_webhook import webhook_receiver
 
-from bus.channels import Keys
-from bus.deadletters import list_dead_letters
-from bus.events import TradeEvent
-from bus.notify import NotifyConfig, verify_signature
-from bus.redis_bus import RedisEventBus
-from bus.routing import RetryPolicy, Route, RoutingTable
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.dispatch.deadletters import list_dead_letters
+from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
+from bus.domain.notify import NotifyConfig, verify_signature
+from bus.events.model import TradeEvent
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 SECRET = "worker-test-secret"

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from bus.embedded import EmbeddedRedis
-from bus.events import TradeEvent
-from bus.outbox import Outbox, OutboxFull, OutboxLocked, OutboxPublisher
+from bus.events.model import TradeEvent
+from bus.executor.outbox import Outbox, OutboxFull, OutboxLocked, OutboxPublisher
 
 
 def event(i: int, symbol: str = "XAUUSD") -> TradeEvent:
@@ -80,8 +80,8 @@ def test_appended_events_survive_a_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "ob.db"
     code = textwrap.dedent(f"""
         import os, signal
-        from bus.events import TradeEvent
-        from bus.outbox import Outbox
+        from bus.events.model import TradeEvent
+        from bus.executor.outbox import Outbox
         ob = Outbox({str(path)!r})
         for i in range(50):
             ob.append(TradeEvent.create_order_created("XAUUSD", f"o{{i}}", "BUY", 2000.0, 0.1, event_id=f"e{{i}}"))
@@ -138,7 +138,7 @@ def test_full_outbox_drops_loudly_and_never_raises(tmp_path: Path, caplog: pytes
     # A bus that cannot connect at all: nothing listens on this port.
     sink = StreamSink("redis://127.0.0.1:1/0")
     pub = OutboxPublisher(sink, Outbox(tmp_path / "ob.db", max_events=2), retry_interval=0)
-    with caplog.at_level(logging.CRITICAL, logger="bus.outbox"):
+    with caplog.at_level(logging.CRITICAL, logger="bus.executor.outbox"):
         for i in range(3):
             pub.publish(event(i))
     assert pub.pending == 2 and pub.dropped == 1 and pub.is_full

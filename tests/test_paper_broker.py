@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from bus.events import TradeEventType as T
-from bus.paper_broker import BrokerClient, BrokerUpdate, PaperBroker, RandomWalkFeed
+from bus.events.model import TradeEventType as T
+from bus.executor.paper import BrokerClient, BrokerUpdate, PaperBroker, RandomWalkFeed
 
 
 def make_broker(**kw) -> tuple[PaperBroker, list[BrokerUpdate]]:

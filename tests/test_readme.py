@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from bus.paper_broker import PaperBroker
-from bus.routing import RoutingTable
+from bus.dispatch.routing import RoutingTable
+from bus.executor.paper import PaperBroker
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)

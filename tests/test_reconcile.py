@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bus.channels import Keys
-from bus.errors import ConfigError
-from bus.events import TradeEvent
-from bus.lease import Lease, StaleTokenError
-from bus.reconcile import (
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.core.state import get_order, get_position
+from bus.domain.lease import Lease, StaleTokenError
+from bus.domain.reconcile import (
     ReconcileConfig,
     flag_stale_orders,
     last_runs,
@@ -21,8 +21,8 @@ from bus.reconcile import (
     run_job,
     trim_logs,
 )
-from bus.redis_bus import RedisEventBus
-from bus.state import get_order, get_position
+from bus.errors import ConfigError
+from bus.events.model import TradeEvent
 
 pytestmark = pytest.mark.redis
 SYM = "XAUUSD"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from support_celery import celery_settings, client, test_app, wait_for, worker  # noqa: F401
 
-from bus.channels import Keys
-from bus.events import TradeEvent
-from bus.reconcile import ReconcileConfig, last_runs
-from bus.redis_bus import RedisEventBus
-from bus.state import get_order
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.core.state import get_order
+from bus.domain.reconcile import ReconcileConfig, last_runs
+from bus.events.model import TradeEvent
 from celery_app.beat import BEAT_SCHEDULE, beat_schedule
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]

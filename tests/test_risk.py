@@ -7,10 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from bus.channels import Keys
-from bus.errors import ConfigError
-from bus.events import TradeEvent, TradeEventType
-from bus.risk import (
+from bus.core.keys import Keys
+from bus.core.state import apply_event
+from bus.domain.risk import (
     RiskLimits,
     breach_event,
     check_event,
@@ -18,7 +17,8 @@ from bus.risk import (
     evaluate,
     record_realised_pnl,
 )
-from bus.state import apply_event
+from bus.errors import ConfigError
+from bus.events.model import TradeEvent, TradeEventType
 
 pytestmark = pytest.mark.redis
 SYM = "XAUUSD"

@@ -9,12 +9,12 @@ import pytest
 from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 from support_webhook import webhook_receiver
 
-from bus.channels import Keys
-from bus.events import TradeEvent, TradeEventType
-from bus.notify import NotifyConfig
-from bus.redis_bus import RedisEventBus
-from bus.risk import RiskLimits
-from bus.routing import RetryPolicy, Route, RoutingTable
+from bus.core.bus import RedisEventBus
+from bus.core.keys import Keys
+from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
+from bus.domain.notify import NotifyConfig
+from bus.domain.risk import RiskLimits
+from bus.events.model import TradeEvent, TradeEventType
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from bus.dispatch.routing import DEFAULT_ROUTES, QUEUES, RetryPolicy, Route, RoutingTable
 from bus.errors import RoutingError
-from bus.events import TradeEvent, TradeEventType
-from bus.routing import DEFAULT_ROUTES, QUEUES, RetryPolicy, Route, RoutingTable
+from bus.events.model import TradeEvent, TradeEventType
 
 
 def _names(table: RoutingTable, event_type: str, symbol: str = "XAUUSD") -> set[str]:
@@ -19,7 +19,7 @@ def _names(table: RoutingTable, event_type: str, symbol: str = "XAUUSD") -> set[
 def test_import_routing_does_not_import_celery() -> None:
     import subprocess
 
-    code = "import bus.routing, bus.dispatch, sys; print('celery' in sys.modules)"
+    code = "import bus.dispatch.routing, bus.dispatch, sys; print('celery' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -37,12 +37,12 @@ from support_celery import REPO, dispatcher_for, wait_for, worker
 from support_tls import acl_log, make_ca, make_cert, password_server, tls_capable_binary, tls_server
 
 from bus.config import LoadEnvironmentVariables, Settings
-from bus.deadletters import list_dead_letters
-from bus.dispatch import Dispatcher
+from bus.core.bus import RedisEventBus
+from bus.dispatch.deadletters import list_dead_letters
+from bus.dispatch.dispatcher import Dispatcher
+from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
 from bus.errors import BusConnectionError, BusPermissionError
-from bus.events import TradeEvent
-from bus.redis_bus import RedisEventBus
-from bus.routing import RetryPolicy, Route, RoutingTable
+from bus.events.model import TradeEvent
 from celery_app import make_celery
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults]
@@ -156,7 +156,7 @@ def test_user_without_channel_access_gets_a_clear_error(acl_server, caplog) -> N
             bus.publish(ev)
         # listen_in_thread: the listener logs why and stops (no silent NOPERM loop, no dead thread)
         bus.subscribe("XAUUSD", "order.created", lambda e: None)
-        caplog.set_level(logging.ERROR, logger="bus.subscriber")
+        caplog.set_level(logging.ERROR, logger="bus.core.subscriber")
         handle = bus.listen_in_thread()
         handle.join(5)
         assert not handle.is_alive() and not handle.wait_ready(0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bus import state
-from bus.channels import Keys
-from bus.events import TradeEvent as T
+from bus.core import state
+from bus.core.keys import Keys
+from bus.events.model import TradeEvent as T
 
 S = "XAUUSD"
 

@@ -18,10 +18,10 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Reject, Retry
 
-from bus.deadletters import dead_letter
+from bus.dispatch.deadletters import dead_letter
+from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError
-from bus.events import TradeEvent
-from bus.routing import RetryPolicy
+from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
 # Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
@@ -40,7 +40,7 @@ class TradebusTask(Task):
         ctx = getattr(self.app, "tradebus", None)
         if ctx is None:  # an app not built by make_celery: attach the environment's context
             from bus.config import LoadEnvironmentVariables
-            from bus.routing import RoutingTable
+            from bus.dispatch.routing import RoutingTable
             from celery_app.config import REDELIVERY_CAP
             from celery_app.context import TaskContext
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.notify import NotifyConfig, notify_event
+from bus.domain.notify import NotifyConfig, notify_event
 
 from .base import tradebus_task
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from bus import reconcile
+from bus.domain import reconcile
 from celery_app import beat
 
 from .base import TradebusTask
@@ -57,7 +57,7 @@ def _task(name: str) -> Any:
 
 @_task("redispatch")
 def redispatch(self: Any) -> dict[str, Any]:
-    from bus.dispatch import Dispatcher
+    from bus.dispatch.dispatcher import Dispatcher
 
     ctx = self.ctx
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bus.risk import RiskLimits, check_event
+from bus.domain.risk import RiskLimits, check_event
 
 from .base import tradebus_task
 
@@ -24,8 +24,8 @@ def event_bus(task: Any) -> Any:
     cached = getattr(ctx, "event_bus", None)
     if cached is not None and cached[0] == os.getpid():
         return cached[1]
-    from bus.dispatch import Dispatcher
-    from bus.redis_bus import RedisEventBus
+    from bus.core.bus import RedisEventBus
+    from bus.dispatch.dispatcher import Dispatcher
 
     s = ctx.settings
     dispatcher = Dispatcher(s.broker_url, ctx.routing, settings=s, app=task.app)

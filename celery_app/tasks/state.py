@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus import state
-from bus.scripts import execute_pipeline
+from bus.core import state
+from bus.core.scripts import execute_pipeline
 
 from .base import tradebus_task
 

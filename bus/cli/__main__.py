@@ -1,0 +1,3 @@
+from bus.cli.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Every channel, pattern and Redis key name tradebus uses, in one place.
+
+Keys of one symbol share the hash tag ``{SYMBOL}`` so that its log, state hashes and indexes live in
+one Redis Cluster slot and one Lua script may touch them together.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from bus.defaults import CHANNEL_PREFIX, DEFAULT_KEY_PREFIX, MAX_SYMBOL_LENGTH
+from bus.errors import EventValidationError
+
+if TYPE_CHECKING:
+    from bus.events.model import TradeEventType
+
+# Characters that would break a channel, a glob pattern or a hash tag: ':' '*' '?' '[' ']' '{' '}',
+# backslash, whitespace and control characters.
+# Key prefixes also travel inside every broadcast's JSON (publish.lua), so they stay plain.
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+_BAD_SYMBOL_CHAR = re.compile(r"[:*?\[\]{}\\\s\x00-\x1f\x7f]")
+
+
+def validate_symbol(symbol: object, field: str = "symbol") -> str:
+    """Return ``symbol`` if it is safe in a channel and key name, else raise EventValidationError."""
+    if not isinstance(symbol, str):
+        raise EventValidationError(
+            f"{field} must be a string, got {type(symbol).__name__} {symbol!r}", field=field, value=symbol
+        )
+    if not symbol:
+        raise EventValidationError(f"{field} must not be empty", field=field, value=symbol)
+    if len(symbol) > MAX_SYMBOL_LENGTH:
+        raise EventValidationError(
+            f"{field} {symbol[:20]!r}... is {len(symbol)} characters; at most {MAX_SYMBOL_LENGTH} allowed",
+            field=field,
+            value=symbol,
+        )
+    bad = _BAD_SYMBOL_CHAR.search(symbol)
+    if bad:
+        raise EventValidationError(
+            f"{field} {symbol!r} contains {bad.group()!r}; symbols may not contain ':' '*' '?' '[' ']' "
+            "'{' '}' '\\', whitespace or control characters",
+            field=field,
+            value=symbol,
+        )
+    return symbol
+
+
+def _type_value(event_type: TradeEventType | str) -> str:
+    return getattr(event_type, "value", event_type)  # type: ignore[return-value]
+
+
+# --- pub/sub -------------------------------------------------------------------------------------
+
+
+def channel(symbol: str, event_type: TradeEventType | str) -> str:
+    """``trades:XAUUSD:order.created``"""
+    return f"{CHANNEL_PREFIX}:{symbol}:{_type_value(event_type)}"
+
+
+def symbol_pattern(symbol: str) -> str:
+    """Every event type of one symbol."""
+    return f"{CHANNEL_PREFIX}:{symbol}:*"
+
+
+def type_pattern(event_type: TradeEventType | str) -> str:
+    """One event type across every symbol."""
+    return f"{CHANNEL_PREFIX}:*:{_type_value(event_type)}"
+
+
+ALL_PATTERN = f"{CHANNEL_PREFIX}:*"
+
+
+def parse_channel(name: str) -> tuple[str, str]:
+    """``trades:XAUUSD:order.created`` -> ``("XAUUSD", "order.created")``; ValueError otherwise."""
+    prefix, _, rest = name.partition(":")
+    symbol, _, type_value = rest.partition(":")
+    if prefix != CHANNEL_PREFIX or not symbol or not type_value:
+        raise ValueError(f"not a tradebus channel: {name!r}")
+    return symbol, type_value
+
+
+# --- Redis keys ----------------------------------------------------------------------------------
+
+
+class Keys:
+    """Key names under one prefix. Per-symbol keys carry the ``{symbol}`` hash tag."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+            raise EventValidationError(
+                f"key prefix {prefix!r} is not usable: 1-128 of letters, digits and '_.:-', starting with a "
+                "letter or digit",
+                field="key_prefix",
+                value=prefix,
+            )
+        self.prefix = prefix
+
+    def _sym(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}"
+
+    # per symbol (one cluster slot)
+    def log(self, symbol: str) -> str:
+        """Stream: the durable event log of one symbol."""
+        return f"{self._sym(symbol)}:log"
+
+    def heads(self, symbol: str) -> str:
+        """Hash: last log id per event type ('_' for any type), for subscriber gap detection."""
+        return f"{self._sym(symbol)}:heads"
+
+    def order(self, symbol: str, order_id: str) -> str:
+        return f"{self._sym(symbol)}:order:{order_id}"
+
+    def position(self, symbol: str, position_id: str) -> str:
+        return f"{self._sym(symbol)}:position:{position_id}"
+
+    def open_orders(self, symbol: str) -> str:
+        """Set of order ids not yet filled, cancelled or rejected."""
+        return f"{self._sym(symbol)}:orders:open"
+
+    def active_positions(self, symbol: str) -> str:
+        """Set of position ids not yet closed."""
+        return f"{self._sym(symbol)}:positions:active"
+
+    def applied(self, symbol: str, kind: str, entity_id: str) -> str:
+        """Set of event ids already applied to one order/position (idempotency)."""
+        return f"{self._sym(symbol)}:applied:{kind}:{entity_id}"
+
+    def pending_dispatch_for(self, symbol: str) -> str:
+        """Sorted set: log ids of ``symbol`` whose routed tasks are not yet recorded as enqueued
+        (score: ms time of publish). The bus adds them; beat re-dispatches the stale ones."""
+        return f"{self._sym(symbol)}:dispatch:pending"
+
+    def risk(self, symbol: str) -> str:
+        """Hash: per-symbol risk counters."""
+        return f"{self._sym(symbol)}:risk"
+
+    # global
+    def symbols(self) -> str:
+        """Set of every symbol that has a log."""
+        return f"{self.prefix}:symbols"
+
+    def pending_dispatch(self) -> str:
+        """Sorted set: 'symbol|log_id|event_id' logged but whose tasks are not yet recorded as enqueued."""
+        return f"{self.prefix}:dispatch:pending"
+
+    def dead_letters(self) -> str:
+        """Stream: tasks that failed past their retries, and malformed messages."""
+        return f"{self.prefix}:deadletters"
+
+    def breaches(self) -> str:
+        """Set of 'rule|event_id' risk breaches already raised (exactly once per rule and event)."""
+        return f"{self.prefix}:risk:breaches"
+
+    def daily_loss(self, day: str) -> str:
+        return f"{self.prefix}:risk:loss:{day}"
+
+    def lease(self, name: str) -> str:
+        return f"{self.prefix}:lease:{name}"
+
+    def fence(self, name: str) -> str:
+        return f"{self.prefix}:fence:{name}"
+
+    def stats(self) -> str:
+        """Hash of counters (tasks run, retried, dead-lettered...) the CLI reports."""
+        return f"{self.prefix}:stats"
+
+    def kill_switch(self) -> str:
+        """Hash: symbol -> reason, set when the executor must refuse new orders."""
+        return f"{self.prefix}:killswitch"
+
+    # risk, notify, reconcile
+    def symbol_fence(self, symbol: str) -> str:
+        """String: highest reconciliation fencing token that wrote to this symbol's keys."""
+        return f"{self._sym(symbol)}:fence"
+
+    def notified(self, event_id: str) -> str:
+        """Hash: sink name -> 'ok' / 'failed' for one event (a retry does not resend what was delivered)."""
+        return f"{self.prefix}:notified:{event_id}"
+
+    def stale_orders(self) -> str:
+        """Hash: 'symbol|order_id' -> JSON of pending orders older than the configured age."""
+        return f"{self.prefix}:{{reconcile}}:stale_orders"
+
+    def reconcile_runs(self) -> str:
+        """Hash: job name -> JSON of its last effective run (time, fencing token, summary)."""
+        return f"{self.prefix}:{{reconcile}}:runs"
+
+    def job_fence(self) -> str:
+        """String: highest fencing token that wrote reconciliation's global keys (same slot as them)."""
+        return f"{self.prefix}:{{reconcile}}:fence"
+
+    def scratch(self, run_id: str) -> Keys:
+        """Keys for a throw-away projection rebuilt by reconciliation (same hash tags per symbol)."""
+        return Keys(f"{self.prefix}:scratch:{run_id}")
+
+    # task bookkeeping
+    def deliveries(self, task_id: str) -> str:
+        """Counter: redeliveries of one task message (poison-message cap)."""
+        return f"{self.prefix}:deliveries:{task_id}"

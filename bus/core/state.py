@@ -1,0 +1,135 @@
+"""The state projection: order and position events -> Redis hashes, one atomic Lua step per event.
+
+Used inline by ``RedisEventBus(apply_state=True)`` and by the Celery state task; both call the same
+script, so both produce identical hashes. Guarantees (G3):
+
+* idempotent: each entity keeps the set of event ids applied to it; a repeat changes nothing;
+* monotonic: ``pending -> partially_filled -> filled``; ``cancelled``/``rejected`` are terminal too;
+  ``active -> closed``. A late or out-of-order event never moves an entity backwards, but may fill
+  in fields still missing (``order.created`` arriving after ``order.filled`` adds the price);
+* exact: partial fills / partial closes are summed in integer units of 1e-8 inside Lua and stored as
+  decimal strings (``'0.3'``, never ``'0.30000000000000004'``).
+
+Hashes hold strings only: ``{'order_id': '12345', 'status': 'pending', 'price': '2000.5', ...}``.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import orjson
+import redis
+
+from bus.core.keys import Keys
+from bus.core.scripts import LuaScript
+from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
+
+SCRIPT = LuaScript("state.lua")
+_EXACT_FIELDS = VOLUME_FIELDS | {"pnl"}
+_QUANTUM = Decimal("0.00000001")
+
+
+def _decimal_text(value: float | int, exact: bool) -> str:
+    d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
+        d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
+    text = format(d, "f")
+    return text
+
+
+def _text(field: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _decimal_text(value, field in _EXACT_FIELDS or field in PRICE_FIELDS)
+    return orjson.dumps(value).decode()
+
+
+def _entity(event: TradeEvent) -> tuple[str, str] | None:
+    t = event.event_type
+    if t.is_order:
+        return "order", str(event.data["order_id"])
+    if t.is_position:
+        return "position", str(event.data["position_id"])
+    return None
+
+
+def _call(keys: Keys, event: TradeEvent) -> tuple[list[str], list[str]] | None:
+    entity = _entity(event)
+    if entity is None:
+        return None
+    kind, entity_id = entity
+    symbol = event.symbol
+    if kind == "order":
+        hash_key, index = keys.order(symbol, entity_id), keys.open_orders(symbol)
+    else:
+        hash_key, index = keys.position(symbol, entity_id), keys.active_positions(symbol)
+    args = [event.event_id, event.event_type.value, event.timestamp, kind, entity_id, symbol]
+    for field, value in event.data.items():
+        if value is not None:
+            args += (field, _text(field, value))
+    return [hash_key, keys.applied(symbol, kind, entity_id), index], args
+
+
+def is_state_event(event: TradeEvent) -> bool:
+    """True for order.* and position.* events (the only ones the projection reads)."""
+    return _entity(event) is not None
+
+
+def apply_event(client: redis.Redis, keys: Keys, event: TradeEvent) -> bool:
+    """Apply one event; True if it was applied now, False if it was a duplicate or not a state event."""
+    call = _call(keys, event)
+    if call is None:
+        return False
+    return bool(SCRIPT.call(client, *call))
+
+
+def stage_apply(pipe: Any, keys: Keys, event: TradeEvent) -> bool:
+    """Queue the same step on a pipeline; returns whether a command was queued."""
+    call = _call(keys, event)
+    if call is None:
+        return False
+    SCRIPT.stage(pipe, *call)
+    return True
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str] | None:
+    if not raw:
+        return None
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
+
+
+def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> dict[str, str] | None:
+    return _decode(client.hgetall(keys.order(symbol, str(order_id))))  # type: ignore[arg-type]
+
+
+def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str) -> dict[str, str] | None:
+    return _decode(client.hgetall(keys.position(symbol, str(position_id))))  # type: ignore[arg-type]
+
+
+def _members(client: redis.Redis, index: str, key_of: Any) -> list[dict[str, str]]:
+    ids = sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(index))  # type: ignore[union-attr]
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for entity_id in ids:
+        pipe.hgetall(key_of(entity_id))
+    return [d for d in (_decode(r) for r in pipe.execute()) if d is not None]
+
+
+def open_orders(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
+    """Orders of ``symbol`` still pending or partially filled, by order id."""
+    return _members(client, keys.open_orders(symbol), lambda i: keys.order(symbol, i))
+
+
+def active_positions(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
+    """Positions of ``symbol`` not yet closed, by position id."""
+    return _members(client, keys.active_positions(symbol), lambda i: keys.position(symbol, i))

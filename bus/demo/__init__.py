@@ -1,0 +1,1 @@
+"""``tradebus demo``: a paper-trading session through the whole system, with a summary."""

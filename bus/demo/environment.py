@@ -1,0 +1,209 @@
+"""What `tradebus demo` runs on: a Redis (the configured one, or an embedded one), a private Celery
+broker, a real worker subprocess, its own key prefix; everything it started is stopped, and on a
+shared Redis every key under its prefix is deleted, when it ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bus.cli.common import CliError
+from bus.config import LoadEnvironmentVariables, Settings, safe_url
+from bus.core.keyspace import delete_matching
+from bus.embedded import EmbeddedRedis, redis_answers
+
+#: seconds the worker has to answer a ping after it is started
+WORKER_START_TIMEOUT = 45.0
+#: risk limit the demo's worker enforces: an order above this many lots is a breach
+DEMO_MAX_ORDER_VOLUME = 5
+
+
+class DemoEnvironment:
+    """Context manager: ``with DemoEnvironment(base, embedded=...) as env: env.settings ...``."""
+
+    def __init__(
+        self,
+        base: Settings,
+        *,
+        embedded: bool = False,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        log: Any = None,
+    ) -> None:
+        self.base = base
+        self.force_embedded = embedded
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log = log or (lambda msg: None)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.prefix = f"tradebus-demo-{self.run_id}"
+        self.servers: list[EmbeddedRedis] = []
+        self.shared = False
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"tradebus-demo-{self.run_id}-"))
+        self.worker_name = f"demo-{self.run_id}@%h"
+        self.settings: Settings = base
+        self.redis_desc = ""
+        self.app: Any = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> DemoEnvironment:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        url = self.base.bus_url
+        if not self.force_embedded and redis_answers(url, timeout=1.0):
+            # The configured Redis answers: the bus lives there under our own prefix; the broker is a
+            # private embedded server, so the demo's worker never takes anybody else's tasks.
+            self.shared = True
+            bus_url = url
+            broker = self._embed()
+            broker_url = broker.url
+            self.redis_desc = f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
+        else:
+            why = "asked for" if self.force_embedded else f"nothing answers at {safe_url(url)}"
+            server = self._embed()
+            bus_url = server.url
+            broker_url = server.url.rsplit("/", 1)[0] + "/1"
+            self.redis_desc = f"embedded redis-server on port {server.port} ({why})"
+        self.log(self.redis_desc)
+        self.settings = LoadEnvironmentVariables(
+            None, redis_url=bus_url, celery_broker_url=broker_url, key_prefix=self.prefix
+        )
+        self._start_worker()
+
+    def _embed(self) -> EmbeddedRedis:
+        directory = self.workdir / f"redis{len(self.servers)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            server = EmbeddedRedis(directory=directory).start()
+        except FileNotFoundError as e:
+            raise CliError(f"no Redis answers and none can be started: {e}") from None
+        self.servers.append(server)
+        return server
+
+    def worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "REDIS_URL": self.settings.bus_url,
+                "CELERY_BROKER_URL": self.settings.broker_url,
+                "TRADEBUS_KEY_PREFIX": self.prefix,
+                "TRADEBUS_RISK_MAX_ORDER_VOLUME": str(DEMO_MAX_ORDER_VOLUME),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_USERNAME"):
+            env.pop(name, None)  # REDIS_URL above carries them
+        return env
+
+    def _start_worker(self) -> None:
+        from bus.dispatch.routing import RoutingTable
+
+        queues = ",".join(RoutingTable.default().queues)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-n",
+            self.worker_name,
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ]
+        self.worker_log = self.workdir / "worker.log"
+        self.log(
+            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} -c {self.concurrency} -Q {queues}"
+        )
+        with open(self.worker_log, "wb") as out:
+            self.worker = subprocess.Popen(
+                cmd,
+                env=self.worker_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
+        from celery_app import make_celery
+
+        self.app = make_celery(self.settings)
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.worker.poll() is not None:
+                raise CliError(f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}")
+            replies = self.app.control.ping(timeout=0.5) or []
+            if any(name.startswith(f"demo-{self.run_id}@") for r in replies for name in r):
+                return
+        raise CliError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: {self.worker_tail()}")
+
+    def worker_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.worker_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.bus_url, **self.settings.ssl_options())
+
+    def close(self) -> None:
+        if self.worker is not None:
+            if self.worker.poll() is None:
+                self.worker.terminate()  # warm shutdown: finishes the tasks in hand
+                try:
+                    self.worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.worker.kill()
+                    self.worker.wait()
+            self.worker = None
+        if self.app is not None:
+            self.app.close()
+            self.app = None
+        if self.shared:
+            self._delete_prefix()
+        for server in reversed(self.servers):
+            server.close()
+        self.servers.clear()
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _delete_prefix(self) -> None:
+        try:
+            client = self.client()
+        except redis.RedisError:
+            return
+        try:
+            delete_matching(client, f"{self.prefix}:*")
+        except redis.RedisError as e:
+            self.log(f"could not delete the demo keys under {self.prefix}: {e}")
+        finally:
+            client.close()

@@ -1,0 +1,1 @@
+"""From a logged event to Celery tasks: routing rules, the dispatcher, task messages, dead letters."""

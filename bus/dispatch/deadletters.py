@@ -1,0 +1,148 @@
+"""Dead letters: tasks that failed past their retries, and malformed task messages (G5).
+
+One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON, route, task,
+attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+
+from bus.core.keys import Keys
+from bus.dispatch.routing import Route
+from bus.errors import BusError
+from bus.events.model import TradeEvent
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+    from bus.dispatch.dispatcher import Dispatcher
+
+# Dead letters kept (approximately); the oldest go first.
+DEAD_LETTER_MAXLEN = 100_000
+# XRANGE of the dead-letter stream: bytes from the bus client, str from a decoding (CLI) one
+_Rows = list[tuple[bytes | str, dict[Any, Any]]]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    event_json: str
+    route: str
+    task: str
+    attempts: int
+    reason: str
+    task_id: str
+    at: float
+
+    @property
+    def event(self) -> TradeEvent | None:
+        """The event, or None if the dead letter is a malformed message."""
+        try:
+            return TradeEvent.from_json(self.event_json)
+        except (ValueError, TypeError):
+            return None
+
+
+def dead_letter(
+    client: redis.Redis | Any,
+    keys: Keys,
+    *,
+    event_json: str | bytes,
+    route: str,
+    task: str,
+    attempts: int,
+    reason: str,
+    task_id: str = "",
+) -> str:
+    """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute())."""
+    if isinstance(event_json, bytes):
+        event_json = event_json.decode("utf-8", "replace")
+    fields: dict[FieldT, EncodableT] = {
+        "event": event_json,
+        "route": route or "",
+        "task": task or "",
+        "attempts": int(attempts),
+        "reason": reason[:2000],
+        "task_id": task_id or "",
+        "at": f"{time.time():.3f}",
+    }
+    result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    return _text(result) if isinstance(result, bytes | str) else ""
+
+
+def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
+    """Oldest first, ``count`` entries after id ``after`` (exclusive when given)."""
+    start = f"({after}" if after != "-" else "-"
+    rows = cast(_Rows, client.xrange(keys.dead_letters(), start, "+", count=count))
+    return [_parse(i, f) for i, f in rows]
+
+
+def get_dead_letter(client: redis.Redis, keys: Keys, dead_letter_id: str) -> DeadLetter | None:
+    rows = cast(_Rows, client.xrange(keys.dead_letters(), dead_letter_id, dead_letter_id))
+    return _parse(*rows[0]) if rows else None
+
+
+def replay(client: redis.Redis, keys: Keys, dispatcher: Dispatcher, ids: list[str] | None = None) -> list[str]:
+    """Re-enqueue dead letters (all, or ``ids``) through ``dispatcher`` and delete them.
+
+    The route is looked up by name in the dispatcher's table; a route that no longer exists is
+    rebuilt from the recorded task name. Malformed messages cannot be replayed and stay put.
+    Raises DispatchError (nothing deleted) if the broker refuses.
+    """
+    letters = (
+        [d for d in (get_dead_letter(client, keys, i) for i in ids)]
+        if ids
+        else list_dead_letters(client, keys, count=10_000)
+    )
+    replayed: list[str] = []
+    for d in letters:
+        if d is None or d.event is None:
+            continue
+        route = dispatcher.routing.get(d.route) or Route(d.route or "replay", d.task, _queue_of(d.task))
+        strict, dispatcher.strict = dispatcher.strict, True
+        try:
+            dispatcher.send(d.event, d.event_json, [route])
+        finally:
+            dispatcher.strict = strict
+        client.xdel(keys.dead_letters(), d.id)
+        replayed.append(d.id)
+    return replayed
+
+
+def purge(client: redis.Redis, keys: Keys, ids: list[str] | None = None) -> int:
+    """Delete the given dead letters, or all of them; returns how many were removed."""
+    if ids:
+        return int(client.xdel(keys.dead_letters(), *ids))
+    n = int(client.xlen(keys.dead_letters()))
+    client.delete(keys.dead_letters())
+    return n
+
+
+def _queue_of(task: str) -> str:
+    parts = task.split(".")
+    if len(parts) >= 2 and parts[0] == "tradebus":
+        return f"tradebus.{parts[1]}"
+    raise BusError(f"cannot replay task {task!r}: its route is gone and its queue is unknown")
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    return DeadLetter(
+        id=_text(entry_id),
+        event_json=f.get("event", ""),
+        route=f.get("route", ""),
+        task=f.get("task", ""),
+        attempts=int(f.get("attempts", 0) or 0),
+        reason=f.get("reason", ""),
+        task_id=f.get("task_id", ""),
+        at=float(f.get("at", 0) or 0),
+    )

@@ -1,0 +1,329 @@
+"""Dispatcher: turns a logged event into the Celery tasks its routes name, cheaply and at least once.
+
+Protocol with RedisEventBus.publish (see bus/redis_bus.py):
+
+* ``bus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
+* ``routes = dispatcher.routes_for(event)`` (cached per type and symbol).
+* If ``dispatcher.stages_in_bus_pipeline`` (the broker is a Redis database on the bus's own server):
+  ``dispatcher.stage(pipe, event, payload, routes)`` appends ``SELECT <broker db>; LPUSH ...;
+  SELECT <bus db>`` to the bus's MULTI pipeline, so log + broadcast + task messages commit in one
+  atomic round trip and nothing needs recording.
+* Otherwise the publish script also ZADDs ``log_id`` to ``keys.pending_dispatch_for(symbol)`` (score:
+  server time in ms), and after EXEC the bus calls ``dispatcher.send(event, payload, routes, log_id)``:
+  one pipeline (Redis broker) or one producer session (AMQP) for all routes, then ZREM of the pending
+  entry. If the broker refuses, ``send`` returns the routes as not dispatched (or raises DispatchError
+  when ``strict``) and the pending entry stays for ``redispatch_missed`` (beat) to pick up.
+
+Task call convention: ``send_task(route.task, args=[event_json], kwargs={"route": route.name},
+task_id=f"{event_id}:{route.name}", queue=route.queue, priority=route.priority)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from bus.config import Settings, safe_url
+from bus.core.keys import Keys
+from bus.dispatch.messages import (
+    PUBLISH_RETRY_POLICY,
+    MessageBuilder,
+    broker_key_prefix_option,
+    redis_client_kwargs,
+    same_redis_server,
+)
+from bus.dispatch.routing import Route, RoutingTable
+from bus.errors import DispatchError
+from bus.events.model import TradeEvent
+
+log = logging.getLogger(__name__)
+
+# After a failed send, publishes skip the broker for this long (beat re-dispatches them), so an
+# outage costs one connect timeout per second, not one per publish.
+BROKER_BACKOFF_SECONDS = 1.0
+# Pending entries handled per symbol per redispatch pass.
+REDISPATCH_BATCH = 500
+
+Item = tuple[TradeEvent, "bytes | str", Sequence[Route]]
+# XRANGE of a log: [(log id, fields)], bytes or str as the attached client decodes
+Entries = list[tuple[bytes | str, dict[Any, Any]]]
+
+
+def task_id(event_id: str, route: Route) -> str:
+    return f"{event_id}:{route.name}"
+
+
+def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
+    """A minimal Celery app for publishing (JSON, bounded retries); the worker app uses more."""
+    from celery import Celery
+
+    from bus.dispatch.messages import PRIORITY_STEPS
+
+    s = settings or Settings()
+    app = Celery("tradebus-dispatch", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        broker_connection_timeout=s.redis_connect_timeout,
+        broker_transport_options={"priority_steps": list(PRIORITY_STEPS),
+                                  "socket_timeout": s.redis_socket_timeout,
+                                  "socket_connect_timeout": s.redis_connect_timeout,
+                                  "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                  "interval_max": 0.5,
+                                  **broker_key_prefix_option(broker_url, s)},
+    )  # fmt: skip
+    return app
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        broker_url: str,
+        routing: RoutingTable | None = None,
+        *,
+        settings: Settings | None = None,
+        app: Any = None,
+        strict: bool = False,
+    ) -> None:
+        self.broker_url = broker_url
+        self.routing = routing if routing is not None else RoutingTable.default()
+        self.settings = settings or Settings()
+        self.strict = strict
+        self.app = app if app is not None else publisher_app(broker_url, self.settings)
+        self.messages = MessageBuilder(self.app)
+        self._redis_kw = redis_client_kwargs(broker_url)
+        self._broker: redis.Redis | None = None
+        self._down_until = 0.0
+        self.client: redis.Redis | None = None  # the bus's Redis (attach)
+        self.keys: Keys | None = None
+        self.stages_in_bus_pipeline = False
+        self._select: tuple[int, int] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
+        if routing is None:
+            routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        kw.setdefault("strict", settings.dispatch_strict)
+        return cls(settings.broker_url, routing, settings=settings, **kw)
+
+    def __repr__(self) -> str:
+        return f"Dispatcher({safe_url(self.broker_url)!r}, routes={[r.name for r in self.routing]})"
+
+    # --- wiring -----------------------------------------------------------------------------------
+
+    def attach(self, client: redis.Redis, keys: Keys) -> Dispatcher:
+        """Bind to the bus's client; decides whether task messages can join the bus's transaction."""
+        self.client, self.keys = client, keys
+        bus_kw = client.connection_pool.connection_kwargs
+        same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
+        # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
+        self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int)
+        if self.stages_in_bus_pipeline:
+            self._select = (int(self._redis_kw["db"]), int(bus_kw.get("db", 0)))  # type: ignore[index]
+        return self
+
+    def routes_for(self, event: TradeEvent) -> tuple[Route, ...]:
+        return self.routing.routes_for(event)
+
+    def _messages(self, event_id: str, event_json: str, routes: Iterable[Route]) -> list[tuple[str, bytes]]:
+        build = self.messages.build
+        return [
+            build(r.task, task_id(event_id, r), [event_json], {"route": r.name}, r.queue, r.priority,
+                  argsrepr=f"[<event {event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}")
+            for r in routes
+        ]  # fmt: skip
+
+    # --- same-server path: inside the bus's MULTI --------------------------------------------------
+
+    def stage(self, pipe: Any, event: TradeEvent, payload: bytes | str, routes: Sequence[Route]) -> tuple[str, ...]:
+        """Queue the task messages on ``pipe`` (a MULTI pipeline of the bus client)."""
+        if not routes:
+            return ()
+        if self._select is None:
+            raise DispatchError("stage() needs a broker on the bus's Redis server (see attach())")
+        broker_db, bus_db = self._select
+        msgs = self._messages(event.event_id, _text(payload), routes)
+        if broker_db != bus_db:
+            pipe.execute_command("SELECT", broker_db)
+        for key, raw in msgs:
+            pipe.lpush(key, raw)
+        if broker_db != bus_db:
+            pipe.execute_command("SELECT", bus_db)
+        return tuple(r.name for r in routes)
+
+    # --- separate broker ----------------------------------------------------------------------------
+
+    def send(
+        self, event: TradeEvent, payload: bytes | str, routes: Sequence[Route], log_id: str | None = None
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Enqueue ``routes`` for one event; returns ``(dispatched, not_dispatched)`` route names."""
+        return self.send_many([(event, payload, routes)], [log_id])[0]
+
+    def send_many(
+        self, items: Sequence[Item], log_ids: Sequence[str | None] | None = None
+    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Enqueue several events' tasks in one broker round trip; ZREM their pending entries."""
+        names = [tuple(r.name for r in routes) for _, _, routes in items]
+        if not any(names):
+            self._forget_pending(items, log_ids)
+            return [((), ()) for _ in items]
+        error: Exception | None = None
+        if time.monotonic() < self._down_until:
+            error = DispatchError(f"broker {safe_url(self.broker_url)} was unreachable moments ago")
+        else:
+            try:
+                self._publish(items)
+            except Exception as e:  # noqa: BLE001 - any broker failure leaves the event pending
+                error = e
+                self._down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
+        if error is not None:
+            log.warning("dispatch to %s failed (%s); %d event(s) left pending for re-dispatch",
+                        safe_url(self.broker_url), type(error).__name__, len(items))  # fmt: skip
+            if self.strict:
+                raise DispatchError(f"could not enqueue tasks on {safe_url(self.broker_url)}: {error}") from error
+            return [((), n) for n in names]
+        self._forget_pending(items, log_ids)
+        return [(n, ()) for n in names]
+
+    def _publish(self, items: Sequence[Item]) -> None:
+        if self._redis_kw is not None:
+            with self._broker_client().pipeline(transaction=False) as pipe:
+                for event, payload, routes in items:
+                    for key, raw in self._messages(event.event_id, _text(payload), routes):
+                        pipe.lpush(key, raw)
+                pipe.execute()
+            return
+        # AMQP (or any non-Redis transport): Celery's own publisher, bounded retries, one session.
+        with self.app.producer_or_acquire() as producer:
+            for event, payload, routes in items:
+                for r in routes:
+                    self.app.send_task(
+                        r.task, args=[_text(payload)], kwargs={"route": r.name},
+                        task_id=task_id(event.event_id, r), queue=r.queue, priority=r.priority,
+                        producer=producer, retry=True, retry_policy=PUBLISH_RETRY_POLICY,
+                        argsrepr=f"[<event {event.event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}",
+                    )  # fmt: skip
+
+    def _broker_client(self) -> redis.Redis:
+        if self._broker is None:
+            s = self.settings
+            self._broker = redis.Redis(
+                **self._redis_kw,  # type: ignore[arg-type]
+                **s.ssl_options(self.broker_url),
+                socket_connect_timeout=s.redis_connect_timeout, socket_timeout=s.redis_socket_timeout,
+                socket_keepalive=True, health_check_interval=s.redis_health_check_interval,
+                # fail fast: a publish must not wait out retries; beat re-dispatches what failed
+                retry=Retry(NoBackoff(), 0),
+            )  # fmt: skip
+        return self._broker
+
+    def _forget_pending(self, items: Sequence[Item], log_ids: Sequence[str | None] | None) -> None:
+        if not log_ids or self.client is None or self.keys is None or not any(log_ids):
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for (event, _, _), log_id in zip(items, log_ids, strict=True):
+            if log_id:
+                pipe.zrem(self.keys.pending_dispatch_for(event.symbol), log_id)
+        pipe.execute()
+
+    # --- recovery (beat, CLI) ---------------------------------------------------------------------
+
+    def redispatch_missed(self, grace_seconds: float = 30.0) -> int:
+        """Re-dispatch logged events whose dispatch is not recorded after ``grace_seconds``.
+
+        Returns the number of events enqueued. Raises DispatchError if the broker is still down.
+        """
+        client, keys = self._bus()
+        secs, micros = client.time()
+        cutoff = int(secs) * 1000 + int(micros) // 1000 - int(grace_seconds * 1000)
+        total = 0
+        for raw_symbol in client.smembers(keys.symbols()):
+            symbol = _text(raw_symbol)
+            key = keys.pending_dispatch_for(symbol)
+            while True:
+                members = client.zrangebyscore(key, "-inf", cutoff, start=0, num=REDISPATCH_BATCH)
+                ids = [_text(m) for m in cast("list[bytes | str]", members)]  # no scores asked for: members only
+                if not ids:
+                    break
+                total += self._resend(symbol, ids, strict=True)
+                if len(ids) < REDISPATCH_BATCH:
+                    break
+        return total
+
+    def redispatch_range(self, symbol: str, start: str = "-", end: str = "+", count: int | None = None) -> int:
+        """Re-dispatch every logged event of ``symbol`` between two log ids (CLI replay)."""
+        client, keys = self._bus()
+        entries = cast(Entries, client.xrange(keys.log(symbol), start, end, count=count))
+        return self._send_entries(symbol, entries, strict=True)
+
+    def _resend(self, symbol: str, log_ids: list[str], strict: bool) -> int:
+        client, keys = self._bus()
+        pipe = client.pipeline(transaction=False)
+        for log_id in log_ids:
+            pipe.xrange(keys.log(symbol), log_id, log_id)
+        found = [e[0] for e in pipe.execute() if e]
+        gone = set(log_ids) - {_text(i) for i, _ in found}
+        if gone:  # trimmed from the log before re-dispatch: nothing left to send
+            log.error("%d pending event(s) of %s are no longer in the log: %s", len(gone), symbol, sorted(gone)[:5])
+            client.zrem(keys.pending_dispatch_for(symbol), *gone)
+        return self._send_entries(symbol, found, strict=strict, forget=True)
+
+    def _send_entries(self, symbol: str, entries: list[Any], strict: bool, forget: bool = False) -> int:
+        items: list[Item] = []
+        ids: list[str | None] = []
+        for log_id, fields in entries:
+            payload = event_payload(fields)
+            event = TradeEvent.from_json(payload)
+            items.append((event, payload, self.routes_for(event)))
+            ids.append(_text(log_id) if forget else None)
+        if not items:
+            return 0
+        strict_before, self.strict = self.strict, strict
+        self._down_until = 0.0
+        try:
+            self.send_many(items, ids)
+        finally:
+            self.strict = strict_before
+        return len(items)
+
+    def _bus(self) -> tuple[redis.Redis, Keys]:
+        if self.client is None or self.keys is None:
+            s = self.settings
+            client = redis.Redis.from_url(s.bus_url, socket_connect_timeout=s.redis_connect_timeout,
+                                          socket_timeout=s.redis_socket_timeout, **s.ssl_options())  # fmt: skip
+            self.attach(client, Keys(s.key_prefix))
+        return self.client, self.keys  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+
+def event_payload(fields: dict[Any, Any]) -> bytes:
+    """The event JSON of a log entry (field ``e``, or ``event``)."""
+    for name in (b"e", "e", b"event", "event"):
+        if name in fields:
+            value = fields[name]
+            return value if isinstance(value, bytes) else str(value).encode()
+    raise DispatchError(f"log entry without an event field: {sorted(map(str, fields))}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else value
+
+
+def _norm(client: redis.Redis) -> dict[str, Any]:
+    """Connection arguments of the bus client, in redis_client_kwargs' vocabulary."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    ssl = True if issubclass(pool.connection_class, redis.SSLConnection) else None
+    return {"host": kw.get("host"), "port": kw.get("port"), "unix_socket_path": kw.get("path"),
+            "username": kw.get("username"), "password": kw.get("password"), "ssl": ssl}  # fmt: skip

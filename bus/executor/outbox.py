@@ -1,0 +1,217 @@
+"""A local on-disk outbox: events the bus could not take wait here, in order, until Redis is back.
+
+``Outbox`` is the storage (sqlite3 from the stdlib, ``synchronous=FULL`` so every append is fsync'd
+before it returns, bounded by a count and a byte size). ``OutboxPublisher`` is the policy: publish
+straight to the bus while the outbox is empty; on a connection failure queue the event; while anything
+is queued, new events queue behind it so the order is kept; flush (oldest first) on the next publish
+attempt and on ``flush()``. Events keep their ``event_id``, so a resend is recognisable downstream.
+
+One outbox file belongs to one executor process (an exclusive ``flock`` enforces it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bus.errors import BusError, EventValidationError
+from bus.events.model import TradeEvent
+
+#: most events an outbox holds before it refuses more
+DEFAULT_OUTBOX_MAX_EVENTS = 100_000
+#: most payload bytes an outbox holds before it refuses more
+DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+#: seconds between flush attempts made from publish() while Redis is down (flush() always tries)
+DEFAULT_OUTBOX_RETRY_INTERVAL = 1.0
+
+# Errors that mean "the bus cannot take it now, try later" (BusError minus bad-event errors).
+RETRYABLE = (redis.RedisError, BusError)
+
+log = logging.getLogger(__name__)
+
+
+class OutboxFull(BusError):
+    """The outbox reached its bound; the event was not stored."""
+
+
+class OutboxLocked(BusError):
+    """Another process (or another Outbox object) has this outbox file open."""
+
+
+class Outbox:
+    """Append-only, ordered, fsync'd, bounded store of events waiting to be published."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_events: int = DEFAULT_OUTBOX_MAX_EVENTS,
+        max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise OutboxLocked(f"outbox {self.path} is in use by another executor") from None
+        self._mutex = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync on every commit: a crash loses nothing
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " event_id TEXT NOT NULL, payload BLOB NOT NULL)"
+        )
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        self._count, self._bytes = int(count), int(size)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def append(self, event: TradeEvent) -> None:
+        """Store ``event`` durably after everything already queued; OutboxFull past the bound."""
+        payload = event.encode(max_bytes=None)
+        with self._mutex:
+            if self._count + 1 > self.max_events or self._bytes + len(payload) > self.max_bytes:
+                raise OutboxFull(
+                    f"outbox {self.path} is full ({self._count}/{self.max_events} events, "
+                    f"{self._bytes}/{self.max_bytes} bytes); event {event.event_id} "
+                    f"({event.event_type.value} {event.symbol}) was not stored"
+                )
+            self._db.execute("INSERT INTO outbox (event_id, payload) VALUES (?, ?)", (event.event_id, payload))
+            self._count += 1
+            self._bytes += len(payload)
+
+    def peek(self, limit: int = 100) -> list[tuple[int, TradeEvent]]:
+        """The oldest ``limit`` queued events as (seq, event), oldest first."""
+        with self._mutex:
+            rows = self._db.execute("SELECT seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(int(seq), TradeEvent.from_json(payload)) for seq, payload in rows]
+
+    def remove(self, seq: int) -> None:
+        """Forget the event ``seq`` (it was published)."""
+        with self._mutex:
+            row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._count -= 1
+            self._bytes -= int(row[0])
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._lock_fd < 0:
+                return
+            self._db.close()
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OutboxPublisher:
+    """Publish through ``bus`` without ever raising on a bus failure, keeping order via ``outbox``."""
+
+    def __init__(
+        self,
+        bus: Any,
+        outbox: Outbox,
+        *,
+        logger: logging.Logger | None = None,
+        retry_interval: float = DEFAULT_OUTBOX_RETRY_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bus = bus
+        self.outbox = outbox
+        self.log = logger or log
+        self.retry_interval = retry_interval
+        self._clock = clock
+        self._next_try = 0.0
+        self._lock = threading.RLock()  # one publisher path at a time: order is the contract
+        self.published = 0
+        self.queued = 0
+        self.dropped = 0  # events refused by a full outbox (logged with their JSON) or invalid
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox)
+
+    @property
+    def is_full(self) -> bool:
+        return len(self.outbox) >= self.outbox.max_events or self.outbox.size_bytes >= self.outbox.max_bytes
+
+    def publish(self, event: TradeEvent) -> Any:
+        """Publish now if nothing is queued and the bus answers; else queue. Returns the receipt or None."""
+        with self._lock:
+            if len(self.outbox) and self._clock() >= self._next_try:
+                self.flush()
+            if not len(self.outbox):
+                try:
+                    receipt = self.bus.publish(event)
+                    self.published += 1
+                    return receipt
+                except EventValidationError as e:
+                    self._drop(event, f"invalid event: {e}")
+                    return None
+                except RETRYABLE as e:
+                    self.log.warning("bus publish failed (%s); queueing events in outbox %s", e, self.outbox.path)
+                    self._next_try = self._clock() + self.retry_interval
+            try:
+                self.outbox.append(event)
+                self.queued += 1
+            except OutboxFull as e:
+                self._drop(event, str(e))
+            return None
+
+    def flush(self, batch: int = 100) -> int:
+        """Send queued events oldest first; stop at the first failure. Returns how many went out."""
+        sent = 0
+        with self._lock:
+            while len(self.outbox):
+                items = self.outbox.peek(batch)
+                if not items:
+                    break
+                for seq, event in items:
+                    try:
+                        self.bus.publish(event)
+                    except EventValidationError as e:
+                        self._drop(event, f"invalid event: {e}")
+                    except RETRYABLE as e:
+                        self._next_try = self._clock() + self.retry_interval
+                        self.log.info("outbox flush paused after %d events: %s", sent, e)
+                        return sent
+                    else:
+                        sent += 1
+                        self.published += 1
+                    self.outbox.remove(seq)
+            if sent:
+                self.log.info("outbox flushed %d events to the bus", sent)
+        return sent
+
+    def _drop(self, event: TradeEvent, why: str) -> None:
+        self.dropped += 1
+        self.log.critical("event NOT published and NOT stored: %s; event=%s", why, event.to_json())
+
+    def close(self) -> None:
+        self.outbox.close()
