@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from bus import BusConnectionError, EventValidationError, RedisEventBus, TradeEvent
+from bus.dispatch.routing import RoutingTable
 from bus.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.redis
@@ -136,7 +137,7 @@ def test_dispatcher_staged_in_the_same_transaction(key_prefix):
     # Given a broker on the bus's own server (another database), task messages join the MULTI
     with EmbeddedRedis() as server:
         base = server.url.rsplit("/", 1)[0]
-        dispatcher = Dispatcher(f"{base}/1")
+        dispatcher = Dispatcher(f"{base}/1", RoutingTable.default().with_modes(state="event", risk="event"))
         with RedisEventBus(f"{base}/0", key_prefix=key_prefix, dispatcher=dispatcher) as bus:
             assert dispatcher.stages_in_bus_pipeline
             r = bus.publish(order(1))
@@ -156,7 +157,9 @@ def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
 
     # Given a broker that does not answer (a separate server that is not running)
     with EmbeddedRedis() as server:
-        dispatcher = Dispatcher(f"redis://127.0.0.1:{free_port()}/0")
+        dispatcher = Dispatcher(
+            f"redis://127.0.0.1:{free_port()}/0", RoutingTable.default().with_modes(state="event", risk="event")
+        )
         with RedisEventBus(server.url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
             assert not dispatcher.stages_in_bus_pipeline
             r = bus.publish(order(1))

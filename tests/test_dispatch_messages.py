@@ -65,7 +65,7 @@ def test_worker_runs_hand_built_messages(celery_settings) -> None:  # noqa: F811
     events = [TradeEvent.create_order_created("XAUUSD", f"o-{i}", "BUY", 2000.0 + i, 1.0) for i in range(20)]
     with worker(app, queues="tradebus.state"):
         for ev in events:
-            assert d.send(ev, ev.to_json(), d.routes_for(ev)[:1]) == (("state",), ())
+            assert d.send(ev, ev.to_json(), d.routing.routes_for(ev)[:1]) == (("state",), ())
         wait_for(lambda: all(get_order(bus_client, keys, "XAUUSD", f"o-{i}") for i in range(20)),
                  what="every order projected by the worker")  # fmt: skip
     assert get_order(bus_client, keys, "XAUUSD", "o-7")["price"] == "2007.0"

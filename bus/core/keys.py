@@ -138,6 +138,15 @@ class Keys:
         """Hash: per-symbol risk counters."""
         return f"{self._sym(symbol)}:risk"
 
+    # log routes (bus/dispatch/logroutes): the log's consumer group per route is named after the route
+    def wake_flag(self, route: str, symbol: str) -> str:
+        """String with a TTL: a wake-up task for (route, symbol) is on its way or a drainer is at work."""
+        return f"{self._sym(symbol)}:wake:{route}"
+
+    def drain_lease(self, route: str, symbol: str) -> str:
+        """String with a TTL: the token of the one drainer of (route, symbol)."""
+        return f"{self._sym(symbol)}:drain:{route}"
+
     # global
     def symbols(self) -> str:
         """Set of every symbol that has a log."""

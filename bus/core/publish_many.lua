@@ -2,15 +2,26 @@
 -- Each event is logged and broadcast exactly as publish.lua does it (XADD ~, heads, optional ZADD,
 -- PUBLISH with log_id/prev/prev_t/bus), in order; the script is atomic, so each event's log +
 -- broadcast is too (and the run as a whole). Amortises the per-EVALSHA fixed cost over the run.
--- KEYS[1] log stream, KEYS[2] heads hash, KEYS[3] pending-dispatch zset (same {symbol} slot)
+-- KEYS[1] log stream, KEYS[2] heads hash, KEYS[3] pending-dispatch zset, KEYS[4..] wake flags of the log
+-- routes the run wakes (same {symbol} slot)
 -- ARGV[1] log maxlen (approximate), ARGV[2] key prefix, then 4 per event:
 --   event JSON, channel, event type, and '' (dispatch not tracked) or anything else (tracked: the
 --   pending-dispatch entry is scored with its log id's server time in ms, as redispatch compares)
--- Returns {log_id_1, subscribers_1, log_id_2, subscribers_2, ...} in the order of the events.
+-- then, with KEYS[4..], the wake-up arguments of publish.lua (flag TTL, broker db, bus db, 3 per route).
+-- Returns {log_id_1, subscribers_1, log_id_2, subscribers_2, ..., woken} in the order of the events.
 local log, heads, pending = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, bus = ARGV[1], '","bus":"' .. ARGV[2] .. '",'
+local w = #ARGV  -- ARGV[w + 1..]: the wake-up arguments
+if #KEYS > 3 then w = #ARGV - 3 - 3 * (#KEYS - 3) end
+local woken = {}
+for i = 4, #KEYS do  -- log routes: as publish.lua, before the first XADD of the run
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[w + 1]) then
+    redis.pcall('XGROUP', 'CREATE', log, ARGV[w + 1 + 3 * (i - 3)], '$', 'MKSTREAM')
+    woken[#woken + 1] = i - 3
+  end
+end
 local prev, prev_t, out = nil, {}, {}  -- prev/prev_t: the heads before each event, read once per run
-for i = 3, #ARGV, 4 do
+for i = 3, w, 4 do
   local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
   local pt = prev_t[t]
@@ -29,4 +40,12 @@ for i = 3, #ARGV, 4 do
   out[#out + 1] = redis.call('PUBLISH', chan, msg)
   prev, prev_t[t] = id, id
 end
+if #woken > 0 and ARGV[w + 2] ~= '' then  -- same-server broker: enqueue in this step, named by the run's last id
+  redis.call('SELECT', ARGV[w + 2])
+  for _, r in ipairs(woken) do
+    redis.call('LPUSH', ARGV[w + 2 + 3 * r], (string.gsub(ARGV[w + 3 + 3 * r], '@@ID@@', prev)))
+  end
+  redis.call('SELECT', ARGV[w + 3])
+end
+out[#out + 1] = woken
 return out

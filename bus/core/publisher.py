@@ -66,7 +66,7 @@ class Publisher:
             )
         return k
 
-    def _prepare(self, event: Any) -> tuple[bytes, list[Any], list[Any], Sequence[Any]]:
+    def _prepare(self, event: Any) -> tuple[bytes, list[Any], list[Any], Sequence[Any], Any]:
         if not isinstance(event, TradeEvent):
             raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
         payload = event.encode(self.max_event_bytes)
@@ -90,24 +90,31 @@ class Publisher:
             ]
         else:
             args = [payload, route[0], route[1], self.log_maxlen, b"0", 0, self.keys.prefix]
-        return payload, list(self._keys_for(event.symbol)), args, routes
+        keys = list(self._keys_for(event.symbol))
+        wake_for = getattr(self.dispatcher, "wake_for", None)  # dispatchers without log routes have none
+        wake = wake_for(event) if wake_for is not None else None
+        if wake is not None:  # log routes: their wake flags are set in the same script (see publish.lua)
+            keys += wake.keys
+            args += wake.args
+        return payload, keys, args, routes, wake
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
-        payload, keys, args, routes = self._prepare(event)
+        payload, keys, args, routes, wake = self._prepare(event)
         staged = bool(routes) and self.dispatcher.stages_in_bus_pipeline
         try:
             if not staged and not self.apply_state and event.symbol in self._symbols_sent:
-                log_id, n = PUBLISH.call(self.client, keys, args)
+                log_id, n, woken = PUBLISH.call(self.client, keys, args)
+                self._send_wakes(event.symbol, wake, woken, log_id)
                 names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
             else:
-                (log_id, n), names = self._publish_pipeline([(event, payload, keys, args, routes)])[0]
+                (log_id, n), names = self._publish_pipeline([(event, payload, keys, args, routes, wake)])[0]
             log_id = log_id.decode()
             if routes and not staged:
                 names = self._send([(event, payload, routes)], [log_id])[0]
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise self._connection_error(e) from None
-        return PublishReceipt(event.event_id, log_id, int(n), names[0], names[1])
+        return PublishReceipt(event.event_id, log_id, int(n), _logged(wake) + names[0], names[1])
 
     def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
         """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
@@ -117,17 +124,19 @@ class Publisher:
         try:
             results = self._publish_pipeline(prepared)
             receipts: list[PublishReceipt] = []
-            to_send = [(i, e, p, r) for i, (e, p, _, _, r) in enumerate(prepared)
+            to_send = [(i, e, p, r) for i, (e, p, _, _, r, _) in enumerate(prepared)
                        if r and not self.dispatcher.stages_in_bus_pipeline]  # fmt: skip
             sent: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
             if to_send:
                 outcome = self._send([(e, p, r) for _, e, p, r in to_send],
                                      [results[i][0][0].decode() for i, *_ in to_send])  # fmt: skip
                 sent = {i: o for (i, *_), o in zip(to_send, outcome, strict=True)}
-            for i, (event, *_rest) in enumerate(prepared):
+            for i, (event, *_rest, wake) in enumerate(prepared):
                 (log_id, n), names = results[i]
                 names = sent.get(i, names)
-                receipts.append(PublishReceipt(event.event_id, log_id.decode(), int(n), names[0], names[1]))
+                receipts.append(
+                    PublishReceipt(event.event_id, log_id.decode(), int(n), _logged(wake) + names[0], names[1])
+                )
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise self._connection_error(e) from None
         return receipts
@@ -167,17 +176,24 @@ class Publisher:
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
         slots: list[tuple[int, int, tuple[str, ...]]] = []  # (command, pair in its reply, staged)
+        wakes: list[tuple[int, str, Any]] = []  # (command, symbol, Wake) of each script that wakes log routes
         for i, j in runs:
             if not many:
-                _, _, keys, args, _ = batch[i]
+                _, _, keys, args, _, wake = batch[i]
                 PUBLISH.stage(pipe, keys, args)
             else:
                 margs: list[Any] = [self.log_maxlen, self.keys.prefix]
-                for _, _, _, args, _ in batch[i:j]:
+                for _, _, _, args, _, _ in batch[i:j]:
                     margs += (args[0], args[1], args[2], b"1" if args[4] == b"1" else b"")
-                PUBLISH_MANY.stage(pipe, batch[i][2], margs)
+                keys = batch[i][2][:3]
+                wake = self._run_wake(batch[i:j])
+                if wake is not None:
+                    keys, margs = keys + list(wake.keys), margs + list(wake.args)
+                PUBLISH_MANY.stage(pipe, keys, margs)
             at = len(pipe.command_stack) - 1
-            for k, (event, payload, _, _, routes) in enumerate(batch[i:j]):
+            if wake is not None:
+                wakes.append((at, batch[i][0].symbol, wake))
+            for k, (event, payload, _, _, routes, _) in enumerate(batch[i:j]):
                 if self.apply_state:
                     state.stage_apply(pipe, self.keys, event)
                 staged: tuple[str, ...] = ()
@@ -193,7 +209,11 @@ class Publisher:
             res = results[at]
             if isinstance(res, Exception):
                 raise res
-            out.append((res if k < 0 else res[2 * k : 2 * k + 2], (staged, ())))
+            out.append((res[:2] if k < 0 else res[2 * k : 2 * k + 2], (staged, ())))
+        for at, symbol, wake in wakes:
+            reply = results[at]
+            if not isinstance(reply, Exception):
+                self._send_wakes(symbol, wake, reply[-1], reply[-3 if many else 0])
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:  # state or staged dispatch failed after the event was logged: report, do not lose it
             log.error("publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0])
@@ -201,6 +221,16 @@ class Publisher:
                 out = [(res, ((), staged)) for res, (staged, _) in out]
         self._symbols_sent |= new_symbols
         return out
+
+    def _run_wake(self, run: list[Any]) -> Any:
+        """The wake arguments for a run of one symbol's events: every log route any of them wakes."""
+        routes = {r.name: r for *_, wake in run if wake is not None for r in wake.routes}
+        return self.dispatcher.wake_of(run[0][0].symbol, list(routes.values())) if routes else None
+
+    def _send_wakes(self, symbol: str, wake: Any, woken: list[int], log_id: bytes) -> None:
+        """A separate broker: send the wake-ups whose flags the script set (same-server: it enqueued them)."""
+        if woken and not self.dispatcher.stages_in_bus_pipeline:
+            self.dispatcher.send_wakes(symbol, [wake.routes[i - 1] for i in woken], log_id.decode())
 
     def _send(self, items: list[Any], log_ids: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         d = self.dispatcher
@@ -213,3 +243,8 @@ class Publisher:
         except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending
             log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
             return [((), tuple(x.name for x in r)) for _, _, r in items]
+
+
+def _logged(wake: Any) -> tuple[str, ...]:
+    """Log routes take the event from the log itself: reported as dispatched once it is logged."""
+    return tuple(r.name for r in wake.routes) if wake is not None else ()

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
 
 from bus.core.keys import Keys
-from bus.dispatch.routing import Route
+from bus.dispatch.routing import Route, RoutingTable
 from bus.errors import BusError
 from bus.events.model import TradeEvent
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
-    from bus.dispatch.dispatcher import Dispatcher
+
+class Replayer(Protocol):
+    """What ``replay`` needs of a Dispatcher (a Protocol: log routes' drain imports this module)."""
+
+    routing: RoutingTable
+    strict: bool
+
+    def send(self, event: TradeEvent, payload: bytes | str, routes: Any, log_id: str | None = None) -> Any: ...
+
 
 # Dead letters kept (approximately); the oldest go first.
 DEAD_LETTER_MAXLEN = 100_000
@@ -38,6 +46,7 @@ class DeadLetter:
     reason: str
     task_id: str
     at: float
+    log_id: str = ""  # the log entry, for a log route's dead letter
 
     @property
     def event(self) -> TradeEvent | None:
@@ -58,6 +67,7 @@ def dead_letter(
     attempts: int,
     reason: str,
     task_id: str = "",
+    log_id: str = "",
 ) -> str:
     """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute())."""
     if isinstance(event_json, bytes):
@@ -71,6 +81,8 @@ def dead_letter(
         "task_id": task_id or "",
         "at": f"{time.time():.3f}",
     }
+    if log_id:
+        fields["log_id"] = log_id
     result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
     return _text(result) if isinstance(result, bytes | str) else ""
 
@@ -87,7 +99,7 @@ def get_dead_letter(client: redis.Redis, keys: Keys, dead_letter_id: str) -> Dea
     return _parse(*rows[0]) if rows else None
 
 
-def replay(client: redis.Redis, keys: Keys, dispatcher: Dispatcher, ids: list[str] | None = None) -> list[str]:
+def replay(client: redis.Redis, keys: Keys, dispatcher: Replayer, ids: list[str] | None = None) -> list[str]:
     """Re-enqueue dead letters (all, or ``ids``) through ``dispatcher`` and delete them.
 
     The route is looked up by name in the dispatcher's table; a route that no longer exists is
@@ -145,4 +157,5 @@ def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
         reason=f.get("reason", ""),
         task_id=f.get("task_id", ""),
         at=float(f.get("at", 0) or 0),
+        log_id=f.get("log_id", ""),
     )

@@ -16,6 +16,10 @@ Protocol with RedisEventBus.publish (see bus/redis_bus.py):
 
 Task call convention: ``send_task(route.task, args=[event_json], kwargs={"route": route.name},
 task_id=f"{event_id}:{route.name}", queue=route.queue, priority=route.priority)``.
+
+Log routes (``mode="log"``) get no message per event: ``routes_for`` leaves them out and ``wake_for``
+gives the publish script their wake flags (bus/dispatch/logroutes/wake.py); with a separate broker the
+bus calls ``send_wakes`` for the flags the script set.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from redis.retry import Retry
 
 from bus.config import Settings, safe_url
 from bus.core.keys import Keys
+from bus.dispatch.logroutes.config import LogRouteConfig
+from bus.dispatch.logroutes.wake import DRAIN_TASK, Wake, Waker, wake_task_id
 from bus.dispatch.messages import (
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
@@ -38,7 +44,7 @@ from bus.dispatch.messages import (
     redis_client_kwargs,
     same_redis_server,
 )
-from bus.dispatch.routing import Route, RoutingTable
+from bus.dispatch.routing import LOG, Route, RoutingTable
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 
@@ -91,6 +97,7 @@ class Dispatcher:
         settings: Settings | None = None,
         app: Any = None,
         strict: bool = False,
+        log_routes: LogRouteConfig | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.routing = routing if routing is not None else RoutingTable.default()
@@ -98,6 +105,8 @@ class Dispatcher:
         self.strict = strict
         self.app = app if app is not None else publisher_app(broker_url, self.settings)
         self.messages = MessageBuilder(self.app)
+        self.waker = Waker(self.messages, log_routes or LogRouteConfig.from_env(self.settings.environ()))
+        self._split: dict[tuple[str, str], tuple[tuple[Route, ...], Wake | None]] = {}
         self._redis_kw = redis_client_kwargs(broker_url)
         self._broker: redis.Redis | None = None
         self._down_until = 0.0
@@ -127,10 +136,35 @@ class Dispatcher:
         self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int)
         if self.stages_in_bus_pipeline:
             self._select = (int(self._redis_kw["db"]), int(bus_kw.get("db", 0)))  # type: ignore[index]
+        self.waker.attach(keys, self._select)
+        self._split.clear()
         return self
 
     def routes_for(self, event: TradeEvent) -> tuple[Route, ...]:
-        return self.routing.routes_for(event)
+        """The event routes of ``event``: one task message each."""
+        return self._routes_and_wake(event)[0]
+
+    def wake_for(self, event: TradeEvent) -> Wake | None:
+        """The publish-script arguments that wake the log routes of ``event``, if any."""
+        return self._routes_and_wake(event)[1]
+
+    def wake_of(self, symbol: str, routes: Sequence[Route]) -> Wake | None:
+        """The same for a set of log routes (a run of events of one symbol)."""
+        return self.waker.wake(symbol, routes)
+
+    def _routes_and_wake(self, event: TradeEvent) -> tuple[tuple[Route, ...], Wake | None]:
+        key = (event.event_type.value, event.symbol)
+        hit = self._split.get(key)
+        if hit is None:
+            routes = self.routing.routes_for(key)
+            hit = (
+                tuple(r for r in routes if r.mode != LOG),
+                self.waker.wake(event.symbol, [r for r in routes if r.mode == LOG]),
+            )
+            if len(self._split) > 10_000:
+                self._split.clear()
+            self._split[key] = hit
+        return hit
 
     def _messages(self, event_id: str, event_json: str, routes: Iterable[Route]) -> list[tuple[str, bytes]]:
         build = self.messages.build
@@ -210,6 +244,27 @@ class Dispatcher:
                         producer=producer, retry=True, retry_policy=PUBLISH_RETRY_POLICY,
                         argsrepr=f"[<event {event.event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}",
                     )  # fmt: skip
+
+    def send_wakes(self, symbol: str, routes: Sequence[Route], log_id: str) -> bool:
+        """Send the wake-ups of ``routes`` (flags the publish script set) on a separate broker. False if
+        the broker refused: the flags expire and beat's wake job covers the groups meanwhile."""
+        try:
+            if self._redis_kw is not None:
+                with self._broker_client().pipeline(transaction=False) as pipe:
+                    for r in routes:
+                        pipe.lpush(*self.waker.message(r, symbol, log_id))
+                    pipe.execute()
+                return True
+            with self.app.producer_or_acquire() as producer:
+                for r in routes:
+                    self.app.send_task(DRAIN_TASK, args=[r.name, symbol], task_id=wake_task_id(r.name, symbol, log_id),
+                                       queue=r.queue, priority=r.priority, producer=producer, retry=True,
+                                       retry_policy=PUBLISH_RETRY_POLICY)  # fmt: skip
+            return True
+        except Exception as e:  # noqa: BLE001 - any broker failure: the flag expires, beat wakes the group
+            log.warning("wake-up of %s for %s not sent (%s): beat's wake job will pick it up",
+                        [r.name for r in routes], symbol, type(e).__name__)  # fmt: skip
+            return False
 
     def _broker_client(self) -> redis.Redis:
         if self._broker is None:

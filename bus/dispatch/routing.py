@@ -4,6 +4,11 @@ A route matches an event when its event type matches one of ``event_types`` and 
 one of ``symbols`` (shell globs: ``order.*``, ``risk.*``, ``*``, ``XAU*``). Rules are plain data: they
 name tasks by string, so this module never imports Celery. A bad rule raises RoutingError when the
 table is built (at start-up), naming the rule and the field.
+
+A route delivers in one of two modes (``mode``). ``event``: one Celery task message per event, the task
+named by ``task``. ``log``: the symbol's log has a consumer group per route and a wake-up task drains it
+in order, applying the log-route effect registered under the name ``task`` to each batch (see
+bus/dispatch/logroutes).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,9 @@ MAX_BACKOFF_SECONDS = 1800.0
 # Route names become part of task ids ("{event_id}:{route}") and stats fields.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _EVENT_TYPES = tuple(t.value for t in TradeEventType)
+#: delivery modes: one task message per event, or a consumer group per route drained in log order
+EVENT, LOG = "event", "log"
+MODES = (EVENT, LOG)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class Route:
     symbols: tuple[str, ...] = ("*",)
     priority: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    mode: str = EVENT
 
     def __post_init__(self) -> None:
         _check_route(self)
@@ -83,6 +92,8 @@ def _check_route(r: Route) -> None:
     for pattern in r.event_types:
         if not any(fnmatchcase(t, pattern) for t in _EVENT_TYPES):
             raise _fail(name, "event_types", f"pattern {pattern!r} matches no event type")
+    if r.mode not in MODES:
+        raise _fail(name, "mode", f"must be one of {', '.join(MODES)}, got {r.mode!r}")
     if isinstance(r.priority, bool) or not isinstance(r.priority, int) or not 0 <= r.priority <= 9:
         raise _fail(name, "priority", f"must be an integer 0-9, got {r.priority!r}")
     p = r.retry
@@ -101,10 +112,10 @@ def _check_route(r: Route) -> None:
 ORDER_AND_POSITION = ("order.*", "position.*")
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route("state", "tradebus.state.apply", "tradebus.state", ORDER_AND_POSITION,
-          retry=RetryPolicy(max_retries=8, backoff=0.5, backoff_max=30.0)),
+          retry=RetryPolicy(max_retries=8, backoff=0.5, backoff_max=30.0), mode=LOG),
     Route("risk", "tradebus.risk.check", "tradebus.risk",
           ("order.created", "order.modified", "order.filled", "order.partially_filled",
-           "position.opened", "position.modified", "position.partially_closed", "position.closed")),
+           "position.opened", "position.modified", "position.partially_closed", "position.closed"), mode=LOG),
     Route("notify", "tradebus.notify.send", "tradebus.notify",
           ("risk.*", "order.rejected", "trade.failed", "position.closed"),
           retry=RetryPolicy(max_retries=5, backoff=2.0, backoff_max=300.0)),
@@ -141,6 +152,14 @@ class RoutingTable:
         self._cache.clear()
         return self
 
+    def with_modes(self, modes: Mapping[str, str] | None = None, **by_name: str) -> RoutingTable:
+        """A copy with the delivery mode of the named routes changed (``with_modes(state="event")``)."""
+        changes = {**(modes or {}), **by_name}
+        for name in changes:
+            if name not in self._routes:
+                raise _fail(name, "name", "is not in the table")
+        return RoutingTable(replace(r, mode=changes.get(r.name, r.mode)) for r in self._routes.values())
+
     def get(self, name: str) -> Route | None:
         return self._routes.get(name)
 
@@ -174,7 +193,8 @@ class RoutingTable:
 
     @classmethod
     def from_file(cls, path: str | Path) -> RoutingTable:
-        """Load ``.json`` or ``.toml``: ``{"include_defaults": true, "routes": [{...}, ...]}``."""
+        """Load ``.json`` or ``.toml``: ``{"include_defaults": true, "routes": [{...}, ...]}``; optional
+        ``"disable": [names]`` and ``"modes": {name: "event" | "log"}`` change the default routes."""
         p = Path(path)
         try:
             raw = p.read_bytes()
@@ -190,12 +210,17 @@ class RoutingTable:
     def from_config(cls, data: Any, source: str = "config") -> RoutingTable:
         if not isinstance(data, Mapping):
             raise RoutingError(f"{source}: expected a table with a 'routes' list")
-        unknown = set(data) - {"include_defaults", "routes", "disable"}
+        unknown = set(data) - {"include_defaults", "routes", "disable", "modes"}
         if unknown:
             raise RoutingError(f"{source}: unknown key(s) {sorted(unknown)}")
         table = cls.default() if data.get("include_defaults", True) else cls()
         for name in data.get("disable", ()):
             table.remove(name)
+        modes = data.get("modes", {})
+        if not isinstance(modes, Mapping):
+            raise RoutingError(f"{source}: 'modes' must be a table of route name -> 'event' or 'log'")
+        if modes:
+            table = table.with_modes(modes)
         rules = data.get("routes", [])
         if not isinstance(rules, list):
             raise RoutingError(f"{source}: 'routes' must be a list")

@@ -1,0 +1,91 @@
+"""Wake-ups: what the publish scripts need to wake log routes, and the wake-up task messages.
+
+publish.lua / publish_many.lua take, after their own arguments, one wake flag key per log route the event
+wakes and ``flag TTL, broker db, bus db`` plus ``group, queue key, message`` per route. The script sets
+each flag with SET NX PX in the same atomic step as the XADD; for a flag it set it creates the route's
+group (at ``$`` before the XADD: a new route sees the log from its first woken event on) and, when the
+broker is a database of the bus's Redis (``broker db`` given), LPUSHes the wake-up message with the log
+id in place of ``ID_PLACEHOLDER``, so the message is named after the event that woke the route. With a
+separate broker the script only reports which flags it set and the publisher sends those wake-ups
+right after (``Dispatcher.send_wakes``); a send that fails leaves the flag to expire and beat's wake job
+to pick the group up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bus.core.keys import Keys
+from bus.dispatch.logroutes.config import LogRouteConfig
+from bus.dispatch.messages import MessageBuilder
+from bus.dispatch.routing import Route
+
+#: the Celery task that drains one (route, symbol): ``drain(route_name, symbol, token=None)``
+DRAIN_TASK = "tradebus.logroute.drain"
+#: every drainer reads as this one consumer: only the lease holder reads, so a dead drainer's pending
+#: entries are simply the next drainer's own (read first, in log order)
+CONSUMER = "drainer"
+#: where the publish script puts the log id in a staged wake-up message (task id and delivery tag)
+ID_PLACEHOLDER = "@@ID@@"
+
+
+@dataclass(frozen=True)
+class Wake:
+    """The publish-script arguments that wake ``routes`` (log routes) for one symbol."""
+
+    routes: tuple[Route, ...]
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+def wake_task_id(route: str, symbol: str, log_id: str) -> str:
+    return f"wake:{route}:{symbol}:{log_id}"
+
+
+class Waker:
+    """Builds (and caches, per symbol and route set) the wake arguments of one dispatcher."""
+
+    def __init__(self, messages: MessageBuilder, config: LogRouteConfig) -> None:
+        self.messages = messages
+        self.config = config
+        self.keys = Keys()
+        self.select: tuple[int, int] | None = None  # (broker db, bus db) when wake-ups are staged
+        self._cache: dict[tuple[str, tuple[str, ...]], Wake] = {}
+
+    def attach(self, keys: Keys, select: tuple[int, int] | None) -> None:
+        self.keys, self.select = keys, select
+        self._cache.clear()
+
+    def wake(self, symbol: str, routes: Sequence[Route]) -> Wake | None:
+        if not routes:
+            return None
+        names = tuple(r.name for r in routes)
+        hit = self._cache.get((symbol, names))
+        if hit is None:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            hit = self._cache[(symbol, names)] = self._build(symbol, tuple(routes))
+        return hit
+
+    def _build(self, symbol: str, routes: tuple[Route, ...]) -> Wake:
+        staged = self.select is not None
+        broker_db, bus_db = self.select if self.select is not None else ("", "")
+        args: list[Any] = [self.config.flag_ttl_ms, broker_db, bus_db]
+        for r in routes:
+            key, template = self.message(r, symbol, ID_PLACEHOLDER) if staged else ("", b"")
+            args += (r.name, key, template)
+        return Wake(routes, tuple(self.keys.wake_flag(r.name, symbol) for r in routes), tuple(args))
+
+    def message(self, route: Route, symbol: str, log_id: str) -> tuple[str, bytes]:
+        """``(queue key, raw message)`` of the wake-up of (route, symbol), named after ``log_id``."""
+        task_id = wake_task_id(route.name, symbol, log_id)
+        key, raw = self.messages.build(DRAIN_TASK, task_id, [route.name, symbol], {}, route.queue, route.priority,
+                                       argsrepr=f"[{route.name!r}, {symbol!r}]", kwargsrepr="{}")  # fmt: skip
+        message = orjson.loads(raw)
+        # kombu's unacked bookkeeping is keyed by the delivery tag: unique per wake-up, like the task id
+        message["properties"]["delivery_tag"] = task_id
+        return key, orjson.dumps(message)
