@@ -36,6 +36,8 @@ JOBS: tuple[BeatJob, ...] = (
     BeatJob("stale_orders", "tradebus.reconcile.stale_orders", 60.0),
     BeatJob("broker", "tradebus.reconcile.broker", 60.0),
     BeatJob("trim", "tradebus.reconcile.trim", 3600.0),
+    # log routes: wake groups with entries waiting and no drainer (bus/dispatch/logroutes/monitor.py)
+    BeatJob("wake", "tradebus.logroute.wake", 5.0),
 )
 
 

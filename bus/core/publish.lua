@@ -7,14 +7,32 @@
 -- ARGV[8..] with KEYS[4..] (bus/dispatch/logroutes/wake.py): flag TTL ms, broker db ('' when the caller
 --   sends the wake-ups: a separate broker), bus db, then per log route: group, queue key, wake-up message
 -- Returns {log_id, subscribers_reached, woken}: woken lists the log routes (1-based) whose flag was set now.
-local woken = {}
-for i = 4, #KEYS do  -- log routes: one wake-up per (route, symbol) while one is pending
-  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[8]) then
-    -- before the XADD, so a new route's group starts at this event ('$'); an existing group stays as is
-    redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[8 + 3 * (i - 3)], '$', 'MKSTREAM')
-    woken[#woken + 1] = i - 3
+local function ensure_groups(log, names)
+  -- the groups of the log routes woken now: a new one starts at '$' (this event on), and says how many
+  -- entries it counts as read, so Redis can tell its lag exactly after trimming (Race 4)
+  local exists, have, added = redis.call('EXISTS', log) == 1, {}, 0
+  if exists then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', log)) do have[g[2]] = true end
+  end
+  for _, name in ipairs(names) do
+    if not have[name] then
+      if exists and added == 0 then
+        local s = redis.call('XINFO', 'STREAM', log)
+        for j = 1, #s, 2 do if s[j] == 'entries-added' then added = s[j + 1] end end
+      end
+      if redis.pcall('XGROUP', 'CREATE', log, name, '$', 'MKSTREAM', 'ENTRIESREAD', added).err then
+        redis.call('XGROUP', 'CREATE', log, name, '$', 'MKSTREAM')  -- Redis 6.2: no ENTRIESREAD, no lag
+      end
+    end
   end
 end
+local woken, groups = {}, {}
+for i = 4, #KEYS do  -- log routes: one wake-up per (route, symbol) while one is pending
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[8]) then
+    woken[#woken + 1], groups[#groups + 1] = i - 3, ARGV[8 + 3 * (i - 3)]
+  end
+end
+if #groups > 0 then ensure_groups(KEYS[1], groups) end  -- before the XADD: '$' is just before this event
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', ARGV[3], 'event', ARGV[1])
 local prev = redis.call('HMGET', KEYS[2], '_', ARGV[3])
 redis.call('HSET', KEYS[2], '_', id, ARGV[3], id)

@@ -13,13 +13,32 @@ local log, heads, pending = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, bus = ARGV[1], '","bus":"' .. ARGV[2] .. '",'
 local w = #ARGV  -- ARGV[w + 1..]: the wake-up arguments
 if #KEYS > 3 then w = #ARGV - 3 - 3 * (#KEYS - 3) end
-local woken = {}
-for i = 4, #KEYS do  -- log routes: as publish.lua, before the first XADD of the run
-  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[w + 1]) then
-    redis.pcall('XGROUP', 'CREATE', log, ARGV[w + 1 + 3 * (i - 3)], '$', 'MKSTREAM')
-    woken[#woken + 1] = i - 3
+local function ensure_groups(log, names)
+  -- the groups of the log routes woken now: a new one starts at '$' (this event on), and says how many
+  -- entries it counts as read, so Redis can tell its lag exactly after trimming (Race 4)
+  local exists, have, added = redis.call('EXISTS', log) == 1, {}, 0
+  if exists then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', log)) do have[g[2]] = true end
+  end
+  for _, name in ipairs(names) do
+    if not have[name] then
+      if exists and added == 0 then
+        local s = redis.call('XINFO', 'STREAM', log)
+        for j = 1, #s, 2 do if s[j] == 'entries-added' then added = s[j + 1] end end
+      end
+      if redis.pcall('XGROUP', 'CREATE', log, name, '$', 'MKSTREAM', 'ENTRIESREAD', added).err then
+        redis.call('XGROUP', 'CREATE', log, name, '$', 'MKSTREAM')  -- Redis 6.2: no ENTRIESREAD, no lag
+      end
+    end
   end
 end
+local woken, groups = {}, {}
+for i = 4, #KEYS do  -- log routes: as publish.lua, before the first XADD of the run
+  if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[w + 1]) then
+    woken[#woken + 1], groups[#groups + 1] = i - 3, ARGV[w + 1 + 3 * (i - 3)]
+  end
+end
+if #groups > 0 then ensure_groups(log, groups) end
 local prev, prev_t, out = nil, {}, {}  -- prev/prev_t: the heads before each event, read once per run
 for i = 3, w, 4 do
   local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

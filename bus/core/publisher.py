@@ -141,6 +141,32 @@ class Publisher:
             raise self._connection_error(e) from None
         return receipts
 
+    def stage_publish(self, pipe: Any, event: TradeEvent, hooks: list[Any]) -> None:
+        """Queue the publish of ``event`` on ``pipe``, a MULTI the caller executes (a log-route effect's
+        transaction): log + broadcast, its log routes' wake flags and, with the broker on the bus's server,
+        its event routes' task messages commit with the caller's writes. What a separate broker must be
+        sent is appended to ``hooks`` (called with the EXEC results)."""
+        payload, keys, args, routes, wake = self._prepare(event)
+        PUBLISH.load(pipe)  # a NOSCRIPT inside MULTI would fail this command alone
+        PUBLISH.stage(pipe, keys, args)
+        at = len(pipe.command_stack) - 1
+        staged = bool(routes) and self.dispatcher.stages_in_bus_pipeline
+        if staged:
+            self.dispatcher.stage(pipe, event, payload, routes)
+        if wake is None and (staged or not routes):
+            return
+
+        def send_after(results: list[Any]) -> None:
+            reply = results[at]
+            if isinstance(reply, Exception):
+                return
+            if wake is not None:
+                self._send_wakes(event.symbol, wake, reply[2], reply[0])
+            if routes and not staged:
+                self._send([(event, payload, routes)], [reply[0].decode()])
+
+        hooks.append(send_after)
+
     def _runs(self, batch: list[Any]) -> list[tuple[int, int]]:
         """[start, end) ranges of consecutive same-symbol events, at most ``publish_run_max`` long."""
         runs, i, n, cap = [], 0, len(batch), max(1, self.publish_run_max)

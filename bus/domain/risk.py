@@ -217,8 +217,15 @@ def daily_realised_pnl(client: redis.Redis, keys: Keys, day: str) -> Decimal:
     return Decimal(int(total)) / PNL_SCALE if total is not None else Decimal(0)
 
 
-def evaluate(client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLimits) -> list[Breach]:
-    """Every rule the event breaks (without publishing). Records realised pnl (idempotently)."""
+def evaluate(
+    client: redis.Redis,
+    keys: Keys,
+    event: TradeEvent,
+    limits: RiskLimits,
+    record_pnl: Callable[[redis.Redis, Keys, TradeEvent], Decimal] | None = None,
+) -> list[Breach]:
+    """Every rule the event breaks (without publishing). Records realised pnl with ``record_pnl``
+    (default: ``record_realised_pnl``, idempotently; log routes stage it in their batch instead)."""
     t, data, out = event.event_type, event.data, []
     if t in (T.ORDER_CREATED, T.ORDER_MODIFIED) and limits.max_order_volume is not None:
         vol = _volume(data, "volume")
@@ -264,7 +271,7 @@ def evaluate(client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLim
                 )
             )
     if t in (T.POSITION_CLOSED, T.POSITION_PARTIALLY_CLOSED) and data.get("pnl") is not None:
-        net = record_realised_pnl(client, keys, event)
+        net = (record_pnl or record_realised_pnl)(client, keys, event)
         if limits.max_daily_loss is not None and -net > limits.max_daily_loss:
             out.append(
                 _breach(

@@ -11,6 +11,7 @@ TASK_MODULES = (
     "celery_app.tasks.risk",
     "celery_app.tasks.notify",
     "celery_app.tasks.reconcile",
+    "celery_app.tasks.drain",
 )
 
 

@@ -1,0 +1,257 @@
+"""The drain: one (route, symbol) at a time, in log order, each batch's effects and acks in one transaction.
+
+``Drainer.run`` is what the wake-up task does:
+
+1. take the lease (SET NX PX token; a redelivered task whose token still holds it takes it back);
+2. per batch: WATCH the lease, read with drain.lua (fenced: only the token holder reads), run the
+   route's effect, which stages its writes on the transaction, then MULTI {effects, XACK, renew lease and
+   flag} EXEC. If the lease changed hands since the WATCH, EXEC does nothing (WatchError) and this drainer
+   stops: an effect is never applied by two drainers, and never without its ack (effectively-once
+   effects, Race 3 in the design note);
+3. end when drain.lua finds nothing pending and nothing new: that same call releases the lease and deletes
+   the wake flag (Race 1), or hand over (same token) after ``time_budget`` or for a retry's backoff.
+
+Failures: an effect that raises on a batch of several entries commits nothing; the next reads hand out
+the group's pending entries one at a time (drain.lua reads its own pending entries first), so the
+entry that fails is found alone. A failing entry is retried with the route's backoff (the lease is kept
+through the backoff, so nothing overtakes it) and dead-lettered with its log id, in the same
+transaction as its ack, once it was tried ``retry.max_retries + 1`` times, counting the deliveries of
+drainers that died on it (Race 5). An entry trimmed from the log before it was acknowledged, and
+entries trimmed before the group read them, are dead-lettered too, never skipped silently (Race 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bus.core.keys import Keys
+from bus.core.scripts import LuaScript
+from bus.core.wire import MAX_SEQ, format_id, parse_id
+from bus.dispatch.deadletters import dead_letter
+from bus.dispatch.logroutes.config import LogRouteConfig
+from bus.dispatch.logroutes.effects import Batch, Effect, LogEntry
+from bus.dispatch.logroutes.wake import CONSUMER
+from bus.dispatch.routing import Route
+from bus.errors import EventValidationError
+from bus.events.model import TradeEvent
+
+log = logging.getLogger(__name__)
+
+READ = LuaScript("drain.lua")
+#: Drainer.run outcomes
+DONE, BUSY, LOST, MORE, RETRY = "done", "busy", "lost", "more", "retry"
+
+
+@dataclass
+class Outcome:
+    """``status``: done (drained, lease released), busy (another drainer holds the lease), lost (the lease
+    changed hands mid-way), more (time budget spent: continue with ``token``), retry (an effect failed:
+    continue with ``token`` after ``countdown`` seconds)."""
+
+    status: str
+    token: str = ""
+    acked: int = 0
+    dead_lettered: int = 0
+    countdown: float = 0.0
+
+
+@dataclass
+class _Settled:
+    """What one read turned into: ids to acknowledge (their effects staged), and what comes next."""
+
+    acked: list[bytes] = field(default_factory=list)
+    dead: int = 0
+    retry_in: float | None = None  # an effect failed: keep the lease, retry after this many seconds
+    isolate: bool = False  # an effect failed on several entries: commit nothing, re-read one at a time
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+class Drainer:
+    """Drains one (route, symbol) with ``effect``; ``context`` and ``publisher`` are handed to the effect."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        route: Route,
+        symbol: str,
+        effect: Effect,
+        *,
+        config: LogRouteConfig | None = None,
+        context: Any = None,
+        publisher: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client, self.keys, self.route, self.symbol, self.effect = client, keys, route, symbol, effect
+        self.config = config or LogRouteConfig()
+        self.context, self.publisher, self.clock = context, publisher, clock
+        self.log_key = keys.log(symbol)
+        self.lease_key = keys.drain_lease(route.name, symbol)
+        self.flag_key = keys.wake_flag(route.name, symbol)
+
+    def run(self, token: str | None = None) -> Outcome:
+        """Drain until nothing is left, the time budget is spent or an effect needs a retry."""
+        token = token or new_token()
+        if not self._acquire(token):
+            return Outcome(BUSY)
+        deadline = self.clock() + self.config.time_budget
+        out = Outcome(DONE, token)
+        while True:
+            if self.clock() >= deadline:
+                out.status = MORE
+                return out
+            step = self._step(token, out)
+            if step is not None:
+                out.status = step
+                return out
+
+    def _acquire(self, token: str) -> bool:
+        if self.client.set(self.lease_key, token, nx=True, px=self.config.lease_ms):
+            return True
+        held = self.client.get(self.lease_key)
+        return held is not None and (held.decode() if isinstance(held, bytes) else held) == token
+
+    def _step(self, token: str, out: Outcome) -> str | None:
+        """One read and its transaction; a status to end with, or None to go on."""
+        with self.client.pipeline(transaction=True) as tx:
+            tx.watch(self.lease_key)
+            reply = READ.call(tx, [self.log_key, self.lease_key, self.flag_key],
+                              [self.route.name, CONSUMER, token, self.config.batch])  # fmt: skip
+            kind = _text(reply[0])
+            if kind in (DONE, LOST):
+                return kind
+            tx.multi()
+            hooks: list[Callable[[list[Any]], None]] = []
+            if kind == "gap":
+                settled = self._skip_gap(tx, reply)
+            else:
+                entries, deliveries = (reply[2], int(reply[1])) if kind == "pending" else (reply[1], 0)
+                settled = self._settle(tx, entries, deliveries, hooks)
+            if settled.isolate:
+                return None  # leaving the with-block discards the transaction; entries stay pending
+            if settled.acked:
+                tx.xack(self.log_key, self.route.name, *settled.acked)
+            hold = self.config.lease_ms + int((settled.retry_in or 0) * 1000)
+            tx.pexpire(self.lease_key, hold)
+            tx.pexpire(self.flag_key, max(hold, self.config.flag_ttl_ms))
+            try:
+                results = tx.execute(raise_on_error=False)
+            except redis.WatchError:
+                return LOST
+        self._check(results, settled)
+        for hook in hooks:
+            hook(results)
+        out.acked += len(settled.acked)
+        out.dead_lettered += settled.dead
+        if settled.retry_in is not None:
+            out.countdown = settled.retry_in
+            return RETRY
+        return None
+
+    def _settle(self, tx: Any, raw: list[Any], deliveries: int, hooks: list[Any]) -> _Settled:
+        settled, matching = _Settled(), []
+        for raw_id, raw_fields in raw:
+            log_id = _text(raw_id)
+            if not raw_fields:
+                self._dead(tx, settled, raw_id, "", "trimmed from the log before the route acknowledged it")
+                continue
+            fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
+            payload = fields.get(b"event", b"")
+            try:
+                event = TradeEvent.from_json(payload)
+            except (EventValidationError, ValueError, TypeError) as e:
+                self._dead(tx, settled, raw_id, payload, f"unreadable log entry: {e}")
+                continue
+            if not self.route.matches(event.event_type.value, event.symbol):
+                settled.acked.append(raw_id)  # not this route's: settled with nothing to do
+                continue
+            matching.append((raw_id, LogEntry(log_id, event, payload)))
+        # Handed out this often and never acknowledged: it kills its drainer. (A drainer that died, or a batch
+        # whose effect failed, leaves its whole batch to be handed out once more, one entry at a time.)
+        cap = max(self.route.retry.max_retries + 1, 2)
+        if deliveries > cap and matching:
+            (raw_id, entry), matching = matching[0], []
+            self._dead(tx, settled, raw_id, entry.payload, f"delivered {deliveries} times, never acknowledged")
+        if not matching:
+            return settled
+        mark = len(tx.command_stack)
+        batch = Batch(self.route, self.symbol, [e for _, e in matching], self.client, self.keys, tx,
+                      self.context, self.publisher)  # fmt: skip
+        try:
+            self.effect(batch)
+        except Exception as exc:  # noqa: BLE001 - an effect's failure is retried or dead-lettered
+            del tx.command_stack[mark:]
+            return self._failed(tx, settled, matching, max(deliveries, 1), exc)
+        hooks.extend(batch.hooks)
+        settled.acked.extend(raw_id for raw_id, _ in matching)
+        return settled
+
+    def _failed(self, tx: Any, settled: _Settled, matching: list[Any], attempt: int, exc: Exception) -> _Settled:
+        if len(matching) > 1:
+            log.warning("%s/%s: effect failed on a batch of %d (%s); isolating the entry one at a time",
+                        self.route.name, self.symbol, len(matching), _reason(exc))  # fmt: skip
+            return _Settled(isolate=True)
+        raw_id, entry = matching[0]
+        retryable = getattr(exc, "retryable", True) is not False and not isinstance(exc, EventValidationError)
+        policy = self.route.retry
+        if not retryable or attempt > policy.max_retries:
+            why = _reason(exc) if retryable else f"not retryable: {_reason(exc)}"
+            self._dead(tx, settled, raw_id, entry.payload, why, attempt)
+            return settled
+        settled.retry_in = policy.countdown(attempt - 1, random.random())
+        log.warning("%s/%s: effect failed on %s (attempt %d, retry in %.2fs): %s", self.route.name, self.symbol,
+                    entry.log_id, attempt, settled.retry_in, _reason(exc))  # fmt: skip
+        return settled
+
+    def _dead(self, tx: Any, settled: _Settled, raw_id: bytes, payload: Any, why: str, attempts: int = 1) -> None:
+        """Dead-letter one entry with its log id, acknowledged in the same transaction."""
+        log_id = _text(raw_id)
+        dead_letter(tx, self.keys, event_json=payload or "", route=self.route.name, task=self.route.task,
+                    attempts=attempts, reason=why, task_id=f"{self.symbol}@{log_id}", log_id=log_id)  # fmt: skip
+        settled.acked.append(raw_id)
+        settled.dead += 1
+        log.error("%s/%s: log entry %s dead-lettered: %s", self.route.name, self.symbol, log_id, why)
+
+    def _skip_gap(self, tx: Any, reply: list[Any]) -> _Settled:
+        """Entries trimmed before the group read them: one dead letter for the range, the group moved past it."""
+        after, first, lost, entries_read = _text(reply[1]), _text(reply[2]), int(reply[3]), int(reply[4])
+        ms, seq = parse_id(first)
+        before = format_id((ms, seq - 1) if seq else (ms - 1, MAX_SEQ))
+        why = f"{lost} log entries after {after} and before {first} were trimmed before the route read them"
+        dead_letter(tx, self.keys, event_json="", route=self.route.name, task=self.route.task, attempts=0,
+                    reason=why, task_id=f"{self.symbol}@{after}..{first}", log_id=f"{after}..{first}")  # fmt: skip
+        tx.execute_command("XGROUP", "SETID", self.log_key, self.route.name, before, "ENTRIESREAD", entries_read)
+        log.error("%s/%s: %s (see `tradebus deadletters list`)", self.route.name, self.symbol, why)
+        return _Settled(dead=1)
+
+    def _check(self, results: list[Any], settled: _Settled) -> None:
+        """A command that failed inside EXEC (Redis runs the rest): its entries are acknowledged without
+        their full effect, so say so where operators look, never silently."""
+        errors = [r for r in results if isinstance(r, Exception)]
+        if not errors:
+            return
+        ids = [_text(i) for i in settled.acked]
+        why = f"{len(errors)} command(s) of the batch failed inside its transaction: {errors[0]}"
+        dead_letter(self.client, self.keys, event_json="", route=self.route.name, task=self.route.task,
+                    attempts=1, reason=why, task_id=f"{self.symbol}@{ids[0] if ids else ''}",
+                    log_id=f"{ids[0]}..{ids[-1]}" if ids else "")  # fmt: skip
+        log.error("%s/%s: %s", self.route.name, self.symbol, why)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]

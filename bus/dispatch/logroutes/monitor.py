@@ -1,0 +1,93 @@
+"""How far each log route has got, per symbol, and beat's safety net: wake groups nobody drains.
+
+``route_lag`` reads ``XINFO GROUPS`` of each symbol's log (what an operator sees with plain redis-cli),
+plus whether a drainer holds the lease and how long the oldest waiting entry has waited (from its log
+id's time, against the server's clock). ``stale`` picks the groups beat must wake: entries waiting (new
+or pending) longer than the grace period and no lease holder. That covers a drainer that died (its lease
+expired, its pending entries wait for the next drainer), a wake-up lost with a separate broker, and entries
+no publish woke the route for (events the route does not take: acknowledged by the next drain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from bus.core.keys import Keys
+from bus.core.wire import parse_id
+from bus.dispatch.routing import LOG, Route, RoutingTable
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    route: str
+    symbol: str
+    lag: int | None  # entries not yet read by the group (None: Redis cannot tell, e.g. after XDEL)
+    pending: int  # read by a drainer and not yet acknowledged
+    last_delivered: str
+    drainer: bool  # a drainer holds the lease
+    waiting_ms: int  # age of the oldest waiting entry (0: nothing waits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log_routes(routing: RoutingTable) -> list[Route]:
+    return [r for r in routing if r.mode == LOG]
+
+
+def route_lag(
+    client: redis.Redis, keys: Keys, routing: RoutingTable, symbols: list[str] | None = None
+) -> list[GroupLag]:
+    """Every existing log-route group of every symbol (or of ``symbols``), by symbol then route."""
+    routes = {r.name: r for r in log_routes(routing)}
+    if not routes:
+        return []
+    if symbols is None:
+        symbols = sorted(_text(s) for s in client.smembers(keys.symbols()))  # type: ignore[union-attr]
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xinfo_groups(keys.log(symbol))
+    found: list[tuple[str, Route, dict[str, Any]]] = []
+    for symbol, groups in zip(symbols, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(groups, Exception):  # no log (yet): no group
+            continue
+        for g in groups:
+            route = routes.get(_text(g["name"]))
+            if route is not None:
+                found.append((symbol, route, g))
+    now_ms = _server_ms(client)
+    for symbol, route, g in found:  # one round trip for the leases and the oldest waiting entries
+        pipe.exists(keys.drain_lease(route.name, symbol))
+        if int(g["pending"]):
+            pipe.xpending(keys.log(symbol), route.name)
+        else:
+            pipe.echo("")
+        pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=1)
+    replies = pipe.execute(raise_on_error=False)
+    out = []
+    for i, (symbol, route, g) in enumerate(found):
+        held, pend, nxt = replies[3 * i : 3 * i + 3]
+        oldest = [pend["min"]] if isinstance(pend, dict) and pend.get("min") else []
+        oldest += [nxt[0][0]] if isinstance(nxt, list) and nxt else []
+        waited = max((now_ms - parse_id(x)[0] for x in oldest), default=0)
+        lag = g.get("lag")
+        out.append(GroupLag(route.name, symbol, None if lag is None else int(lag), int(g["pending"]),
+                            _text(g["last-delivered-id"]), bool(held), max(0, waited)))  # fmt: skip
+    return out
+
+
+def stale(lags: list[GroupLag], grace_ms: int) -> list[GroupLag]:
+    """Groups with entries waiting longer than ``grace_ms`` and no drainer: beat wakes them."""
+    return [g for g in lags if not g.drainer and g.waiting_ms > grace_ms]
+
+
+def _server_ms(client: redis.Redis) -> int:
+    secs, micros = client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)

@@ -1,0 +1,88 @@
+"""Log-route tasks (bus/dispatch/logroutes): the drain a wake-up runs, and beat's wake job.
+
+``tradebus.logroute.drain(route, symbol, token=None)`` runs on the route's queue. Its lease token is the
+task id, so a message redelivered after its worker died takes its own lease back at once; a drain that
+spent its time budget, or waits out an effect's backoff, re-enqueues itself with the same token.
+``tradebus.logroute.wake`` (beat) wakes the groups that have entries waiting and no drainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from bus.core.keys import validate_symbol
+from bus.dispatch.logroutes import drain as drains
+from bus.dispatch.logroutes.config import LogRouteConfig
+from bus.dispatch.logroutes.effects import RISK_EFFECT, Batch, effect_for, register_effect
+from bus.dispatch.logroutes.monitor import route_lag, stale
+from bus.dispatch.logroutes.wake import DRAIN_TASK
+from bus.dispatch.routing import LOG
+from bus.domain.risklog import check_batch
+from bus.errors import EventValidationError
+
+from .base import TradebusTask
+from .risk import event_bus, risk_limits
+
+log = logging.getLogger(__name__)
+WAKE_TASK = "tradebus.logroute.wake"
+
+
+def log_route_config(ctx: Any) -> LogRouteConfig:
+    """``ctx.log_routes`` if the app set one, else TRADEBUS_LOGROUTE_* read once per process."""
+    config = getattr(ctx, "log_routes", None)
+    if config is None:
+        config = ctx.log_routes = LogRouteConfig.from_env(ctx.settings.environ())
+    return config
+
+
+@register_effect(RISK_EFFECT)
+def check_risk(batch: Batch) -> None:
+    check_batch(batch, risk_limits(batch.context))
+
+
+class LogRouteTask(TradebusTask):
+    """No event envelope to decode: called with (route, symbol); keeps the per-process context."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = Task.__call__(self, *args, **kwargs)
+        self.count("run")
+        return result
+
+
+@shared_task(name=DRAIN_TASK, base=LogRouteTask, bind=True)
+def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[str, Any]:
+    ctx = self.ctx
+    r = ctx.routing.get(route) if isinstance(route, str) else None
+    try:
+        validate_symbol(symbol)
+    except EventValidationError as e:
+        return {"drained": False, "reason": str(e)}
+    if r is None or r.mode != LOG:
+        log.error("drain of %r for %s: not a log route of this worker's routing table", route, symbol)
+        return {"drained": False, "reason": f"{route!r} is not a log route here"}
+    drainer = drains.Drainer(ctx.client, ctx.keys, r, symbol, effect_for(r), config=log_route_config(ctx),
+                             context=ctx, publisher=event_bus(self))  # fmt: skip
+    out = drainer.run(token or self.request.id)
+    if out.status in (drains.MORE, drains.RETRY):  # the same lease token: nothing overtakes the chain
+        self.apply_async((route, symbol), {"token": out.token}, queue=r.queue, priority=r.priority,
+                         countdown=out.countdown or None)  # fmt: skip
+    return {"status": out.status, "acked": out.acked, "dead_lettered": out.dead_lettered}
+
+
+@shared_task(name=WAKE_TASK, base=LogRouteTask, bind=True)
+def wake(self: Any) -> dict[str, Any]:
+    """Beat's safety net: send a drain to every group with entries waiting and no drainer."""
+    ctx = self.ctx
+    config = log_route_config(ctx)
+    woken = []
+    for g in stale(route_lag(ctx.client, ctx.keys, ctx.routing), config.wake_grace_ms):
+        r = ctx.routing.get(g.route)
+        ctx.client.set(ctx.keys.wake_flag(g.route, g.symbol), "1", px=config.flag_ttl_ms)
+        self.app.send_task(DRAIN_TASK, args=[g.route, g.symbol], queue=r.queue, priority=r.priority)
+        woken.append(f"{g.route}/{g.symbol}")
+    if woken:
+        log.warning("woke %d log route group(s) with entries waiting and no drainer: %s", len(woken), woken[:10])
+    return {"woken": woken}
