@@ -31,6 +31,7 @@ def applied(client: redis.Redis, keys: Keys, route: str, symbol: str) -> list[st
 def log_record(batch: Batch) -> None:
     for entry in batch.entries:
         batch.tx.rpush(applied_key(batch.keys, batch.route.name, batch.symbol), entry.event.event_id)
+    batch.tx.sadd(f"{batch.keys.prefix}:test:drainers", os.getpid())
 
 
 @register_effect("tradebus_test.log_slow")

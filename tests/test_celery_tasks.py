@@ -128,7 +128,7 @@ def test_malformed_payload_is_dead_lettered_and_worker_goes_on(celery_settings, 
                       kwargs={"route": "state"}, queue="tradebus.state")  # fmt: skip
         app.send_task("tradebus.state.apply", args=[42], queue="tradebus.state")
         d = dispatcher_for(app, celery_settings)
-        d.send(good, good.to_json(), d.routes_for(good)[:1])
+        d.send(good, good.to_json(), d.routing.routes_for(good)[:1])
         wait_for(lambda: get_order(client, keys, "XAUUSD", "ok"), what="the good event after the bad ones")
         dls = wait_for(lambda: (x := list_dead_letters(client, keys)) and len(x) == 2 and x, what="2 dead letters")
     assert all(d.reason.startswith("malformed task payload") and d.attempts == 1 for d in dls)
@@ -145,7 +145,7 @@ def test_pickle_message_is_refused(celery_settings, client) -> None:  # noqa: F8
         app.send_task("tradebus.state.apply", args=[ev.to_json()], kwargs={"route": "state"},
                       queue="tradebus.state", serializer="pickle")  # fmt: skip
         d = dispatcher_for(app, celery_settings)
-        d.send(good, good.to_json(), d.routes_for(good)[:1])
+        d.send(good, good.to_json(), d.routing.routes_for(good)[:1])
         wait_for(lambda: get_order(client, keys, "XAUUSD", "json"), what="the JSON task")
     assert get_order(client, keys, "XAUUSD", "pickled") is None
     assert client.hget(keys.stats(), "run:tradebus.state.apply") == "1"

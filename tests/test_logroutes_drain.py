@@ -41,8 +41,9 @@ def order(i: int, symbol: str = "XAUUSD", **data: object) -> TradeEvent:
 
 @pytest.fixture
 def bus(settings, broker_url):
+    no_backoff = RetryPolicy(max_retries=2, backoff=0.0, backoff_max=0.0)
     table = RoutingTable([RECORD, Route("poison", "tradebus_test.log_poison", "tradebus.risk", ("order.*",),
-                                        retry=RetryPolicy(max_retries=2, backoff=0.0, backoff_max=0.0), mode=LOG)])  # fmt: skip
+                                        retry=no_backoff, mode=LOG)])  # fmt: skip
     dispatcher = Dispatcher(broker_url, table, settings=settings, log_routes=FAST)
     with RedisEventBus(settings.bus_url, key_prefix=settings.key_prefix, dispatcher=dispatcher) as b:
         assert dispatcher.stages_in_bus_pipeline
@@ -274,7 +275,7 @@ def test_state_projection_as_a_log_route(settings, broker_url) -> None:
     dispatcher = Dispatcher(broker_url, RoutingTable.default(), settings=settings, log_routes=FAST)
     with RedisEventBus(settings.bus_url, key_prefix=settings.key_prefix, dispatcher=dispatcher) as bus:
         bus.publish(TradeEvent.create_order_created("XAUUSD", "s1", "BUY", 2000.0, 1.0))
-        for i in range(3):
+        for _ in range(3):
             bus.publish(TradeEvent.create_order_partially_filled("XAUUSD", "s1", 2000.0, 0.1))
         state = dispatcher.routing.get("state")
         assert drainer(bus, state).run().status == DONE

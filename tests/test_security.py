@@ -278,7 +278,7 @@ def test_tls_wrong_ca_is_refused_with_a_clear_error(certs) -> None:
         # the dispatcher's broker client refuses it too: publish leaves the tasks pending (G2)
         d = Dispatcher.from_settings(s)
         ev = TradeEvent.create_order_created("XAUUSD", "x", "BUY", 1.0, 1.0)
-        assert d.send(ev, ev.to_json(), d.routes_for(ev)) == ((), ("state", "risk"))
+        assert d.send(ev, ev.to_json(), d.routing.routes_for(ev)) == ((), ("state", "risk"))
         d.close()
 
 
@@ -354,7 +354,7 @@ def test_secrets_never_logged(caplog, capfd, tmp_path) -> None:
         texts.append(str(err.value))
         broken = Dispatcher(f"redis://:{SECRET}@127.0.0.1:{server.port + 1}/1", settings=s)
         ev = TradeEvent.create_order_created("XAUUSD", "sec-2", "BUY", 1.0, 1.0)
-        assert broken.send(ev, ev.to_json(), broken.routes_for(ev))[0] == ()  # logs a warning
+        assert broken.send(ev, ev.to_json(), broken.routing.routes_for(ev))[0] == ()  # logs a warning
         outs = []
         for proc in clis:
             out, _ = proc.communicate(timeout=60)
