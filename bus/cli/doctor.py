@@ -163,6 +163,7 @@ def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check
         )
     else:
         checks.append(Check("dead letters", "ok", "none"))
+    _log_route_checks(client, settings, keys, checks)
     if pending:
         checks.append(
             Check(
@@ -172,6 +173,30 @@ def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check
                 "they are re-dispatched by celery beat: run `celery -A celery_app beat`",
             )
         )
+
+
+def _log_route_checks(client: redis.Redis, settings: Settings, keys: Any, checks: list[Check]) -> None:
+    """Each log route's groups: entries waiting with no drainer, or a lag nearing the log's cap (past it,
+    trimming removes entries the route has not read: they are dead-lettered, not applied)."""
+    from bus.dispatch.logroutes.config import LogRouteConfig
+    from bus.dispatch.logroutes.monitor import route_lag, stale
+    from bus.dispatch.routing import RoutingTable
+
+    table = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+    groups = route_lag(client, keys, table)
+    if not groups:
+        return
+    stuck = stale(groups, int(2 * LogRouteConfig.from_env(settings.environ()).claim_after * 1000))
+    near_cap = [g for g in groups if (g.lag or 0) > settings.log_maxlen // 2]
+    waiting = sum((g.lag or 0) + g.pending for g in groups)
+    detail = f"{len(groups)} group(s), {waiting} entr(ies) waiting; see `tradebus state --lag`"
+    if stuck or near_cap:
+        names = ", ".join(f"{g.route}/{g.symbol}" for g in (stuck + near_cap)[:5])
+        why = "entries waiting with no drainer" if stuck else "lag above half of TRADEBUS_LOG_MAXLEN"
+        checks.append(Check("log routes", "warn", f"{why}: {names}; {detail}",
+                            "start workers for the routes' queues and celery beat (its wake job)"))  # fmt: skip
+    else:
+        checks.append(Check("log routes", "ok", detail))
 
 
 def _broker_check(settings: Settings, checks: list[Check]) -> bool:

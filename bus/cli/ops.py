@@ -51,10 +51,13 @@ def state(
     position: Annotated[str | None, typer.Option("--position", help="Show this position.")] = None,
     positions_only: Annotated[bool, typer.Option("--positions", help="Only active positions.")] = False,
     orders_only: Annotated[bool, typer.Option("--orders", help="Only open orders.")] = False,
+    lag: Annotated[bool, typer.Option("--lag", help="How far each log route has got, per symbol.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Active positions and open orders (the state projection), or one order / position."""
     obj: CliContext = ctx.obj
+    if lag:
+        return _lag(obj, parse_symbol(symbol) if symbol is not None else None, as_json)
     if (order or position) and symbol is None:
         raise CliError("--order / --position need a SYMBOL", EXIT_USAGE)
     if order and position:
@@ -107,6 +110,30 @@ def state(
             )
 
 
+def _lag(obj: CliContext, symbol: str | None, as_json: bool) -> None:
+    from bus.core.keys import Keys
+    from bus.dispatch.logroutes.monitor import route_lag
+    from bus.dispatch.routing import RoutingTable
+
+    s = obj.settings
+    table = RoutingTable.from_file(s.routes_file) if s.routes_file else RoutingTable.default()
+    client = obj.client()
+    try:
+        rows = route_lag(client, Keys(s.key_prefix), table, [symbol] if symbol else None)
+    finally:
+        client.close()
+    if as_json:
+        print_json({"groups": [g.to_dict() for g in rows]})
+        return
+    t = Table(title="log routes: each symbol's consumer group (XINFO GROUPS)", title_justify="left")
+    for c in ("symbol", "route", "lag", "pending", "drainer", "oldest waiting", "last delivered"):
+        t.add_column(c)
+    for g in rows:
+        t.add_row(g.symbol, g.route, "?" if g.lag is None else str(g.lag), str(g.pending), "yes" if g.drainer else "-",
+                  f"{g.waiting_ms / 1000:.1f}s" if g.waiting_ms else "-", g.last_delivered)  # fmt: skip
+    console.print(t if rows else "no log route has a group yet (nothing routed to one was published)")
+
+
 # --- routes ---------------------------------------------------------------------------------------
 
 
@@ -131,6 +158,7 @@ def _route_dict(r: Any) -> dict[str, Any]:
         "symbols": list(r.symbols),
         "priority": getattr(r, "priority", 0),
         "max_retries": getattr(retry, "max_retries", None),
+        "mode": r.mode,
     }
 
 
@@ -166,10 +194,10 @@ def routes(
         )
         return
     t = Table(title=title, title_justify="left")
-    for c in ("name", "task", "queue", "event_types", "max_retries"):
+    for c in ("name", "mode", "task", "queue", "event_types", "max_retries"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"]))
+        t.add_row(r["name"], r["mode"], r["task"], r["queue"], ",".join(r["event_types"]), str(r["max_retries"]))
     console.print(t)
 
 

@@ -1,4 +1,5 @@
-"""`tradebus replay`: re-dispatch the routed tasks of a range of logged events."""
+"""`tradebus replay`: re-dispatch the routed tasks of a range of logged events; ``--log-route NAME``
+re-applies the range through one log route instead (bus/dispatch/logroutes/replay.py)."""
 
 from __future__ import annotations
 
@@ -43,9 +44,17 @@ def replay(
     start: Annotated[str, typer.Option("--from", help="First log id (inclusive), or '-'.")] = "-",
     end: Annotated[str, typer.Option("--to", help="Last log id (inclusive), or '+'.")] = "+",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be re-dispatched.")] = False,
+    log_route: Annotated[
+        str | None,
+        typer.Option("--log-route", help="Re-apply the range through this log route (a worker runs it)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent."""
+    """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent.
+
+    Log routes take events from the log, not from task messages, so they are left out; ``--log-route``
+    re-applies the range through one of them on purpose: in log order, under its drain lease, without
+    moving its group. Only routes whose effect is replayable (the state projection) accept it."""
     from bus.dispatch.dispatcher import Dispatcher
 
     obj: CliContext = ctx.obj
@@ -53,6 +62,8 @@ def replay(
     lo, hi = _stream_id(start, "--from"), _stream_id(end, "--to")
     if lo not in ("-", "+") and hi not in ("-", "+") and _id_key(lo) > _id_key(hi):
         raise CliError(f"--from {lo} is after --to {hi}", EXIT_USAGE)
+    if log_route is not None:
+        return _replay_log_route(obj, sym, log_route, lo, hi, dry_run, as_json)
     bus = obj.bus()
     dispatcher = Dispatcher.from_settings(obj.settings)
     dispatcher.attach(bus.client, bus.keys)
@@ -88,3 +99,28 @@ def replay(
             markup=False,
         )
     console.print(f"{verb} {len(results)} event(s) of {sym}")
+
+
+def _replay_log_route(obj: CliContext, symbol: str, name: str, lo: str, hi: str, dry_run: bool, as_json: bool) -> None:
+    import celery_app.tasks.drain  # noqa: F401 - registers the built-in effects, to refuse what cannot replay
+    from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.logroutes.effects import is_registered, is_replayable
+    from bus.dispatch.logroutes.replay import REPLAY_TASK
+
+    dispatcher = Dispatcher.from_settings(obj.settings)
+    try:
+        route = dispatcher.routing.get(name)
+        if route is None or route.mode != "log":
+            raise CliError(f"--log-route {name!r} is not a log route of the routing table", EXIT_USAGE)
+        if is_registered(route) and not is_replayable(route):
+            raise CliError(f"log route {name!r} cannot be replayed: its effect {route.task!r} would apply "
+                           "the range again (e.g. raise risk breaches twice)", EXIT_USAGE)  # fmt: skip
+        if not dry_run:
+            dispatcher.app.send_task(REPLAY_TASK, args=[name, symbol, lo, hi], queue=route.queue)
+    finally:
+        dispatcher.close()
+    if as_json:
+        print_json({"symbol": symbol, "log_route": name, "from": lo, "to": hi, "dry_run": dry_run})
+        return
+    verb = "would ask" if dry_run else "asked"
+    console.print(f"{verb} a worker on {route.queue} to re-apply {symbol} {lo}..{hi} through log route {name}")

@@ -1,9 +1,10 @@
-"""Log-route tasks (bus/dispatch/logroutes): the drain a wake-up runs, and beat's wake job.
+"""Log-route tasks (bus/dispatch/logroutes): the drain a wake-up runs, beat's wake job, replay.
 
 ``tradebus.logroute.drain(route, symbol, token=None)`` runs on the route's queue. Its lease token is the
 task id, so a message redelivered after its worker died takes its own lease back at once; a drain that
 spent its time budget, or waits out an effect's backoff, re-enqueues itself with the same token.
 ``tradebus.logroute.wake`` (beat) wakes the groups that have entries waiting and no drainer.
+``tradebus.logroute.replay(route, symbol, start, end)`` re-applies a range (``tradebus replay --log-route``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bus.dispatch.logroutes import drain as drains
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.effects import RISK_EFFECT, Batch, effect_for, register_effect
 from bus.dispatch.logroutes.monitor import route_lag, stale
+from bus.dispatch.logroutes.replay import REPLAY_TASK, LeaseBusyError, LogRouteError, replay_range
 from bus.dispatch.logroutes.wake import DRAIN_TASK
 from bus.dispatch.routing import LOG
 from bus.domain.risklog import check_batch
@@ -52,17 +54,26 @@ class LogRouteTask(TradebusTask):
         return result
 
 
-@shared_task(name=DRAIN_TASK, base=LogRouteTask, bind=True)
-def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[str, Any]:
-    ctx = self.ctx
+def _log_route(ctx: Any, route: Any, symbol: Any) -> Any:
+    """The log route named ``route``, or None (logged) for arguments no publish would send."""
     r = ctx.routing.get(route) if isinstance(route, str) else None
     try:
         validate_symbol(symbol)
     except EventValidationError as e:
-        return {"drained": False, "reason": str(e)}
+        log.error("log route task for %r: %s", route, e)
+        return None
     if r is None or r.mode != LOG:
-        log.error("drain of %r for %s: not a log route of this worker's routing table", route, symbol)
-        return {"drained": False, "reason": f"{route!r} is not a log route here"}
+        log.error("log route task for %r on %s: not a log route of this worker's routing table", route, symbol)
+        return None
+    return r
+
+
+@shared_task(name=DRAIN_TASK, base=LogRouteTask, bind=True)
+def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[str, Any]:
+    ctx = self.ctx
+    r = _log_route(ctx, route, symbol)
+    if r is None:
+        return {"status": "refused"}
     drainer = drains.Drainer(ctx.client, ctx.keys, r, symbol, effect_for(r), config=log_route_config(ctx),
                              context=ctx, publisher=event_bus(self))  # fmt: skip
     out = drainer.run(token or self.request.id)
@@ -86,3 +97,24 @@ def wake(self: Any) -> dict[str, Any]:
     if woken:
         log.warning("woke %d log route group(s) with entries waiting and no drainer: %s", len(woken), woken[:10])
     return {"woken": woken}
+
+
+@shared_task(name=REPLAY_TASK, base=LogRouteTask, bind=True)
+def replay(self: Any, route: str, symbol: str, start: str = "-", end: str = "+") -> dict[str, Any]:
+    ctx = self.ctx
+    r = _log_route(ctx, route, symbol)
+    if r is None:
+        return {"replayed": 0, "refused": "not a log route"}
+    try:
+        n = replay_range(ctx.client, ctx.keys, r, symbol, effect_for(r), start=start, end=end, token=self.request.id,
+                         config=log_route_config(ctx), context=ctx, publisher=event_bus(self))  # fmt: skip
+    except LeaseBusyError:  # a drain is running: come back when it may be done
+        self.apply_async((route, symbol, start, end), queue=r.queue, countdown=1.0)
+        return {"replayed": 0, "later": True}
+    except LogRouteError as e:
+        log.error("replay of %s/%s refused: %s", route, symbol, e)
+        return {"replayed": 0, "refused": str(e)}
+    # publishes during the replay found a wake-up pending (a drain the lease turned away): resume the route
+    self.app.send_task(DRAIN_TASK, args=[route, symbol], queue=r.queue, priority=r.priority)
+    log.warning("replayed %d log entries of %s through log route %s (%s..%s)", n, symbol, route, start, end)
+    return {"replayed": n}

@@ -90,16 +90,30 @@ class Batch:
 
 Effect = Callable[[Batch], None]
 _EFFECTS: dict[str, Effect] = {}
+_REPLAYABLE: set[str] = set()
 
 
-def register_effect(name: str, effect: Effect | None = None) -> Any:
-    """Register ``effect`` for log routes whose ``task`` is ``name`` (usable as a decorator)."""
+def register_effect(name: str, effect: Effect | None = None, *, replayable: bool = False) -> Any:
+    """Register ``effect`` for log routes whose ``task`` is ``name`` (usable as a decorator).
+
+    ``replayable``: applying an entry again is harmless (``tradebus replay --log-route`` re-applies a
+    range); left False, a replay of the route is refused."""
 
     def add(fn: Effect) -> Effect:
         _EFFECTS[name] = fn
+        (_REPLAYABLE.add if replayable else _REPLAYABLE.discard)(name)
         return fn
 
     return add(effect) if effect is not None else add
+
+
+def is_replayable(route: Route) -> bool:
+    return route.task in _REPLAYABLE
+
+
+def is_registered(route: Route) -> bool:
+    """Whether this process knows the route's effect (a worker may know more: its --include modules)."""
+    return route.task in _EFFECTS
 
 
 def effect_for(route: Route) -> Effect:
@@ -112,9 +126,10 @@ def effect_for(route: Route) -> Effect:
         ) from None
 
 
-@register_effect(STATE_EFFECT)
+@register_effect(STATE_EFFECT, replayable=True)
 def project_state(batch: Batch) -> None:
-    """The state projection (bus/core/state.lua), one call per order/position event, in log order."""
+    """The state projection (bus/core/state.lua), one call per order/position event, in log order.
+    Replayable: the projection is idempotent per event and monotonic per entity."""
     batch.load(state.SCRIPT)
     for entry in batch.entries:
         state.stage_apply(batch.tx, batch.keys, entry.event)
