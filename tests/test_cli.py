@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,9 +188,9 @@ def test_publish_logs_broadcasts_and_dispatches(
         "sl": 1995,
         "note": "cli",
     }
-    # the routed task messages are on the broker, with the deterministic task ids
-    assert f"{out['event_id']}:state" in broker_task_ids(private_broker, "tradebus.state")
-    assert f"{out['event_id']}:risk" in broker_task_ids(private_broker, "tradebus.risk")
+    # state and risk are log routes: one wake-up each on the broker, named after the event that woke it
+    assert f"wake:state:{symbol}:{out['log_id']}" in broker_task_ids(private_broker, "tradebus.state")
+    assert f"wake:risk:{symbol}:{out['log_id']}" in broker_task_ids(private_broker, "tradebus.risk")
 
 
 def test_state_shows_orders_positions_and_one_of_each(env: dict[str, str], symbol: str) -> None:
@@ -304,7 +305,12 @@ def test_tail_count_not_reached_exits_1(env: dict[str, str], symbol: str) -> Non
 # --- replay ----------------------------------------------------------------------------------------
 
 
-def test_replay_redispatches_a_range_of_logged_events(env: dict[str, str], symbol: str, private_broker: str) -> None:
+def test_replay_redispatches_a_range_of_logged_events(
+    env: dict[str, str], symbol: str, private_broker: str, tmp_path: Path
+) -> None:
+    # event routes (log routes take events from the log; they are replayed with --log-route, below)
+    (tmp_path / "routes.json").write_text(json.dumps({"modes": {"state": "event", "risk": "event"}}))
+    env = {**env, "TRADEBUS_ROUTES_FILE": str(tmp_path / "routes.json")}
     ids = [
         publish_json(env, "order.created", symbol, f"order_id=r{i}", "order_type=BUY", "price=1", "volume=1")
         for i in range(4)
@@ -337,6 +343,35 @@ def test_replay_redispatches_a_range_of_logged_events(env: dict[str, str], symbo
     assert json.loads(p.stdout)["count"] == 2
     queued = broker_task_ids(private_broker, "tradebus.state")
     assert sorted(queued) == sorted(f"{ids[i]['event_id']}:state" for i in (1, 2))
+
+
+def test_replay_to_a_log_route_is_explicit(env: dict[str, str], symbol: str, private_broker: str) -> None:
+    first = publish_json(env, "order.created", symbol, "order_id=l1", "order_type=BUY", "price=1", "volume=1")
+    refused = run(["replay", symbol, "--log-route", "risk"], env)
+    assert refused.returncode == 2 and "cannot be replayed" in refused.stderr  # it would raise breaches again
+    assert run(["replay", symbol, "--log-route", "notify"], env).returncode == 2  # an event route
+    p = run(["replay", symbol, "--log-route", "state", "--from", first["log_id"], "--json"], env)
+    assert p.returncode == 0, p.stderr
+    client = redis.Redis.from_url(private_broker)
+    tasks = [json.loads(m)["headers"] for m in client.lrange("tradebus.state", 0, -1)]
+    client.close()
+    assert [(h["task"], h["argsrepr"]) for h in tasks if h["task"] == "tradebus.logroute.replay"] == [
+        ("tradebus.logroute.replay", f"['state', '{symbol}', '{first['log_id']}', '+']")
+    ]
+
+
+def test_routes_show_the_mode_and_state_lag_shows_each_group(env: dict[str, str], symbol: str) -> None:
+    routes = json.loads(run(["routes", "--json"], cli_env()).stdout)["routes"]
+    assert {r["name"]: r["mode"] for r in routes} == {"state": "log", "risk": "log", "notify": "event"}
+    assert "mode" in run(["routes"], cli_env()).stdout
+    publish_json(env, "order.created", symbol, "order_id=g1", "order_type=BUY", "price=1", "volume=1")
+    p = run(["state", symbol, "--lag", "--json"], env)
+    assert p.returncode == 0, p.stderr
+    groups = {g["route"]: g for g in json.loads(p.stdout)["groups"]}
+    assert set(groups) == {"state", "risk"}  # no worker here: the event waits in each group
+    assert all(g["lag"] == 1 and g["pending"] == 0 and not g["drainer"] for g in groups.values())
+    table = run(["state", symbol, "--lag"], env)
+    assert table.returncode == 0 and "lag" in table.stdout and symbol in table.stdout
 
 
 # --- dead letters ----------------------------------------------------------------------------------
