@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from support_celery import celery_settings, client, test_app, wait_for, worker  # noqa: F401
 
+from bus.config import LoadEnvironmentVariables
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
 from bus.core.state import get_order
@@ -40,7 +41,8 @@ def test_beat_schedule_is_data(monkeypatch):
         f"tradebus.reconcile.{j}" for j in ("redispatch", "rebuild", "stale_orders", "broker", "trim")
     }
     assert all(e["options"]["queue"] == "tradebus.reconcile" for e in BEAT_SCHEDULE.values())
-    custom = beat_schedule(environ={"TRADEBUS_BEAT_REBUILD_INTERVAL": "600"})
+    monkeypatch.setenv("TRADEBUS_BEAT_REBUILD_INTERVAL", "600")
+    custom = beat_schedule(LoadEnvironmentVariables(None))
     assert custom["tradebus.reconcile.rebuild"]["schedule"] == 600.0
 
 
