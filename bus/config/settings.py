@@ -3,31 +3,40 @@
 Real environment variables override the file; a missing file is not an error; a malformed value
 raises ConfigError naming the variable. Passwords are SecretStr and never appear in repr or logs.
 The parts with variables of their own (risk limits, notifications, reconciliation, beat intervals) are
-nested groups, read from the same file and environment under the same names. No other module reads
-the environment: the two variables read outside Settings are at the end, with the reason.
+nested groups (bus.config.groups), read from the same file and environment under the same names. No
+other module reads the environment: the two variables read outside Settings are at the end, with why.
 """
 
 from __future__ import annotations
 
 import os
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from bus.config.groups import (
+    BeatSettings,
+    GroupedSource,
+    NotifySettings,
+    ReconcileSettings,
+    RiskSettings,
+    groups_of,
+)
 from bus.defaults import (
     BROKER_DB_OFFSET,
     DEFAULT_CONNECT_TIMEOUT,
@@ -42,117 +51,6 @@ from bus.errors import ConfigError
 
 def _env(name: str) -> Any:
     return Field(None, validation_alias=name)
-
-
-# --- groups: the settings of one part, each field read from its own variable -----------------------
-
-_Amount = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class SettingsGroup(BaseModel):
-    """Settings of one part, nested in Settings; each field's ``validation_alias`` is its variable.
-    A blank variable counts as unset; unset fields (None) leave the part's own default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    @classmethod
-    def variables(cls) -> dict[str, str]:
-        """Field name -> variable name."""
-        return {name: str(f.validation_alias) for name, f in cls.model_fields.items()}
-
-
-def _comma_separated(value: Any) -> Any:
-    return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
-
-
-class RiskSettings(SettingsGroup):
-    """The risk task's limits (bus.domain.risk.RiskLimits); an unset limit switches its rule off."""
-
-    max_order_volume: _Amount | None = _env("TRADEBUS_RISK_MAX_ORDER_VOLUME")
-    # ``10`` (every symbol) or ``XAUUSD=2,*=10`` (per symbol, ``*`` for the others)
-    max_volume_per_symbol: dict[str, _Amount] = Field({}, validation_alias="TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL")
-    max_open_positions: int | None = Field(None, ge=0, validation_alias="TRADEBUS_RISK_MAX_OPEN_POSITIONS")
-    max_daily_loss: _Amount | None = _env("TRADEBUS_RISK_MAX_DAILY_LOSS")
-    stop_loss_required: bool = Field(False, validation_alias="TRADEBUS_RISK_STOP_LOSS_REQUIRED")
-
-    @field_validator("max_volume_per_symbol", mode="before")
-    @classmethod
-    def _v_per_symbol(cls, v: Any) -> Any:
-        if isinstance(v, int | float | Decimal) or (isinstance(v, str) and "=" not in v):
-            return {"*": v}
-        if not isinstance(v, str):
-            return v
-        table = {}
-        for pair in _comma_separated(v):
-            symbol, equals, volume = pair.partition("=")
-            if not equals or not symbol.strip():
-                raise ValueError("expected a volume, or SYMBOL=VOLUME pairs such as XAUUSD=2,*=10")
-            table[symbol.strip()] = volume.strip()
-        return table
-
-
-class NotifySettings(SettingsGroup):
-    """The notify task's sinks and filter (bus.domain.notify.NotifyConfig)."""
-
-    # comma-separated; kept out of repr: webhook URLs often carry a token
-    webhook_url: tuple[str, ...] = Field((), repr=False, validation_alias="TRADEBUS_WEBHOOK_URL")
-    webhook_secret: SecretStr | None = _env("TRADEBUS_WEBHOOK_SECRET")
-    webhook_timeout: _Seconds | None = _env("TRADEBUS_WEBHOOK_TIMEOUT")
-    # comma-separated event type patterns such as ``risk.*``; unset: every event routed to notify
-    notify_types: tuple[str, ...] = Field((), validation_alias="TRADEBUS_NOTIFY_TYPES")
-    notify_log: bool = Field(True, validation_alias="TRADEBUS_NOTIFY_LOG")
-
-    _v_lists = field_validator("webhook_url", "notify_types", mode="before")(_comma_separated)
-
-
-class ReconcileSettings(SettingsGroup):
-    """The reconciliation jobs' ages in seconds and log limits (bus.domain.reconcile.ReconcileConfig)."""
-
-    redispatch_grace: _Seconds | None = _env("TRADEBUS_RECONCILE_REDISPATCH_GRACE")
-    rebuild_grace: _Seconds | None = _env("TRADEBUS_RECONCILE_REBUILD_GRACE")
-    stale_order_age: _Seconds | None = _env("TRADEBUS_RECONCILE_STALE_ORDER_AGE")
-    log_retention: _Seconds | None = _env("TRADEBUS_RECONCILE_LOG_RETENTION")
-    log_maxlen: PositiveInt | None = _env("TRADEBUS_RECONCILE_LOG_MAXLEN")
-    lease_ttl_ms: PositiveInt | None = _env("TRADEBUS_RECONCILE_LEASE_TTL_MS")
-    # ``module:callable`` returning the broker whose positions the broker job compares with the state
-    broker_factory: str | None = Field(None, pattern=r"^[\w.]+:\w+$", validation_alias="TRADEBUS_BROKER_FACTORY")
-
-
-class BeatSettings(SettingsGroup):
-    """Seconds between two runs of each reconciliation job (celery_app.beat.JOBS has the defaults)."""
-
-    redispatch_interval: _Seconds | None = _env("TRADEBUS_BEAT_REDISPATCH_INTERVAL")
-    rebuild_interval: _Seconds | None = _env("TRADEBUS_BEAT_REBUILD_INTERVAL")
-    stale_orders_interval: _Seconds | None = _env("TRADEBUS_BEAT_STALE_ORDERS_INTERVAL")
-    broker_interval: _Seconds | None = _env("TRADEBUS_BEAT_BROKER_INTERVAL")
-    trim_interval: _Seconds | None = _env("TRADEBUS_BEAT_TRIM_INTERVAL")
-
-
-class _WithGroups(PydanticBaseSettingsSource):
-    """One source of variables (the environment, or the .env file) with the groups' variables gathered
-    into their groups, ``{"risk": {"max_order_volume": "5"}, ...}``: pydantic-settings then merges the
-    environment over the file variable by variable, as it does for the flat fields."""
-
-    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource) -> None:
-        super().__init__(settings_cls)
-        self.source = source
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ reads the source's variables
-
-    def __call__(self) -> dict[str, Any]:
-        data = {name: value for name, value in self.source().items() if name not in _GROUPS}
-        found = getattr(self.source, "env_vars", {})  # names lower-cased: Settings is case-insensitive
-        for name, group in _GROUPS.items():
-            values = {}
-            for field, variable in group.variables().items():
-                raw = found.get(variable.lower())
-                if raw is not None and raw.strip():
-                    values[field] = raw.strip()
-            if values:
-                data[name] = values
-        return data
 
 
 class Settings(BaseSettings):
@@ -198,8 +96,8 @@ class Settings(BaseSettings):
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
 
-    # The parts configured by variables of their own, gathered by _WithGroups. NoDecode: a variable
-    # named like a group (RISK=...) is not JSON to decode; _WithGroups drops it.
+    # The parts configured by variables of their own, gathered by GroupedSource. NoDecode: a variable
+    # named like a group (RISK=...) is not JSON to decode; GroupedSource drops it.
     risk: Annotated[RiskSettings, NoDecode] = Field(default_factory=RiskSettings)
     notify: Annotated[NotifySettings, NoDecode] = Field(default_factory=NotifySettings)
     reconcile: Annotated[ReconcileSettings, NoDecode] = Field(default_factory=ReconcileSettings)
@@ -214,10 +112,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings passes its EnvSettingsSource and DotEnvSettingsSource (a subclass) here
         return (
             init_settings,
-            _WithGroups(settings_cls, env_settings),
-            _WithGroups(settings_cls, dotenv_settings),
+            GroupedSource(settings_cls, cast(EnvSettingsSource, env_settings)),
+            GroupedSource(settings_cls, cast(EnvSettingsSource, dotenv_settings)),
             file_secret_settings,
         )
 
@@ -360,11 +259,7 @@ _VARIABLE_OF = {
     name: field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
     for name, field in Settings.model_fields.items()
 }
-_GROUPS: dict[str, type[SettingsGroup]] = {
-    name: field.annotation
-    for name, field in Settings.model_fields.items()
-    if isinstance(field.annotation, type) and issubclass(field.annotation, SettingsGroup)
-}
+_GROUPS = groups_of(Settings)
 
 
 # --- read outside Settings ----------------------------------------------------------------------------
