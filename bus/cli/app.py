@@ -56,14 +56,11 @@ def _root(
 
 
 def _register() -> None:
-    from bus.cli import doctor, events, ops, replay
-    from bus.demo import run as demo
+    from bus.cli import deadletters, demo, doctor, events, replay, routes, state
 
-    events.register(app)
-    replay.register(app)
-    ops.register(app)
-    doctor.register(app)
-    demo.register(app)
+    # the order `tradebus --help` lists them in
+    for command_group in (events, replay, state, routes, deadletters, doctor, demo):
+        command_group.register(app)
 
 
 _register()
