@@ -115,9 +115,9 @@ def _session(
     say: Any,
     started: float,
 ) -> dict[str, Any]:
-    from bus.core.bus import EventBusFactory
     from bus.demo.report import collect
     from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.factory import EventBusFactory
     from bus.executor.builder import ExecutorBuilder
     from bus.executor.paper import PaperBroker, RandomWalkFeed
 
