@@ -1,4 +1,4 @@
-"""Subscriber: pub/sub delivery that heals itself from the log (G4).
+"""Subscriber: pub/sub delivery that heals itself from the log (self-healing subscribers).
 
 One unpooled connection (no silent reconnects inside redis-py's PubSub: FACTS.md). Every Redis
 subscription (a channel or a pattern) remembers, per symbol, the last log id it delivered. A

@@ -1,4 +1,4 @@
-"""Dead letters: tasks that failed past their retries, and malformed task messages (G5).
+"""Dead letters: tasks that failed past their retries, and malformed task messages (bad input).
 
 One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON, route, task,
 attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge it.
