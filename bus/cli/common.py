@@ -79,7 +79,7 @@ class CliContext:
     def bus(self, *, dispatch: bool = False, **kw: Any) -> RedisEventBus:
         """A RedisEventBus for these settings (connection checked); ``dispatch``: with a Dispatcher,
         so publishing enqueues the routed Celery tasks."""
-        from bus.core.bus import EventBusFactory
+        from bus.dispatch.factory import EventBusFactory
 
         self.client(check=True).close()
         if dispatch:
@@ -161,7 +161,7 @@ def parse_type(value: str) -> TradeEventType:
 
 
 def parse_symbol(value: str) -> str:
-    from bus.core.keys import validate_symbol
+    from bus.events.rules import validate_symbol
 
     try:
         return validate_symbol(value)

@@ -64,8 +64,8 @@ def run_demo(
 
 
 def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> Session:
-    from bus.core.bus import EventBusFactory
     from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.factory import EventBusFactory
     from bus.executor.builder import ExecutorBuilder
     from bus.executor.paper import PaperBroker, RandomWalkFeed
 
