@@ -30,7 +30,7 @@ TICK_SECONDS = 0.1
 #: seconds to wait for the breach to come back from the risk task, and for the tasks to finish
 BREACH_TIMEOUT = 15.0
 DRAIN_TIMEOUT = 20.0
-EXECUTOR_LOGGER = "tradebus.demo.executor"
+EXECUTOR_LOGGER = f"{__name__}.executor"
 
 Say = Callable[[str], None]
 

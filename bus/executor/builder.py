@@ -189,7 +189,7 @@ class ExecutorBuilder:
     ) -> TradeExecutor:
         """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
         cfg = ExecutorConfig.coerce(config)
-        log = logger or logging.getLogger(f"tradebus.executor.{cfg.source}")
+        log = logger or logging.getLogger(f"{__name__}.{cfg.source}")
         broker = client if client is not None else PaperBroker(symbols=cfg.symbols or None)
         outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events, max_bytes=cfg.outbox_max_bytes)
         publisher = OutboxPublisher(
