@@ -64,7 +64,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Ack after the task ran, not when it was received: a worker that dies mid-task leaves the
-        # message to be redelivered (at-least-once tasks). Tasks are idempotent, so running twice is safe (effectively-once effects).
+        # message to be redelivered (at-least-once tasks). Tasks are idempotent, so running twice is
+        # safe (effectively-once effects).
         "task_acks_late": True,
         # ...and if the pool child is killed (SIGKILL, OOM), requeue instead of acking; the base task
         # counts redeliveries and dead-letters past REDELIVERY_CAP, so a poison task cannot loop.

@@ -1,4 +1,5 @@
-"""Self-healing subscribers under faults, on servers the tests own: subscriber connections killed, Redis restarted (AOF)."""
+"""Self-healing subscribers under faults, on servers the tests own: subscriber connections killed,
+Redis restarted (AOF)."""
 
 from __future__ import annotations
 
