@@ -12,12 +12,11 @@ from bus.cli.common import (
     EXIT_USAGE,
     CliContext,
     CliError,
+    JsonOption,
     console,
     parse_symbol,
     print_json,
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +47,7 @@ def replay(
         str | None,
         typer.Option("--log-route", help="Re-apply the range through this log route (a worker runs it)."),
     ] = None,
-    as_json: JsonOpt = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent.
 
@@ -63,7 +62,8 @@ def replay(
     if lo not in ("-", "+") and hi not in ("-", "+") and _id_key(lo) > _id_key(hi):
         raise CliError(f"--from {lo} is after --to {hi}", EXIT_USAGE)
     if log_route is not None:
-        return _replay_log_route(obj, sym, log_route, lo, hi, dry_run, as_json)
+        _replay_log_route(obj, sym, log_route, lo, hi, dry_run, as_json)
+        return
     bus = obj.bus()
     dispatcher = Dispatcher.from_settings(obj.settings)
     dispatcher.attach(bus.client, bus.keys)
@@ -105,12 +105,13 @@ def _replay_log_route(obj: CliContext, symbol: str, name: str, lo: str, hi: str,
     import celery_app.tasks.drain  # noqa: F401 - registers the built-in effects, to refuse what cannot replay
     from bus.dispatch.dispatcher import Dispatcher
     from bus.dispatch.logroutes.effects import is_registered, is_replayable
-    from bus.dispatch.logroutes.replay import REPLAY_TASK
+    from bus.dispatch.names import REPLAY_TASK
+    from bus.dispatch.routing import LOG
 
     dispatcher = Dispatcher.from_settings(obj.settings)
     try:
         route = dispatcher.routing.get(name)
-        if route is None or route.mode != "log":
+        if route is None or route.mode != LOG:
             raise CliError(f"--log-route {name!r} is not a log route of the routing table", EXIT_USAGE)
         if is_registered(route) and not is_replayable(route):
             raise CliError(f"log route {name!r} cannot be replayed: its effect {route.task!r} would apply "

@@ -1,4 +1,4 @@
-"""Dead letters: tasks that failed past their retries, and malformed task messages (G5).
+"""Dead letters: tasks that failed past their retries, and malformed task messages (bad input).
 
 One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON, route, task,
 attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge it.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import redis
 
 from bus.core.keys import Keys
+from bus.core.wire import text
 from bus.dispatch.routing import Route, RoutingTable
 from bus.errors import BusError
 from bus.events.model import TradeEvent
@@ -22,12 +23,13 @@ if TYPE_CHECKING:
 
 
 class Replayer(Protocol):
-    """What ``replay`` needs of a Dispatcher (a Protocol: log routes' drain imports this module)."""
+    """What ``replay`` needs of a Dispatcher (a Protocol: the log routes' drain, which the dispatcher
+    imports, writes dead letters with this module)."""
 
     routing: RoutingTable
-    strict: bool
 
-    def send(self, event: TradeEvent, payload: bytes | str, routes: Any, log_id: str | None = None) -> Any: ...
+    def send(self, event: TradeEvent, payload: bytes | str, routes: Any, log_id: str | None = None, *,
+             strict: bool | None = None) -> Any: ...  # fmt: skip
 
 
 # Dead letters kept (approximately); the oldest go first.
@@ -84,7 +86,7 @@ def dead_letter(
     if log_id:
         fields["log_id"] = log_id
     result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-    return _text(result) if isinstance(result, bytes | str) else ""
+    return text(result) if isinstance(result, bytes | str) else ""
 
 
 def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
@@ -116,11 +118,7 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Replayer, ids: list[str]
         if d is None or d.event is None:
             continue
         route = dispatcher.routing.get(d.route) or Route(d.route or "replay", d.task, _queue_of(d.task))
-        strict, dispatcher.strict = dispatcher.strict, True
-        try:
-            dispatcher.send(d.event, d.event_json, [route])
-        finally:
-            dispatcher.strict = strict
+        dispatcher.send(d.event, d.event_json, [route], strict=True)
         client.xdel(keys.dead_letters(), d.id)
         replayed.append(d.id)
     return replayed
@@ -142,14 +140,10 @@ def _queue_of(task: str) -> str:
     raise BusError(f"cannot replay task {task!r}: its route is gone and its queue is unknown")
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {text(k): text(v) for k, v in fields.items()}
     return DeadLetter(
-        id=_text(entry_id),
+        id=text(entry_id),
         event_json=f.get("event", ""),
         route=f.get("route", ""),
         task=f.get("task", ""),

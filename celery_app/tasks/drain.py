@@ -14,29 +14,28 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from bus.core.keys import validate_symbol
 from bus.dispatch.logroutes import drain as drains
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.effects import RISK_EFFECT, Batch, effect_for, register_effect
 from bus.dispatch.logroutes.monitor import route_lag, stale
-from bus.dispatch.logroutes.replay import REPLAY_TASK, LeaseBusyError, LogRouteError, replay_range
-from bus.dispatch.logroutes.wake import DRAIN_TASK
+from bus.dispatch.logroutes.replay import LeaseBusyError, LogRouteError, replay_range
+from bus.dispatch.names import DRAIN_TASK, REPLAY_TASK, WAKE_TASK
 from bus.dispatch.routing import LOG
 from bus.domain.risklog import check_batch
 from bus.errors import EventValidationError
+from bus.events.rules import validate_symbol
 
 from .base import TradebusTask
 from .risk import event_bus, risk_limits
 
 log = logging.getLogger(__name__)
-WAKE_TASK = "tradebus.logroute.wake"
 
 
 def log_route_config(ctx: Any) -> LogRouteConfig:
-    """``ctx.log_routes`` if the app set one, else TRADEBUS_LOGROUTE_* read once per process."""
+    """``ctx.log_routes`` if the app set one, else TRADEBUS_LOGROUTE_* (``settings.log_routes``)."""
     config = getattr(ctx, "log_routes", None)
     if config is None:
-        config = ctx.log_routes = LogRouteConfig.from_env(ctx.settings.environ())
+        config = ctx.log_routes = LogRouteConfig.from_settings(ctx.settings.log_routes)
     return config
 
 
@@ -75,7 +74,7 @@ def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[
     if r is None:
         return {"status": "refused"}
     drainer = drains.Drainer(ctx.client, ctx.keys, r, symbol, effect_for(r), config=log_route_config(ctx),
-                             context=ctx, publisher=event_bus(self))  # fmt: skip
+                             context=ctx, publisher=event_bus(self).publisher)  # fmt: skip
     out = drainer.run(token or self.request.id)
     if out.status in (drains.MORE, drains.RETRY):  # the same lease token: nothing overtakes the chain
         self.apply_async((route, symbol), {"token": out.token}, queue=r.queue, priority=r.priority,
@@ -107,7 +106,7 @@ def replay(self: Any, route: str, symbol: str, start: str = "-", end: str = "+")
         return {"replayed": 0, "refused": "not a log route"}
     try:
         n = replay_range(ctx.client, ctx.keys, r, symbol, effect_for(r), start=start, end=end, token=self.request.id,
-                         config=log_route_config(ctx), context=ctx, publisher=event_bus(self))  # fmt: skip
+                         config=log_route_config(ctx), context=ctx, publisher=event_bus(self).publisher)  # fmt: skip
     except LeaseBusyError:  # a drain is running: come back when it may be done
         self.apply_async((route, symbol, start, end), queue=r.queue, countdown=1.0)
         return {"replayed": 0, "later": True}

@@ -1,12 +1,10 @@
-"""Settings of log routes, read from TRADEBUS_LOGROUTE_* (the environment and the .env file)."""
+"""Settings of log routes: TRADEBUS_LOGROUTE_* (``settings.log_routes``) and what they set."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
+from bus.config import LogRouteSettings
 from bus.errors import ConfigError
 
 
@@ -41,21 +39,7 @@ class LogRouteConfig:
         return max(50, int(self.claim_after * 1000 / 10))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> LogRouteConfig:
-        """TRADEBUS_LOGROUTE_BATCH, TRADEBUS_LOGROUTE_CLAIM_AFTER, TRADEBUS_LOGROUTE_TIME_BUDGET."""
-        env = os.environ if environ is None else environ
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            var = f"TRADEBUS_LOGROUTE_{f.name.upper()}"
-            raw = env.get(var, "").strip()
-            if not raw:
-                continue
-            kind = int if f.name == "batch" else float
-            try:
-                kw[f.name] = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r}: must be a number") from None
-        try:
-            return cls(**kw)
-        except ConfigError as e:
-            raise ConfigError(f"TRADEBUS_LOGROUTE_*: {e}") from None
+    def from_settings(cls, log_routes: LogRouteSettings) -> LogRouteConfig:
+        """``settings.log_routes`` (TRADEBUS_LOGROUTE_BATCH, _CLAIM_AFTER, _TIME_BUDGET); unset ones keep
+        the defaults above."""
+        return cls(**log_routes.model_dump(exclude_none=True))

@@ -45,7 +45,7 @@ from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
 
-READ = LuaScript("drain.lua")
+READ = LuaScript("bus.dispatch.logroutes", "drain.lua")
 #: Drainer.run outcomes
 DONE, BUSY, LOST, MORE, RETRY = "done", "busy", "lost", "more", "retry"
 

@@ -29,13 +29,13 @@ import redis
 from bus.core import state
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
+from bus.dispatch.names import RISK_TASK, STATE_TASK
 from bus.dispatch.routing import Route
 from bus.errors import BusError
 from bus.events.model import TradeEvent
 
 #: the built-in effects' names: the ``task`` of the default state and risk routes
-STATE_EFFECT = "tradebus.state.apply"
-RISK_EFFECT = "tradebus.risk.check"
+STATE_EFFECT, RISK_EFFECT = STATE_TASK, RISK_TASK
 
 
 class LogRouteError(BusError):

@@ -11,13 +11,15 @@ no publish woke the route for (events the route does not take: acknowledged by t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
 from bus.core.keys import Keys
 from bus.core.wire import parse_id
 from bus.dispatch.routing import LOG, Route, RoutingTable
+
+Status = Literal["ok", "warn"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,24 @@ def route_lag(
 def stale(lags: list[GroupLag], grace_ms: int) -> list[GroupLag]:
     """Groups with entries waiting longer than ``grace_ms`` and no drainer: beat wakes them."""
     return [g for g in lags if not g.drainer and g.waiting_ms > grace_ms]
+
+
+def health(lags: list[GroupLag], *, stuck_after_ms: int, log_maxlen: int) -> tuple[Status, str, str] | None:
+    """``(status, detail, fix)`` for `tradebus doctor`, None when no log route has a group yet. Warns on
+    entries waiting with no drainer beyond ``stuck_after_ms`` (beat should have woken them) and on a lag
+    above half the log's cap (past the cap, trimming removes entries the route has not read: they are
+    dead-lettered, not applied)."""
+    if not lags:
+        return None
+    stuck = stale(lags, stuck_after_ms)
+    near_cap = [g for g in lags if (g.lag or 0) > log_maxlen // 2]
+    waiting = sum((g.lag or 0) + g.pending for g in lags)
+    detail = f"{len(lags)} group(s), {waiting} entries waiting; see `tradebus state --lag`"
+    if not stuck and not near_cap:
+        return "ok", detail, ""
+    why = "entries waiting with no drainer" if stuck else "lag above half of TRADEBUS_LOG_MAXLEN"
+    names = ", ".join(f"{g.route}/{g.symbol}" for g in (stuck + near_cap)[:5])
+    return "warn", f"{why}: {names}; {detail}", "run workers for the routes' queues, and celery beat (its wake job)"
 
 
 def _server_ms(client: redis.Redis) -> int:

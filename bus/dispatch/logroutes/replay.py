@@ -21,9 +21,6 @@ from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.effects import Batch, Effect, LogEntry, LogRouteError, is_replayable
 from bus.dispatch.routing import Route
 
-#: the Celery task that replays: ``replay(route_name, symbol, start, end)``
-REPLAY_TASK = "tradebus.logroute.replay"
-
 
 class LeaseBusyError(LogRouteError):
     """The route's drain lease is held: a drain is running; try again shortly."""

@@ -22,10 +22,9 @@ import orjson
 from bus.core.keys import Keys
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.messages import MessageBuilder
+from bus.dispatch.names import DRAIN_TASK
 from bus.dispatch.routing import Route
 
-#: the Celery task that drains one (route, symbol): ``drain(route_name, symbol, token=None)``
-DRAIN_TASK = "tradebus.logroute.drain"
 #: every drainer reads as this one consumer: only the lease holder reads, so a dead drainer's pending
 #: entries are simply the next drainer's own (read first, in log order)
 CONSUMER = "drainer"

@@ -1,4 +1,4 @@
--- tradebus log-route read (bus/dispatch/logroutes/drain.py): the only way a drainer reads, fenced by its lease.
+-- tradebus log-route read (drain.py beside it): the only way a drainer reads, fenced by its lease.
 -- KEYS[1] log stream, KEYS[2] drain lease, KEYS[3] wake flag (same {symbol} slot)
 -- ARGV[1] group (the route's name), ARGV[2] consumer, ARGV[3] lease token, ARGV[4] batch size
 -- Replies (first element: the kind):

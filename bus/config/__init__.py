@@ -1,0 +1,26 @@
+"""Configuration: ``Settings`` (bus.config.settings) with its nested groups (bus.config.groups), read
+from a .env file and the environment; the only package that reads the environment."""
+
+from bus.config.groups import (
+    BeatSettings,
+    LogRouteSettings,
+    NotifySettings,
+    ReconcileSettings,
+    RiskSettings,
+    SettingsGroup,
+)
+from bus.config.settings import LoadEnvironmentVariables, Settings, debug_requested, safe_url, state_home
+
+__all__ = [
+    "BeatSettings",
+    "LoadEnvironmentVariables",
+    "LogRouteSettings",
+    "NotifySettings",
+    "ReconcileSettings",
+    "RiskSettings",
+    "Settings",
+    "SettingsGroup",
+    "debug_requested",
+    "safe_url",
+    "state_home",
+]
