@@ -24,6 +24,7 @@ from bus.config import Settings
 from bus.demo.environment import DEMO_MAX_ORDER_VOLUME, DemoEnvironment
 from bus.demo.report import collect
 from bus.demo.session import DEMO_SYMBOLS, LOT, OVERSIZED_LOT, Session, Strategy, TaskMonitor, TimedBus
+from celery_app import routing_from_settings
 
 #: seconds between price ticks
 TICK_SECONDS = 0.1
@@ -57,7 +58,7 @@ def run_demo(
             _trade(session, seconds=seconds, say=say, live_console=live_console)
             session.executor.flush()
             say("session over; waiting for the worker to finish the dispatched tasks")
-            drained = _drain(session.timed, session.monitor)
+            drained = _drain(session.timed, session.monitor, session.bus, routing_from_settings(env.settings))
             return collect(session, env, runtime=time.monotonic() - started, drained=drained)
         finally:
             session.close()
@@ -66,14 +67,16 @@ def run_demo(
 def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> Session:
     from bus.dispatch.dispatcher import Dispatcher
     from bus.dispatch.factory import EventBusFactory
+    from bus.dispatch.routing import LOG
     from bus.executor.builder import ExecutorBuilder
     from bus.executor.paper import PaperVenue, RandomWalkFeed
 
     names = list(DEMO_SYMBOLS)[:n_symbols]
     # channels are not prefixed: on a shared server keep clear of real symbols' channels
     symbols = [f"DEMO-{s}" for s in names] if env.shared else names
-    bus = EventBusFactory.create_from_env(env.settings, dispatcher=Dispatcher.from_settings(env.settings))
-    timed = TimedBus(bus)
+    dispatcher = Dispatcher.from_settings(env.settings)
+    bus = EventBusFactory.create_from_env(env.settings, dispatcher=dispatcher)
+    timed = TimedBus(bus, frozenset(r.name for r in dispatcher.routing if r.mode == LOG))
     assert env.app is not None  # started by DemoEnvironment.__enter__
     monitor = TaskMonitor(env.app, timed).start()
     venue = PaperVenue(
@@ -171,14 +174,22 @@ def _trade(session: Session, *, seconds: float, say: Say, live_console: Console 
             time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the price feed, not waiting on work
 
 
-def _drain(timed: TimedBus, monitor: TaskMonitor) -> bool:
-    """Poll until every dispatched task has finished (succeeded, failed or rejected), with a deadline."""
+def _drain(timed: TimedBus, monitor: TaskMonitor, bus: Any, routing: Any) -> bool:
+    """Poll until every dispatched task has finished (succeeded, failed or rejected) and every log route
+    has acknowledged everything in its groups, with a deadline."""
+    from bus.dispatch.logroutes.monitor import caught_up, route_lag
+
+    def done() -> bool:
+        if not timed.expected_tasks <= monitor.finished:
+            return False
+        return caught_up(bus.client, bus.keys, routing, route_lag(bus.client, bus.keys, routing))
+
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
-        if timed.expected_tasks <= monitor.finished:
+        if done():
             return True
         time.sleep(0.05)
-    return timed.expected_tasks <= monitor.finished
+    return done()
 
 
 def _view(session: Session, tick: int, ticks: int, phase: str) -> Table:

@@ -11,12 +11,12 @@ no publish woke the route for (events the route does not take: acknowledged by t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
 from bus.core.keys import Keys
-from bus.core.wire import parse_id
+from bus.core.wire import LogEntries, parse_id
 from bus.dispatch.routing import LOG, Route, RoutingTable
 
 Status = Literal["ok", "warn"]
@@ -79,6 +79,21 @@ def route_lag(
         out.append(GroupLag(route.name, symbol, None if lag is None else int(lag), int(g["pending"]),
                             _text(g["last-delivered-id"]), bool(held), max(0, waited)))  # fmt: skip
     return out
+
+
+def caught_up(client: redis.Redis, keys: Keys, routing: RoutingTable, lags: list[GroupLag]) -> bool:
+    """Every group has applied every entry its route takes. Entries a route does not take wake nobody, so
+    they may wait in its lag until its next drain (or beat's wake job) acknowledges them."""
+    for g in lags:
+        if g.pending:
+            return False
+        route = routing.get(g.route)
+        if not g.lag or route is None:
+            continue
+        rows = cast(LogEntries, client.xrange(keys.log(g.symbol), f"({g.last_delivered}", "+", count=min(g.lag, 1000)))
+        if g.lag > 1000 or any(route.matches(_text(f.get(b"type", b"")), g.symbol) for _, f in rows):
+            return False
+    return True
 
 
 def stale(lags: list[GroupLag], grace_ms: int) -> list[GroupLag]:
