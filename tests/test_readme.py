@@ -76,10 +76,12 @@ def test_python_snippets_run_in_order(settings, tmp_path, monkeypatch, capsys) -
 
 
 def test_toml_routes_example_loads() -> None:
-    (toml,) = [code for lang, code in BLOCKS if lang == "toml"]
+    toml, log_route = [code for lang, code in BLOCKS if lang == "toml"]
     table = RoutingTable.from_config(tomllib.loads(toml))
     audit = [r for r in table if r.name == "audit"][0]
     assert audit.retry.max_retries == 8 and "state" in [r.name for r in table]
+    fills = RoutingTable.from_config(tomllib.loads(log_route)).get("fills")
+    assert fills is not None and fills.mode == "log" and fills.task == "myapp.fills"
 
 
 def test_env_block_is_the_reference_one() -> None:
