@@ -38,7 +38,7 @@ def test_two_beats_one_effective_rebuild(celery_settings, client):  # noqa: F811
 
 def test_beat_schedule_is_data(monkeypatch):
     assert set(BEAT_SCHEDULE) == {
-        f"tradebus.reconcile.{j}" for j in ("redispatch", "rebuild", "stale_orders", "broker", "trim")
+        f"tradebus.reconcile.{j}" for j in ("redispatch", "rebuild", "stale_orders", "broker", "trim", "wake")
     }
     assert all(e["options"]["queue"] == "tradebus.reconcile" for e in BEAT_SCHEDULE.values())
     monkeypatch.setenv("TRADEBUS_BEAT_REBUILD_INTERVAL", "600")
