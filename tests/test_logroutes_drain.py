@@ -14,7 +14,7 @@ import pytest
 import redis
 import support_logroutes  # noqa: F401 - registers the tradebus_test.log_* effects
 from support_bus import wait_for
-from support_logroutes import applied, wake_args
+from support_logroutes import applied, applied_key, wake_args
 
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
@@ -180,7 +180,8 @@ def test_time_budget_hands_over_with_the_same_token(bus) -> None:
     ticks = iter(range(1000))
     d = drainer(bus, config=LogRouteConfig(batch=10, claim_after=5, time_budget=2.5), clock=lambda: next(ticks))
     out = d.run("chain")
-    assert (out.status, out.acked) == (MORE, 20)  # two batches per "task"
+    # the budget (2.5 ticks) is looked at before each next read: the third batch commits and hands over
+    assert (out.status, out.acked) == (MORE, 30)
     while out.status == MORE:
         out = d.run(out.token)
     assert out.status == DONE
@@ -190,16 +191,17 @@ def test_time_budget_hands_over_with_the_same_token(bus) -> None:
 def test_publish_racing_the_end_of_a_drain_strands_nothing(bus, broker, settings) -> None:
     """Race 1: a publish that finds the flag set sends no wake-up; the drain must still see its entry.
 
-    Each round publishes one event the moment the previous one's batch committed (an after-commit hook),
-    i.e. while its drainer is making its last read and giving up the lease and flag, at a random point of
-    that sequence (a random spin of 0-400 us first). Nothing else publishes, and there is no beat: an event
-    whose wake-up is lost is never applied and the round times out. Two threads take the wake-ups off the
-    broker list, as workers would."""
-    committed = threading.Event()
+    Each round publishes one event while the previous event's drain is committing: the effect signals
+    that its batch is staged (its transaction, with the drain's last read and the release of the lease and
+    flag, goes out next), the publisher spins 0-400 us and publishes. So publishes land before that commit
+    (its read must take them) or after it (they must find no flag and wake a new drain). Nothing else
+    publishes and there is no beat: an event whose wake-up is lost is never applied and its round times
+    out. Two threads take the wake-ups off the broker list, as workers would."""
+    staged = threading.Event()
 
-    def record_then_signal(batch):
+    def record_and_signal(batch):
         effect_for(RECORD)(batch)
-        batch.after_commit(lambda _: committed.set())
+        staged.set()
 
     stop, errors, drains = threading.Event(), [], []
 
@@ -210,7 +212,7 @@ def test_publish_racing_the_end_of_a_drain_strands_nothing(bus, broker, settings
                 got = broker.brpop([queue_key(settings)], timeout=0.05)
                 if got is not None:
                     _, symbol, task_id = wake_args(got[1])
-                    drains.append(Drainer(c, bus.keys, RECORD, symbol, record_then_signal, config=FAST).run(task_id))
+                    drains.append(Drainer(c, bus.keys, RECORD, symbol, record_and_signal, config=FAST).run(task_id))
         except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
         finally:
@@ -219,26 +221,29 @@ def test_publish_racing_the_end_of_a_drain_strands_nothing(bus, broker, settings
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
         t.start()
-    published, rounds = [], 400
+    published, rounds, key = [], 400, applied_key(bus.keys, "rec", "XAUUSD")
     try:
         for i in range(rounds):
-            committed.clear()
+            staged.clear()
             e = order(i)
+            bus.publish(e)
+            published.append(e.event_id)
+            assert staged.wait(5), f"round {i}: event {e.event_id} stranded (no drain took it)"
             spin_until = time.perf_counter() + random.random() * 0.0004
             while time.perf_counter() < spin_until:
                 pass
-            bus.publish(e)
-            published.append(e.event_id)
-            assert committed.wait(5), f"round {i}: event {e.event_id} stranded (no drain applied it)"
+            if i + 1 < rounds:
+                continue  # the next publish races this batch's commit
+            wait_for(lambda: bus.client.llen(key) == rounds, timeout=5, what="the last event applied")
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     assert not errors, errors
     assert applied(bus.client, bus.keys, "rec", "XAUUSD") == published
-    # both sides of the race were taken, many times: publishes the ending drain read itself (fewer drains
-    # than rounds) and publishes that found the flag gone and sent their own wake-up
-    assert {d.status for d in drains} <= {DONE, BUSY} and 20 < len(drains) < rounds - 20
+    # both sides of the race were taken, many times: publishes the committing drain read itself (fewer
+    # drains than rounds) and publishes that found the flag gone and sent their own wake-up
+    assert {d.status for d in drains} <= {DONE, BUSY} and 20 < len(drains) < rounds - 20, len(drains)
 
 
 def test_entries_trimmed_unread_are_dead_lettered_as_a_range(bus) -> None:

@@ -2,14 +2,16 @@
 
 ``Drainer.run`` is what the wake-up task does:
 
-1. take the lease (SET NX PX token; a redelivered task whose token still holds it takes it back);
-2. per batch: WATCH the lease, read with drain.lua (fenced: only the token holder reads), run the
-   route's effect, which stages its writes on the transaction, then MULTI {effects, XACK, renew lease and
-   flag} EXEC. If the lease changed hands since the WATCH, EXEC does nothing (WatchError) and this drainer
-   stops: an effect is never applied by two drainers, and never without its ack (effectively-once
-   effects, Race 3 in the design note);
+1. take the lease (SET NX PX token; a redelivered task whose token still holds it takes it back), WATCH
+   it and read with drain.lua (fenced: only the token holder reads), in one round trip;
+2. per batch: run the route's effect, which stages its writes on a transaction, then MULTI {effects,
+   XACK, renew lease and flag, the next read} EXEC. If the lease changed hands since the WATCH, EXEC does
+   nothing and this drainer stops: an effect is never applied by two drainers, and never without its ack
+   (effectively-once effects, Race 3 in the design note). When the next read returned entries, WATCH the
+   lease again and check it is still this drainer's before applying them;
 3. end when drain.lua finds nothing pending and nothing new: that same call releases the lease and deletes
-   the wake flag (Race 1), or hand over (same token) after ``time_budget`` or for a retry's backoff.
+   the wake flag (Race 1), inside the last transaction; or hand over (same token) after ``time_budget`` or
+   for a retry's backoff. A drain of one small batch costs two round trips.
 
 Failures: an effect that raises on a batch of several entries commits nothing; the next reads hand out
 the group's pending entries one at a time (drain.lua reads its own pending entries first), so the
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
@@ -38,6 +41,7 @@ from bus.core.wire import MAX_SEQ, format_id, parse_id
 from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.effects import Batch, Effect, LogEntry
+from bus.dispatch.logroutes.roundtrips import RoundTrips
 from bus.dispatch.logroutes.wake import CONSUMER
 from bus.dispatch.routing import Route
 from bus.errors import EventValidationError
@@ -103,61 +107,87 @@ class Drainer:
     def run(self, token: str | None = None) -> Outcome:
         """Drain until nothing is left, the time budget is spent or an effect needs a retry."""
         token = token or new_token()
-        if not self._acquire(token):
-            return Outcome(BUSY)
+        rt = RoundTrips(self.client)
+        try:
+            # one round trip: take the lease (or find it ours: a redelivered wake-up), WATCH it, read
+            _, _, reply = rt.send(("SET", self.lease_key, token, "NX", "PX", self.config.lease_ms),
+                                  ("WATCH", self.lease_key), self._read(token))  # fmt: skip
+            reply = self._scripted(rt, reply, token)
+            if _text(reply[0]) == LOST:
+                return Outcome(BUSY)
+            return self._drain(rt, token, reply)
+        finally:
+            rt.close()
+
+    def _read(self, token: str, script: str = "EVALSHA") -> tuple[Any, ...]:
+        return (script, READ.sha if script == "EVALSHA" else READ.body, 3, self.log_key, self.lease_key,
+                self.flag_key, self.route.name, CONSUMER, token, self.config.batch)  # fmt: skip
+
+    def _scripted(self, rt: RoundTrips, reply: Any, token: str) -> Any:
+        """The read's reply; after a script-cache loss (NOSCRIPT) the read again as EVAL."""
+        if isinstance(reply, NoScriptError):
+            reply = rt.send(self._read(token, "EVAL"))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _drain(self, rt: RoundTrips, token: str, reply: Any) -> Outcome:
+        """Apply what each read returned, one transaction per batch, the next read inside it (WATCHing the
+        lease): the last one, finding nothing, releases the lease and deletes the flag as it commits."""
         deadline = self.clock() + self.config.time_budget
         out = Outcome(DONE, token)
         while True:
-            if self.clock() >= deadline:
-                out.status = MORE
-                return out
-            step = self._step(token, out)
-            if step is not None:
-                out.status = step
-                return out
-
-    def _acquire(self, token: str) -> bool:
-        if self.client.set(self.lease_key, token, nx=True, px=self.config.lease_ms):
-            return True
-        held = self.client.get(self.lease_key)
-        return held is not None and (held.decode() if isinstance(held, bytes) else held) == token
-
-    def _step(self, token: str, out: Outcome) -> str | None:
-        """One read and its transaction; a status to end with, or None to go on."""
-        with self.client.pipeline(transaction=True) as tx:
-            tx.watch(self.lease_key)
-            reply = READ.call(tx, [self.log_key, self.lease_key, self.flag_key],
-                              [self.route.name, CONSUMER, token, self.config.batch])  # fmt: skip
             kind = _text(reply[0])
             if kind in (DONE, LOST):
-                return kind
-            tx.multi()
+                out.status = kind
+                return out
+            tx = self.client.pipeline(transaction=True)  # collects the effect's commands
             hooks: list[Callable[[list[Any]], None]] = []
             if kind == "gap":
                 settled = self._skip_gap(tx, reply)
             else:
                 entries, deliveries = (reply[2], int(reply[1])) if kind == "pending" else (reply[1], 0)
                 settled = self._settle(tx, entries, deliveries, hooks)
-            if settled.isolate:
-                return None  # leaving the with-block discards the transaction; entries stay pending
-            if settled.acked:
-                tx.xack(self.log_key, self.route.name, *settled.acked)
+            if settled.isolate:  # nothing committed; still WATCHing: the next read takes one entry
+                reply = self._scripted(rt, rt.send(self._read(token))[0], token)
+                continue
+            go_on = settled.retry_in is None and self.clock() < deadline
             hold = self.config.lease_ms + int((settled.retry_in or 0) * 1000)
-            tx.pexpire(self.lease_key, hold)
-            tx.pexpire(self.flag_key, max(hold, self.config.flag_ttl_ms))
-            try:
-                results = tx.execute(raise_on_error=False)
-            except redis.WatchError:
-                return LOST
-        self._check(results, settled)
-        for hook in hooks:
-            hook(results)
-        out.acked += len(settled.acked)
-        out.dead_lettered += settled.dead
-        if settled.retry_in is not None:
-            out.countdown = settled.retry_in
-            return RETRY
-        return None
+            staged = [args for args, _ in tx.command_stack]
+            commands = [("MULTI",), *staged]
+            if settled.acked:
+                commands.append(("XACK", self.log_key, self.route.name, *settled.acked))
+            commands += [
+                ("PEXPIRE", self.lease_key, hold),
+                ("PEXPIRE", self.flag_key, max(hold, self.config.flag_ttl_ms)),
+            ]
+            if go_on:
+                commands.append(self._read(token))
+            results = rt.send(*commands, ("EXEC",))[-1]
+            if results is None:  # the lease changed hands since the WATCH: nothing of this batch applied
+                out.status = LOST
+                return out
+            if isinstance(results, Exception):  # EXECABORT: a command the effect queued was refused
+                raise results
+            self._check(results[: len(staged)], settled)
+            for hook in hooks:
+                hook(results)
+            out.acked += len(settled.acked)
+            out.dead_lettered += settled.dead
+            if not go_on:
+                out.status, out.countdown = (
+                    (RETRY, settled.retry_in or 0.0) if settled.retry_in is not None else (MORE, 0.0)
+                )
+                return out
+            reply = results[-1]
+            if isinstance(reply, Exception) or _text(reply[0]) not in (DONE, LOST):
+                # entries are ours to apply next: the lease must still be ours when the next WATCH starts
+                _, held = rt.send(("WATCH", self.lease_key), ("GET", self.lease_key))
+                if held != token.encode():
+                    out.status = LOST
+                    return out
+                if isinstance(reply, Exception):  # the script cache was lost mid-drain
+                    reply = self._scripted(rt, NoScriptError(), token)
 
     def _settle(self, tx: Any, raw: list[Any], deliveries: int, hooks: list[Any]) -> _Settled:
         settled, matching = _Settled(), []
