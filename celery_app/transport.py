@@ -57,6 +57,9 @@ class Message(virtual.Message):  # type: ignore[misc]
             raise RefusedMessage(f"body does not decode as {payload['properties'].get('body_encoding')}: {e}") from e
 
 
+_TEXT = (str, type(None))
+
+
 def envelope_problem(payload: Any, codecs: dict[str, Any]) -> str | None:
     """What keeps ``payload`` from being a kombu Redis envelope (the fields kombu and its QoS read), or None."""
     if not isinstance(payload, dict):
@@ -68,11 +71,14 @@ def envelope_problem(payload: Any, codecs: dict[str, Any]) -> str | None:
     if not isinstance(tag, str) or not tag:
         return "no delivery_tag string"
     info = props.get("delivery_info")
-    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+    if not (isinstance(info, dict) and isinstance(info.get("exchange"), str)
+            and isinstance(info.get("routing_key"), str)):  # fmt: skip
         return "delivery_info lacks exchange / routing_key strings"
     if not isinstance(payload.get("headers") or {}, dict):
         return "headers is not an object"
-    if not all(isinstance(payload.get(k), str | None) for k in ("body", "content-type", "content-encoding")):
+    get = payload.get
+    if not (isinstance(get("body"), _TEXT) and isinstance(get("content-type"), _TEXT)
+            and isinstance(get("content-encoding"), _TEXT)):  # fmt: skip
         return "body, content-type or content-encoding is not a string"
     encoding = props.get("body_encoding")
     if encoding and not (isinstance(encoding, str) and (encoding.lower() == "utf-8" or encoding in codecs)):
