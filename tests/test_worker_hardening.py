@@ -149,3 +149,23 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_hostile_broadcast_on_the_remote_control_channel_is_dead_lettered(hardening: dict[str, Any]) -> None:
+    s: Settings = hardening["settings"]
+    app, bus, broker, proc = hardening["app"], hardening["bus"], hardening["broker"], hardening["proc"]
+    marker = f"m-{uuid.uuid4().hex[:12]}"
+    db = int(s.broker_url.rsplit("/", 1)[1])
+    # When: a JSON array is PUBLISHed on the worker's remote-control (pidbox) fanout channel
+    raw = json.dumps([marker, "not an envelope"]).encode()
+    channel = f"{s.key_prefix}:/{db}.celery.pidbox"
+    wait_for(lambda: broker.publish(channel, raw) == 1, what="the worker subscribed")  # delivered exactly once
+    # Then: it is dead-lettered, and the worker still runs tasks
+    (dl,) = wait_for(lambda: [d for d in list_dead_letters(bus, Keys(s.key_prefix)) if marker.encode() in d.raw],
+                     what=f"the broadcast dead-lettered\n{worker_log(s)[-3000:]}")  # fmt: skip
+    assert dl.queue == "celery.pidbox" and "not a message envelope (a JSON list)" in dl.reason
+    assert json.loads(dl.raw) == json.loads(raw)
+    app.send_task("tradebus_test.record", args=[EVENT.to_json()], kwargs={"route": marker}, queue="tradebus.state")
+    wait_for(lambda: f"{marker}|order.created|XAUUSD".encode() in bus.lrange(f"{s.key_prefix}:test:ran", 0, -1),
+             what="the next task")  # fmt: skip
+    assert proc.poll() is None
