@@ -91,11 +91,11 @@ def dead_letter(
     """
     content = event_json.encode("utf-8", "surrogatepass") if isinstance(event_json, str) else bytes(event_json)
     kept = content[:MAX_CONTENT_BYTES]
-    text, encoding = _utf8(kept, cut=len(kept) < len(content)), ""
-    if text is None:
-        text, encoding = base64.b64encode(kept).decode("ascii"), BASE64
+    body, encoding = _utf8(kept, cut=len(kept) < len(content)), ""
+    if body is None:
+        body, encoding = base64.b64encode(kept).decode("ascii"), BASE64
     fields: dict[FieldT, EncodableT] = {
-        "event": text,
+        "event": body,
         "route": route or "",
         "task": task or "",
         "attempts": int(attempts),
