@@ -15,7 +15,7 @@ from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.drain import DONE, Drainer
 from bus.dispatch.logroutes.effects import LogRouteError, effect_for, register_effect
-from bus.dispatch.logroutes.monitor import route_lag, stale
+from bus.dispatch.logroutes.monitor import GroupLag, health, route_lag, stale
 from bus.dispatch.logroutes.replay import LeaseBusyError, replay_range
 from bus.dispatch.messages import redis_queue_key
 from bus.dispatch.routing import RoutingTable
@@ -104,3 +104,16 @@ def test_wake_up_not_sent_on_a_separate_broker_that_is_down_is_covered_by_beat(s
         bus.publish(TradeEvent.create_order_created("XAUUSD", "d2", "BUY", 2000.0, 1.0))
         wait_for(lambda: {g.route for g in stale(route_lag(bus.client, bus.keys, dispatcher.routing), 100)}
                  == {"state", "risk"}, what="both groups stale for beat")  # fmt: skip
+
+
+def test_doctor_health_of_the_groups() -> None:
+    def g(lag: int, drainer: bool = False, waiting_ms: int = 0) -> GroupLag:
+        return GroupLag("state", "XAUUSD", lag, 0, "0-0", drainer, waiting_ms)
+
+    assert health([], stuck_after_ms=1000, log_maxlen=100) is None  # no log route has a group yet
+    assert health([g(0)], stuck_after_ms=1000, log_maxlen=100)[0] == "ok"
+    assert health([g(5, waiting_ms=500)], stuck_after_ms=1000, log_maxlen=100)[0] == "ok"  # beat will come
+    status, detail, fix = health([g(5, waiting_ms=5000)], stuck_after_ms=1000, log_maxlen=100)
+    assert status == "warn" and "no drainer" in detail and "state/XAUUSD" in detail and "beat" in fix
+    status, detail, _ = health([g(60, drainer=True, waiting_ms=5000)], stuck_after_ms=1000, log_maxlen=100)
+    assert status == "warn" and "TRADEBUS_LOG_MAXLEN" in detail  # trimming would overtake the route
