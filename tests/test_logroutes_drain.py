@@ -88,6 +88,20 @@ def test_one_wake_up_while_pending_then_drained_in_order_once(bus, broker, setti
     assert broker.llen(queue_key(settings)) == 2
 
 
+def test_the_wake_up_message_travels_once_and_a_lost_copy_is_made_good(bus, broker, settings) -> None:
+    bus.publish(order(1))
+    stored = bus.client.hgetall(bus.keys.wake_messages("XAUUSD"))
+    assert sorted(f.decode().split(":")[0] for f in stored) == ["poison", "rec"]  # one per route, stored once
+    assert drainer(bus).run().status == DONE
+    bus.client.delete(bus.keys.wake_messages("XAUUSD"))  # e.g. deleted by hand
+    woken = order(2)
+    r = bus.publish(woken)  # the script finds no message: the publisher sends the wake-up itself
+    assert wake_args(broker.lindex(queue_key(settings), 0))[2] == f"wake:rec:XAUUSD:{r.log_id}"  # the newest
+    assert drainer(bus).run().status == DONE
+    bus.publish(order(3))  # ...and the next publish stores the message again
+    assert len(bus.client.hgetall(bus.keys.wake_messages("XAUUSD"))) == 2
+
+
 def test_a_new_route_sees_the_log_from_its_first_wake_up(bus, settings) -> None:
     plain = RedisEventBus(settings.bus_url, key_prefix=settings.key_prefix)  # no routes: logs only
     plain.publish(order(1))

@@ -112,6 +112,11 @@ class Keys:
         """String with a TTL: a wake-up task for (route, symbol) is on its way or a drainer is at work."""
         return f"{self._sym(symbol)}:wake:{route}"
 
+    def wake_messages(self, symbol: str) -> str:
+        """Hash: the wake-up task message of each (log route, message version) of ``symbol``, stored once so
+        publishes name it instead of sending it."""
+        return f"{self._sym(symbol)}:wake-messages"
+
     def drain_lease(self, route: str, symbol: str) -> str:
         """String with a TTL: the token of the one drainer of (route, symbol)."""
         return f"{self._sym(symbol)}:drain:{route}"

@@ -117,8 +117,8 @@ class Publisher:
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
         if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
-            raw_id, n, woken = PUBLISH.call(self.client, item.keys, item.args)
-            self._send_wakes(event.symbol, item.wake, woken, raw_id)
+            raw_id, n, woken, unsent = PUBLISH.call(self.client, item.keys, item.args)
+            self._send_wakes(event.symbol, item.wake, woken, unsent, raw_id)
             names = NOT_ROUTED
         else:
             raw_id, n, names = self._publish_pipeline([item])[0]
@@ -266,8 +266,8 @@ class Publisher:
                 raise res
             log_id, n = res[:2] if slot.pair < 0 else res[2 * slot.pair : 2 * slot.pair + 2]
             out.append(Published(log_id, n, (slot.staged, ())))
-            if slot.wake is not None:  # the flags the run's script set (its last element), by its last log id
-                self._send_wakes(slot.symbol, slot.wake, res[-1], res[0] if slot.pair < 0 else res[-3])
+            if slot.wake is not None:  # the run's woken and unsent routes (its last two), by its last log id
+                self._send_wakes(slot.symbol, slot.wake, res[-2], res[-1], res[0] if slot.pair < 0 else res[-4])
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:  # an effect or staged dispatch failed after the event was logged: report, do not lose it
             log.error("publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0])
@@ -282,11 +282,16 @@ class Publisher:
             return None
         return self.waker.wake_of(run[0].event.symbol, list(routes.values()))
 
-    def _send_wakes(self, symbol: str, wake: WakeArgs | None, woken: list[int], log_id: bytes) -> None:
-        """A separate broker: send the wake-ups whose flags the script set (same server: it enqueued them)."""
-        separate = self.dispatcher is not None and not self.dispatcher.stages_in_bus_pipeline
-        if woken and wake is not None and self.waker is not None and separate:
-            self.waker.send_wakes(symbol, [wake.routes[i - 1] for i in woken], log_id.decode())
+    def _send_wakes(
+        self, symbol: str, wake: WakeArgs | None, woken: list[int], unsent: list[int], log_id: bytes
+    ) -> None:
+        """Send the wake-ups the script did not enqueue: every one whose flag it set when the broker is
+        separate; on the same server, those whose message it did not find."""
+        if wake is None or self.waker is None or self.dispatcher is None:
+            return
+        send = unsent if self.dispatcher.stages_in_bus_pipeline else woken
+        if send:
+            self.waker.send_wakes(symbol, [wake.routes[i - 1] for i in send], log_id.decode())
 
     def stage_publish(self, pipe: Any, event: TradeEvent, hooks: list[Callable[[list[Any]], None]]) -> None:
         """Queue the publish of ``event`` on ``pipe``, a MULTI the caller executes (a log-route effect's
@@ -306,7 +311,7 @@ class Publisher:
             reply = results[at]
             if isinstance(reply, Exception):
                 return
-            self._send_wakes(event.symbol, item.wake, reply[2], reply[0])
+            self._send_wakes(event.symbol, item.wake, reply[2], reply[3], reply[0])
             if item.tracked:
                 self._send([item], [reply[0].decode()])
 

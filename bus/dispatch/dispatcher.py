@@ -255,8 +255,10 @@ class Dispatcher:
                     )  # fmt: skip
 
     def send_wakes(self, symbol: str, routes: Sequence[Route], log_id: str) -> bool:
-        """Send the wake-ups of ``routes`` (flags the publish script set) on a separate broker. False if
-        the broker refused: the flags expire and beat's wake job covers the groups meanwhile."""
+        """Send the wake-ups of ``routes`` (flags the publish script set and did not enqueue itself). False
+        if the broker refused: the flags expire and beat's wake job covers the groups meanwhile."""
+        if self.stages_in_bus_pipeline:  # the script found no stored message: store them again next time
+            self.waker.forget(symbol)
         try:
             if self._redis_kw is not None:
                 with self._broker_client().pipeline(transaction=False) as pipe:
