@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -276,7 +277,7 @@ def latency(mode: str, rate: int, seconds: float, symbols: int = 10) -> dict[str
 # --- 3. publish -------------------------------------------------------------------------------------
 
 
-def publish(n: int, rounds: int = 5) -> dict[str, float]:
+def publish(n: int, rounds: int = 9) -> dict[str, float]:
     from bus.core.bus import RedisEventBus
     from bus.core.keys import channel
     from bus.dispatch.dispatcher import publisher_app
@@ -327,9 +328,11 @@ def publish(n: int, rounds: int = 5) -> dict[str, float]:
     for bus in (log_bus, event_bus, bare_bus):
         bus.publish(closed(0))  # scripts cached, queues declared, flags set
     rates: dict[str, list[float]] = {k: [] for k in paths}
+    order = list(paths.items())
     try:
-        for _ in range(rounds):  # interleaved, so a load change hits every path alike; medians reported
-            for name, (fn, make) in paths.items():
+        for _ in range(rounds):  # interleaved, in a new order each round: a load change hits every path alike
+            random.shuffle(order)
+            for name, (fn, make) in order:
                 events = [make(i) for i in range(n // rounds)]
                 t = time.perf_counter()
                 fn(events)
@@ -347,7 +350,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--symbols", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--publish-n", type=int, default=5000)
+    ap.add_argument("--publish-n", type=int, default=9000)
     a = ap.parse_args()
     if a.only in (None, "publish"):
         pub = publish(a.publish_n)
