@@ -117,3 +117,17 @@ def test_doctor_health_of_the_groups() -> None:
     assert status == "warn" and "no drainer" in detail and "state/XAUUSD" in detail and "beat" in fix
     status, detail, _ = health([g(60, drainer=True, waiting_ms=5000)], stuck_after_ms=1000, log_maxlen=100)
     assert status == "warn" and "TRADEBUS_LOG_MAXLEN" in detail  # trimming would overtake the route
+
+
+def test_beat_trim_keeps_what_a_log_route_has_not_acknowledged(bus) -> None:
+    from bus.domain.reconcile import trim_logs
+
+    bus.publish_many([TradeEvent.create_order_created("XAUUSD", f"t{i}", "BUY", 1.0, 1.0) for i in range(10)])
+    for route in (bus.dispatcher.routing.get("state"), bus.dispatcher.routing.get("risk")):
+        drain = Drainer(bus.client, bus.keys, route, "XAUUSD", effect_for(route), config=FAST, publisher=bus.publisher)
+        assert drain.run().status == DONE
+    unread = bus.publish_many([TradeEvent.create_order_created("XAUUSD", f"u{i}", "BUY", 1.0, 1.0) for i in range(5)])
+    report = trim_logs(bus.client, bus.keys, token=1, retention_s=0, maxlen=1)
+    assert report["held_by_log_routes"] == ["XAUUSD"]
+    # everything the routes have acknowledged goes; the 5 entries they have not read yet stay
+    assert [log_id for log_id, _ in bus.read_log("XAUUSD")] == [r.log_id for r in unread]

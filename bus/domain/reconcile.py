@@ -25,6 +25,7 @@ import redis
 from bus.config import ReconcileSettings
 from bus.core.keys import Keys
 from bus.core.state import active_positions, open_orders
+from bus.dispatch.logroutes.monitor import oldest_needed
 from bus.domain.lease import DEFAULT_LEASE_TTL_MS, Lease, StaleTokenError, fenced_script
 from bus.domain.rebuild import rebuild_state
 
@@ -254,7 +255,7 @@ def trim_logs(
     symbols: list[str] | None = None,
 ) -> dict[str, Any]:
     """XTRIM each symbol's log by age (MINID) and/or length (MAXLEN), never dropping an entry whose
-    dispatch is still pending (the redispatch job needs it)."""
+    dispatch is still pending (the redispatch job needs it), nor one a log route has not acknowledged."""
     now = server_ms(client)
     trim = fenced_script(
         client,
@@ -265,7 +266,7 @@ if ARGV[3] ~= '' then removed = removed + redis.call('XTRIM', KEYS[2], 'MAXLEN',
 return removed
 """,
     )
-    out: dict[str, Any] = {"removed": {}, "held_by_pending_dispatch": []}
+    out: dict[str, Any] = {"removed": {}, "held_by_pending_dispatch": [], "held_by_log_routes": []}
     for symbol in symbols if symbols is not None else symbols_of(client, keys):
         minid = f"{now - int(retention_s * 1000)}-0" if retention_s is not None else ""
         length = "" if maxlen is None else str(maxlen)
@@ -279,6 +280,11 @@ return removed
                 length = ""  # a length cut could drop the pending entry; age retention still applies
                 if symbol not in out["held_by_pending_dispatch"]:
                     out["held_by_pending_dispatch"].append(symbol)
+        needed = oldest_needed(client, keys, symbol)  # kept for a log route that has not acknowledged it
+        if needed is not None and (length or (minid and _id_key(needed) < _id_key(minid))):
+            length = ""  # as for a pending dispatch: a length cut could drop it; age retention still applies
+            minid = min(minid, needed, key=_id_key) if minid else ""
+            out["held_by_log_routes"].append(symbol)
         if not minid and not length:
             continue
         removed = trim(keys=[keys.symbol_fence(symbol), keys.log(symbol)], args=[token, minid, length])

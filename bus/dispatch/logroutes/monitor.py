@@ -96,6 +96,24 @@ def caught_up(client: redis.Redis, keys: Keys, routing: RoutingTable, lags: list
     return True
 
 
+def oldest_needed(client: redis.Redis, keys: Keys, symbol: str) -> str | None:
+    """The oldest entry of ``symbol``'s log that a consumer group still needs (pending, or not yet read),
+    or None: what a trim must keep so no log route loses an entry (Race 4)."""
+    log = keys.log(symbol)
+    try:
+        groups = client.xinfo_groups(log)
+    except redis.ResponseError:  # no log
+        return None
+    needed: list[str] = []
+    for g in groups:
+        if int(g["pending"]):
+            needed.append(_text(client.xpending(log, g["name"])["min"]))
+        else:
+            after = cast(LogEntries, client.xrange(log, f"({_text(g['last-delivered-id'])}", "+", count=1))
+            needed += [_text(after[0][0])] if after else []
+    return min(needed, key=parse_id, default=None)
+
+
 def stale(lags: list[GroupLag], grace_ms: int) -> list[GroupLag]:
     """Groups with entries waiting longer than ``grace_ms`` and no drainer: beat wakes them."""
     return [g for g in lags if not g.drainer and g.waiting_ms > grace_ms]
