@@ -44,6 +44,7 @@ from bus.core.subscriber import Counters, ListenerHandle, Subscriber, decode_ent
 from bus.core.wire import LogEntries
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.types import EventType
 
 __all__ = ["PUBLISH", "EventBusFactory", "PublishReceipt", "RedisEventBus"]
 
@@ -86,7 +87,7 @@ class RedisEventBus(Publisher):
         self.apply_state = apply_state
         self.dispatcher = dispatcher
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
-        self._routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]] = {}  # channel, type
+        self._routes_cache: dict[tuple[str, EventType], tuple[str, str]] = {}  # channel, type
         self._symbols_sent: set[str] = set()
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None

@@ -16,7 +16,8 @@ from bus.core import state
 from bus.core.keys import Keys, channel
 from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import BusConnectionError, DispatchError
-from bus.events.model import TradeEvent, TradeEventType
+from bus.events.model import TradeEvent
+from bus.events.types import EventType
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Publisher:
     apply_state: bool
     dispatcher: Any
     _symbol_keys: dict[str, tuple[str, str, str]]
-    _routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]]
+    _routes_cache: dict[tuple[str, EventType], tuple[str, str]]
     _symbols_sent: set[str]
     #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
     publish_run_max: int = PUBLISH_RUN_MAX

@@ -27,6 +27,7 @@ from bus.core.state import SCRIPT as STATE_SCRIPT
 from bus.core.state import stage_apply
 from bus.domain.lease import fenced_script
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.types import EventType
 
 # Log entries read per XRANGE call.
 READ_BATCH = 1000
@@ -98,7 +99,7 @@ def rebuild_symbol(
     """Rebuild one symbol; return ``{"symbol", "checked", "drift": [...], "in_flight", "incomplete", ...}``."""
     scratch = keys.scratch(uuid.uuid4().hex[:12])
     cutoff = now_ms - grace_ms
-    first_type: dict[tuple[str, str], TradeEventType] = {}
+    first_type: dict[tuple[str, str], EventType] = {}
     recent: set[tuple[str, str]] = set()
     STATE_SCRIPT.load(client)
     start = "-"
@@ -132,7 +133,7 @@ def _compare_and_repair(
     keys: Keys,
     scratch: Keys,
     symbol: str,
-    first_type: dict[tuple[str, str], TradeEventType],
+    first_type: dict[tuple[str, str], EventType],
     recent: set[tuple[str, str]],
     token: int,
     repair: bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from bus.events.types import TradeEventType
+from bus.events.types import EventType, TradeEventType
 
 if TYPE_CHECKING:
     from bus.events.model import TradeEvent
@@ -20,9 +20,15 @@ class EventHelpers:
     """Mixed into TradeEvent."""
 
     @classmethod
+    def create(cls, event_type: EventType | str, symbol: str, **fields: Any) -> TradeEvent:
+        """An event of any type, built-in or registered, by name or value: ``create("funding.rate_changed",
+        "XAUUSD", rate=0.0001)``. Keywords go to ``data``, except the envelope's (``correlation_id``...)."""
+        return cls._create(TradeEventType.parse(event_type), symbol, {}, fields)
+
+    @classmethod
     def _create(
         cls,
-        event_type: TradeEventType,
+        event_type: EventType,
         symbol: str,
         fields: dict[str, Any],
         extra: dict[str, Any],
