@@ -10,6 +10,7 @@ import orjson
 import pytest
 from support_webhook import webhook_receiver
 
+from bus.config import LoadEnvironmentVariables, NotifySettings
 from bus.core.keys import Keys
 from bus.domain.notify import (
     EVENT_ID_HEADER,
@@ -151,16 +152,16 @@ def test_signature_binds_body_and_timestamp():
     assert not verify_signature(body, SECRET, "1700000000", sig, now=1700009999)  # too old
 
 
-def test_config_from_env_and_filter(caplog):
+def test_config_from_settings_and_filter(caplog, monkeypatch):
     caplog.set_level(logging.INFO)
-    cfg = NotifyConfig.from_env(
-        {
-            "TRADEBUS_WEBHOOK_URL": "http://a.example/h, https://b.example/h",
-            "TRADEBUS_WEBHOOK_SECRET": SECRET,
-            "TRADEBUS_WEBHOOK_TIMEOUT": "2.5",
-            "TRADEBUS_NOTIFY_TYPES": "risk.*,position.closed",
-        }
-    )
+    for var, value in {
+        "TRADEBUS_WEBHOOK_URL": "http://a.example/h, https://b.example/h",
+        "TRADEBUS_WEBHOOK_SECRET": SECRET,
+        "TRADEBUS_WEBHOOK_TIMEOUT": "2.5",
+        "TRADEBUS_NOTIFY_TYPES": "risk.*,position.closed",
+    }.items():
+        monkeypatch.setenv(var, value)
+    cfg = NotifyConfig.from_settings(LoadEnvironmentVariables(None).notify)
     assert cfg.webhook_urls == ("http://a.example/h", "https://b.example/h")
     assert cfg.timeout == 2.5 and SECRET not in repr(cfg)
     assert [s.name for s in cfg.sinks()] == ["log", "webhook:http://a.example/h", "webhook:https://b.example/h"]
@@ -168,11 +169,12 @@ def test_config_from_env_and_filter(caplog):
     assert should_notify(breach, cfg.event_types)
     assert not should_notify(TradeEvent.create_order_created("XAUUSD", "o", "BUY", 1.0, 1.0), cfg.event_types)
     assert notify_event(TradeEvent.create_signal_validated("XAUUSD", "s1"), cfg)["skipped"]
-    log_only = NotifyConfig.from_env({})
+    log_only = NotifyConfig.from_settings(NotifySettings())
     assert notify_event(breach, log_only)["sinks"] == [{"sink": "log", "status": "logged"}]
     assert breach.event_id in caplog.text
+    monkeypatch.setenv("TRADEBUS_WEBHOOK_TIMEOUT", "soon")
     with pytest.raises(ConfigError):
-        NotifyConfig.from_env({"TRADEBUS_WEBHOOK_TIMEOUT": "soon"})
+        LoadEnvironmentVariables(None)
     with pytest.raises(ConfigError):
         WebhookSink("ftp://x/y")
 

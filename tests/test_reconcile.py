@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bus.config import LoadEnvironmentVariables
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
 from bus.core.state import get_order, get_position
@@ -290,10 +291,11 @@ def test_redispatch_without_dispatcher_is_reported():
     assert redispatch(None, grace_s=30)["skipped"]
 
 
-def test_config_from_env():
-    cfg = ReconcileConfig.from_env(
-        {"TRADEBUS_RECONCILE_STALE_ORDER_AGE": "600", "TRADEBUS_RECONCILE_LOG_MAXLEN": "5000"}
-    )
+def test_config_from_settings(monkeypatch):
+    monkeypatch.setenv("TRADEBUS_RECONCILE_STALE_ORDER_AGE", "600")
+    monkeypatch.setenv("TRADEBUS_RECONCILE_LOG_MAXLEN", "5000")
+    cfg = ReconcileConfig.from_settings(LoadEnvironmentVariables(None).reconcile)
     assert cfg.stale_order_age == 600 and cfg.log_maxlen == 5000 and cfg.log_retention is None
+    monkeypatch.setenv("TRADEBUS_RECONCILE_LOG_MAXLEN", "lots")
     with pytest.raises(ConfigError, match="TRADEBUS_RECONCILE_LOG_MAXLEN"):
-        ReconcileConfig.from_env({"TRADEBUS_RECONCILE_LOG_MAXLEN": "lots"})
+        LoadEnvironmentVariables(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from support_celery import celery_settings, client, test_app, wait_for, worker  # noqa: F401
 
+from bus.config import LoadEnvironmentVariables, ReconcileSettings
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
 from bus.core.state import get_order
@@ -40,16 +41,22 @@ def test_beat_schedule_is_data(monkeypatch):
         f"tradebus.reconcile.{j}" for j in ("redispatch", "rebuild", "stale_orders", "broker", "trim")
     }
     assert all(e["options"]["queue"] == "tradebus.reconcile" for e in BEAT_SCHEDULE.values())
-    custom = beat_schedule(environ={"TRADEBUS_BEAT_REBUILD_INTERVAL": "600"})
+    monkeypatch.setenv("TRADEBUS_BEAT_REBUILD_INTERVAL", "600")
+    custom = beat_schedule(LoadEnvironmentVariables(None))
     assert custom["tradebus.reconcile.rebuild"]["schedule"] == 600.0
 
 
-def test_unconfigured_jobs_report_why(celery_settings, client, monkeypatch):  # noqa: F811
-    monkeypatch.delenv("TRADEBUS_BROKER_FACTORY", raising=False)
-    app = test_app(celery_settings)
-    app.tradebus.reconcile_config = ReconcileConfig()
+def test_unconfigured_jobs_report_why(celery_settings, client):  # noqa: F811
+    app = test_app(celery_settings.model_copy(update={"reconcile": ReconcileSettings()}))
     assert "no broker" in app.tasks["tradebus.reconcile.broker"].apply().get()["reason"]
     assert "no retention" in app.tasks["tradebus.reconcile.trim"].apply().get()["reason"]
+
+
+def test_the_broker_job_builds_the_configured_broker(celery_settings, client):  # noqa: F811
+    reconcile = ReconcileSettings(broker_factory="bus.executor.paper:PaperBroker")  # TRADEBUS_BROKER_FACTORY
+    app = test_app(celery_settings.model_copy(update={"reconcile": reconcile}))
+    report = app.tasks["tradebus.reconcile.broker"].apply().get()
+    assert report["ran"], report
 
 
 def test_redispatch_and_stale_order_tasks_run(celery_settings, client):  # noqa: F811

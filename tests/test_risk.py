@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from bus.config import LoadEnvironmentVariables, RiskSettings
 from bus.core.keys import Keys
 from bus.core.state import apply_event
 from bus.domain.risk import (
@@ -44,24 +45,25 @@ class Published(list):
         return event.event_id
 
 
-def test_limits_from_dict_and_env():
-    limits = RiskLimits.from_env(
-        {
-            "TRADEBUS_RISK_MAX_ORDER_VOLUME": "5",
-            "TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL": "XAUUSD=2, *=10",
-            "TRADEBUS_RISK_MAX_OPEN_POSITIONS": "3",
-            "TRADEBUS_RISK_MAX_DAILY_LOSS": "1000.50",
-            "TRADEBUS_RISK_STOP_LOSS_REQUIRED": "true",
-        }
-    )
+def test_limits_from_dict_and_settings(monkeypatch):
+    for var, value in {
+        "TRADEBUS_RISK_MAX_ORDER_VOLUME": "5",
+        "TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL": "XAUUSD=2, *=10",
+        "TRADEBUS_RISK_MAX_OPEN_POSITIONS": "3",
+        "TRADEBUS_RISK_MAX_DAILY_LOSS": "1000.50",
+        "TRADEBUS_RISK_STOP_LOSS_REQUIRED": "true",
+    }.items():
+        monkeypatch.setenv(var, value)
+    limits = RiskLimits.from_settings(LoadEnvironmentVariables(None).risk)
     assert limits.max_order_volume == Decimal(5)
     assert limits.symbol_volume_limit("XAUUSD") == Decimal(2)
     assert limits.symbol_volume_limit("EURUSD") == Decimal(10)
     assert limits.max_open_positions == 3 and limits.stop_loss_required
     assert limits.max_daily_loss == Decimal("1000.50")
-    assert RiskLimits.from_env({}) == RiskLimits()
-    with pytest.raises(ConfigError, match="TRADEBUS_RISK_.*max_order_volume"):
-        RiskLimits.from_env({"TRADEBUS_RISK_MAX_ORDER_VOLUME": "lots"})
+    assert RiskLimits.from_settings(RiskSettings()) == RiskLimits()
+    monkeypatch.setenv("TRADEBUS_RISK_MAX_ORDER_VOLUME", "lots")
+    with pytest.raises(ConfigError, match="TRADEBUS_RISK_MAX_ORDER_VOLUME"):
+        LoadEnvironmentVariables(None)
     with pytest.raises(ConfigError, match="unknown"):
         RiskLimits.from_dict({"max_leverage": 3})
     with pytest.raises(ConfigError, match="integer"):

@@ -7,7 +7,6 @@ code: 0 ok, 1 something is wrong, 2 bad usage.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +19,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx  # type: ignore[no-redef]
 
 from bus.cli.common import EXIT_PROBLEM, EXIT_USAGE, CliContext, err_console, error_message
+from bus.config import debug_requested
 
 app = typer.Typer(
     name="tradebus",
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         code = 0
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        if os.environ.get("TRADEBUS_DEBUG"):
+        if debug_requested():
             raise
         message, code = error_message(e)
         _error_line(message)

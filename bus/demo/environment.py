@@ -100,6 +100,9 @@ class DemoEnvironment:
         return server
 
     def worker_env(self) -> dict[str, str]:
+        """The worker subprocess's environment: this process's own (PATH, the virtualenv, the locale:
+        what starting Python needs), passed on as a whole, with the demo's settings on top. Nothing here
+        is read as configuration: the worker reads these variables through bus.config."""
         env = dict(os.environ)
         env.update(
             {

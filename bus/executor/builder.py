@@ -13,13 +13,13 @@ publishing ORDER_REJECTED with reason ``kill switch: ...``, until ``reset_kill_s
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
+from bus.config import state_home
 from bus.core.bus import RedisEventBus
 from bus.errors import ConfigError
 from bus.events.model import TradeEventType as T
@@ -78,8 +78,7 @@ class ExecutorConfig:
     def resolved_outbox_path(self) -> Path:
         if self.outbox_path:
             return Path(self.outbox_path)
-        state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-        return Path(state) / "tradebus" / f"outbox-{self.source}.sqlite3"
+        return state_home() / "tradebus" / f"outbox-{self.source}.sqlite3"
 
 
 # --- the trade executor: an OrderExecutor plus its outbox flusher and breach listener -------

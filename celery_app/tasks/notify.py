@@ -17,7 +17,7 @@ def notify_config(ctx: Any) -> NotifyConfig:
     """``ctx.notify_config`` if the app set one, else TRADEBUS_WEBHOOK_* read once per process."""
     config = getattr(ctx, "notify_config", None)
     if config is None:
-        config = ctx.notify_config = NotifyConfig.from_env(ctx.settings.environ())
+        config = ctx.notify_config = NotifyConfig.from_settings(ctx.settings.notify)
     return config
 
 

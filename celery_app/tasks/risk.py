@@ -14,7 +14,7 @@ def risk_limits(ctx: Any) -> RiskLimits:
     """``ctx.risk_limits`` if the app set one, else TRADEBUS_RISK_* read once per process."""
     limits = getattr(ctx, "risk_limits", None)
     if limits is None:
-        limits = ctx.risk_limits = RiskLimits.from_env(ctx.settings.environ())
+        limits = ctx.risk_limits = RiskLimits.from_settings(ctx.settings.risk)
     return limits
 
 

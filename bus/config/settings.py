@@ -2,25 +2,41 @@
 
 Real environment variables override the file; a missing file is not an error; a malformed value
 raises ConfigError naming the variable. Passwords are SecretStr and never appear in repr or logs.
+The parts with variables of their own (risk limits, notifications, reconciliation, beat intervals) are
+nested groups (bus.config.groups), read from the same file and environment under the same names. No
+other module reads the environment: the two variables read outside Settings are at the end, with why.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from bus.config.groups import (
+    BeatSettings,
+    GroupedSource,
+    NotifySettings,
+    ReconcileSettings,
+    RiskSettings,
+    groups_of,
+)
 from bus.defaults import (
     BROKER_DB_OFFSET,
     DEFAULT_CONNECT_TIMEOUT,
@@ -80,20 +96,29 @@ class Settings(BaseSettings):
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
 
-    # the .env file these settings were read from (for environ())
-    _env_file: Path | None = PrivateAttr(default=None)
+    # The parts configured by variables of their own, gathered by GroupedSource. NoDecode: a variable
+    # named like a group (RISK=...) is not JSON to decode; GroupedSource drops it.
+    risk: Annotated[RiskSettings, NoDecode] = Field(default_factory=RiskSettings)
+    notify: Annotated[NotifySettings, NoDecode] = Field(default_factory=NotifySettings)
+    reconcile: Annotated[ReconcileSettings, NoDecode] = Field(default_factory=ReconcileSettings)
+    beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
 
-    def environ(self) -> dict[str, str]:
-        """The variables of the .env file these settings came from, overridden by the real
-        environment: for the parts configured by their own variables (risk limits, webhooks,
-        reconciliation), so a .env file configures a worker exactly as it configures the bus."""
-        from dotenv import dotenv_values  # a dependency of pydantic-settings
-
-        merged = {}
-        if self._env_file is not None and self._env_file.is_file():
-            merged = {k: v for k, v in dotenv_values(self._env_file).items() if v is not None}
-        merged.update(os.environ)
-        return merged
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings passes its EnvSettingsSource and DotEnvSettingsSource (a subclass) here
+        return (
+            init_settings,
+            GroupedSource(settings_cls, cast(EnvSettingsSource, env_settings)),
+            GroupedSource(settings_cls, cast(EnvSettingsSource, dotenv_settings)),
+            file_secret_settings,
+        )
 
     @field_validator("redis_ssl_cert_reqs")
     @classmethod
@@ -200,9 +225,7 @@ def LoadEnvironmentVariables(path: str | Path | None = ".env", **overrides: Any)
     env_file = Path(path) if path is not None else None
     try:
         if env_file is not None and env_file.is_file():
-            settings = Settings(_env_file=env_file, _env_file_encoding="utf-8", **overrides)  # type: ignore[call-arg]
-            settings._env_file = env_file
-            return settings
+            return Settings(_env_file=env_file, _env_file_encoding="utf-8", **overrides)  # type: ignore[call-arg]
         return Settings(**overrides)
     except ValidationError as e:
         raise _config_error(e) from None
@@ -211,17 +234,44 @@ def LoadEnvironmentVariables(path: str | Path | None = ".env", **overrides: Any)
 def _config_error(e: ValidationError) -> ConfigError:
     problems = []
     for err in e.errors():
-        field = str(err["loc"][0]) if err["loc"] else ""
-        var = _VARIABLE_OF.get(field, field.upper() or "settings")
+        loc = [str(part) for part in err["loc"]]
+        var = _variable(loc)
         value = err.get("input")
-        if isinstance(value, str) and ("password" in field or "url" in field):
+        if isinstance(value, str) and any(word in var.lower() for word in ("password", "url", "secret")):
             value = "***"
         msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{var}={value!r}: {msg}" if field else msg)
+        problems.append(f"{var}={value!r}: {msg}" if loc else msg)
     return ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def _variable(loc: list[str]) -> str:
+    """The variable an error location points at: ``["REDIS_PORT"]``, ``["redis_port"]``, ``["risk",
+    "max_order_volume"]`` (a group's field), ``["risk", "max_volume_per_symbol", "XAUUSD"]``."""
+    if not loc:
+        return "settings"
+    if loc[0] in _GROUPS and len(loc) > 1:
+        variable = _GROUPS[loc[0]].variables().get(loc[1], loc[1])
+        return variable + "".join(f"[{key}]" for key in loc[2:])
+    return _VARIABLE_OF.get(loc[0], loc[0].upper())
 
 
 _VARIABLE_OF = {
     name: field.validation_alias if isinstance(field.validation_alias, str) else name.upper()
     for name, field in Settings.model_fields.items()
 }
+_GROUPS = groups_of(Settings)
+
+
+# --- read outside Settings ----------------------------------------------------------------------------
+
+
+def debug_requested() -> bool:
+    """TRADEBUS_DEBUG set to anything: the CLI lets an unexpected error end in its traceback. Read on
+    its own, not through Settings: the error being reported may be that the settings failed to load."""
+    return bool(os.environ.get("TRADEBUS_DEBUG"))
+
+
+def state_home() -> Path:
+    """$XDG_STATE_HOME, else ~/.local/state: where local state lives (the executor's outbox). The
+    desktop's base-directory variable, not a tradebus setting, so a .env file does not set it."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
