@@ -21,14 +21,17 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
         DispatchError,
         EventValidationError,
         RoutingError,
+        SchemaVersionError,
     )
-    from bus.events import TradeEvent, TradeEventType
+    from bus.events import Payload, TradeEvent, TradeEventType, register_event_type
 
 #: public name -> the module that defines it
 _EXPORTS = {
     # Events
     "TradeEvent": "bus.events",
     "TradeEventType": "bus.events",
+    "Payload": "bus.events",
+    "register_event_type": "bus.events",
     "validate_symbol": "bus.core.keys",
     # Bus
     "RedisEventBus": "bus.core.bus",
@@ -47,12 +50,15 @@ _EXPORTS = {
     "DispatchError": "bus.errors",
     "EventValidationError": "bus.errors",
     "RoutingError": "bus.errors",
+    "SchemaVersionError": "bus.errors",
 }
 
 __all__ = [
     # Events
     "TradeEvent",
     "TradeEventType",
+    "Payload",
+    "register_event_type",
     "validate_symbol",
     # Bus
     "RedisEventBus",
@@ -71,6 +77,7 @@ __all__ = [
     "DispatchError",
     "EventValidationError",
     "RoutingError",
+    "SchemaVersionError",
 ]
 
 

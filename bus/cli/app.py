@@ -53,6 +53,7 @@ def _root(
     env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(".env"),
 ) -> None:
     ctx.obj = CliContext(env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix)
+    ctx.obj.load_event_types()
 
 
 def _register() -> None:

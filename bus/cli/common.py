@@ -62,6 +62,18 @@ class CliContext:
             self._settings = LoadEnvironmentVariables(self.env_file, **overrides)
         return self._settings
 
+    def load_event_types(self) -> None:
+        """Register the custom event types of TRADEBUS_EVENT_TYPES_MODULE, so every command knows them.
+        Malformed settings are left to the command to report when it reads them."""
+        try:
+            modules = self.settings.event_types_module
+        except ConfigError:
+            return
+        if modules:
+            from bus.events.registry import load_event_types
+
+            load_event_types(modules)
+
     def client(self, *, decode: bool = True, check: bool = True) -> redis.Redis:
         """A redis-py client for the bus; ``check`` PINGs it and fails with a one-line error."""
         return connect(self.settings, decode=decode, check=check)
@@ -145,11 +157,12 @@ def print_json(obj: Any) -> None:
 def parse_type(value: str) -> Any:
     """An event type from its value or name, else a usage error listing the valid ones."""
     from bus.events.model import TradeEventType
+    from bus.events.registry import SPECS
 
     try:
         return TradeEventType.parse(value)
     except EventValidationError:
-        valid = ", ".join(t.value for t in TradeEventType)
+        valid = ", ".join(SPECS)
         raise CliError(f"unknown event type {value!r}; valid: {valid}", EXIT_USAGE) from None
 
 

@@ -44,6 +44,7 @@ from bus.core.subscriber import Counters, ListenerHandle, Subscriber, decode_ent
 from bus.core.wire import LogEntries
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.registry import load_event_types
 from bus.events.types import EventType
 
 __all__ = ["PUBLISH", "EventBusFactory", "PublishReceipt", "RedisEventBus"]
@@ -245,6 +246,7 @@ class EventBusFactory:
     def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
         """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
         publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
+        load_event_types(env_config.event_types_module)
         if "dispatcher" not in kw and env_config.dispatch:
             from bus.dispatch.dispatcher import Dispatcher  # imports Celery: only when dispatching
 
