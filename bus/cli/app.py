@@ -57,13 +57,14 @@ def _root(
 
 
 def _register() -> None:
-    from bus.cli import doctor, events, ops, replay
+    from bus.cli import doctor, events, ops, replay, schema
     from bus.demo import run as demo
 
     events.register(app)
     replay.register(app)
     ops.register(app)
     doctor.register(app)
+    schema.register(app)
     demo.register(app)
 
 
