@@ -85,8 +85,12 @@ def register_event_type(name: str, payload: type[BaseModel], *, effect: StateEff
     return event_type
 
 
-def spec_of(event_type: EventType) -> EventSpec:
-    return SPECS[event_type.value]
+def unregister_event_type(name: str) -> None:
+    """Forget a custom type (tests, reloading plugins). Events of it no longer validate or route."""
+    spec = SPECS.get(name)
+    if spec is None or spec.builtin:
+        raise EventValidationError(f"{name!r} is not a registered custom event type", field="event_type", value=name)
+    del SPECS[name], TYPES_BY_VALUE[name], CUSTOM_TYPES[name]
 
 
 def custom_specs() -> tuple[EventSpec, ...]:
