@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     from bus.config import LoadEnvironmentVariables, Settings
-    from bus.core.bus import EventBusFactory, PublishReceipt, RedisEventBus
-    from bus.core.keys import Keys, channel, validate_symbol
+    from bus.core.bus import PublishReceipt, RedisEventBus
+    from bus.core.keys import Keys, channel
+    from bus.dispatch.factory import EventBusFactory
     from bus.errors import (
         BusConnectionError,
         BusError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
         SchemaVersionError,
     )
     from bus.events import Payload, TradeEvent, TradeEventType, register_event_type
+    from bus.events.rules import validate_symbol
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -32,11 +34,11 @@ _EXPORTS = {
     "TradeEventType": "bus.events",
     "Payload": "bus.events",
     "register_event_type": "bus.events",
-    "validate_symbol": "bus.core.keys",
+    "validate_symbol": "bus.events.rules",
     # Bus
     "RedisEventBus": "bus.core.bus",
     "PublishReceipt": "bus.core.bus",
-    "EventBusFactory": "bus.core.bus",
+    "EventBusFactory": "bus.dispatch.factory",
     # Configuration and naming
     "LoadEnvironmentVariables": "bus.config",
     "Settings": "bus.config",

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bus.config import BeatSettings, Settings
-
-RECONCILE_QUEUE = "tradebus.reconcile"
+from bus.dispatch.names import RECONCILE_QUEUE, RECONCILE_TASKS
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,11 @@ class BeatJob:
 
 
 JOBS: tuple[BeatJob, ...] = (
-    BeatJob("redispatch", "tradebus.reconcile.redispatch", 30.0),
-    BeatJob("rebuild", "tradebus.reconcile.rebuild", 300.0),
-    BeatJob("stale_orders", "tradebus.reconcile.stale_orders", 60.0),
-    BeatJob("broker", "tradebus.reconcile.broker", 60.0),
-    BeatJob("trim", "tradebus.reconcile.trim", 3600.0),
+    BeatJob("redispatch", RECONCILE_TASKS["redispatch"], 30.0),
+    BeatJob("rebuild", RECONCILE_TASKS["rebuild"], 300.0),
+    BeatJob("stale_orders", RECONCILE_TASKS["stale_orders"], 60.0),
+    BeatJob("broker", RECONCILE_TASKS["broker"], 60.0),
+    BeatJob("trim", RECONCILE_TASKS["trim"], 3600.0),
 )
 
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from bus.config import Settings
 from bus.dispatch.messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
+from bus.dispatch.names import QUEUES, STATE_QUEUE
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
 # Redis transport: a message taken but not acked within this many seconds is handed to another worker.
@@ -92,9 +93,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "task_time_limit": TASK_TIME_LIMIT,
         # One queue per concern, so operators can scale state, risk, notify and reconcile apart.
         "task_queues": queues,
-        "task_default_queue": "tradebus.state",
-        "task_routes": {f"tradebus.{c}.*": {"queue": f"tradebus.{c}"}
-                        for c in ("state", "risk", "notify", "reconcile")},
+        "task_default_queue": STATE_QUEUE,
+        # tradebus.<concern>.* runs on queue tradebus.<concern> (bus.dispatch.names)
+        "task_routes": {f"{q}.*": {"queue": q} for q in QUEUES},
         "task_default_priority": 0,
         "timezone": "UTC",
         "enable_utc": True,

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from bus.config import Settings
+from bus.core.connection import make_client
 from bus.core.keys import Keys
 from bus.dispatch.routing import RoutingTable
 
@@ -31,12 +32,7 @@ class TaskContext:
     @property
     def client(self) -> redis.Redis:
         if self._client is None or self._pid != os.getpid():
-            s = self.settings
-            self._client = redis.Redis.from_url(
-                s.bus_url, socket_connect_timeout=s.redis_connect_timeout,
-                socket_timeout=s.redis_socket_timeout, socket_keepalive=True,
-                health_check_interval=s.redis_health_check_interval, **s.ssl_options(),
-            )  # fmt: skip
+            self._client = make_client(self.settings.bus_url, self.settings)
             self._pid = os.getpid()
         return self._client
 

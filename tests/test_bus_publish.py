@@ -280,6 +280,12 @@ class TrackingDispatcher:
     def __init__(self) -> None:
         self.calls: list[tuple[list, list]] = []
 
+    def attach(self, client, keys):
+        return self
+
+    def stage(self, pipe, event, payload, routes):
+        raise AssertionError("a separate-broker dispatcher is never asked to stage")
+
     def routes_for(self, event):
         return (self.Route(),) if event.event_type.value.startswith("order.") else ()
 

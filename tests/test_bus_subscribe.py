@@ -10,7 +10,7 @@ import pytest
 from support_bus import wait_for
 
 from bus import RedisEventBus, TradeEvent, TradeEventType
-from bus.core.bus import PUBLISH
+from bus.core.publisher import PUBLISH
 
 pytestmark = pytest.mark.redis
 
@@ -248,7 +248,7 @@ def test_stop_from_a_signal_handler(bus, publisher):
 
 
 def test_broadcast_carries_metadata_that_decode_broadcast_splits(bus, redis_client):
-    from bus.core.subscriber import decode_broadcast
+    from bus.core.wire import decode_broadcast
 
     ps = redis_client.pubsub()
     ps.subscribe("trades:SUBK:order.created")

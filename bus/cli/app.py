@@ -57,15 +57,11 @@ def _root(
 
 
 def _register() -> None:
-    from bus.cli import doctor, events, ops, replay, schema
-    from bus.demo import run as demo
+    from bus.cli import deadletters, demo, doctor, events, replay, routes, schema, state
 
-    events.register(app)
-    replay.register(app)
-    ops.register(app)
-    doctor.register(app)
-    schema.register(app)
-    demo.register(app)
+    # the order `tradebus --help` lists them in
+    for command_group in (events, replay, state, routes, deadletters, doctor, schema, demo):
+        command_group.register(app)
 
 
 _register()

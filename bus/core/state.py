@@ -1,7 +1,8 @@
 """The state projection: order and position events -> Redis hashes, one atomic Lua step per event.
 
-Used inline by ``RedisEventBus(apply_state=True)`` and by the Celery state task; both call the same
-script, so both produce identical hashes. Guarantees (G3):
+Used inline by ``RedisEventBus(apply_state=True)`` (``StateEffect``, staged in the publish pipeline)
+and by the Celery state task; both call the same script, so both produce identical hashes.
+Guarantees (effectively-once effects):
 
 * idempotent: each entity keeps the set of event ids applied to it; a repeat changes nothing;
 * monotonic: ``pending -> partially_filled -> filled``; ``cancelled``/``rejected`` are terminal too;
@@ -23,10 +24,11 @@ import redis
 
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
+from bus.core.wire import text
 from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
-from bus.events.registry import SPECS, StateEffect
+from bus.events.registry import SPECS, CustomEffect
 
-SCRIPT = LuaScript("state.lua")
+SCRIPT = LuaScript("bus.core", "state.lua")
 _EXACT_FIELDS = VOLUME_FIELDS | {"pnl"}
 _QUANTUM = Decimal("0.00000001")
 
@@ -35,11 +37,11 @@ def _decimal_text(value: float | int, exact: bool) -> str:
     d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
     if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
         d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
-    text = format(d, "f")
-    return text
+    return format(d, "f")
 
 
 def _text(field: str, value: Any) -> str:
+    """A data value as the hash stores it: strings as is, numbers as exact decimals, the rest as JSON."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -75,7 +77,7 @@ def _call(keys: Keys, event: TradeEvent) -> tuple[list[str], list[str]] | None:
     return [hash_key, keys.applied(symbol, kind, entity_id), index], args
 
 
-def _effect(event: TradeEvent) -> StateEffect | None:
+def _effect(event: TradeEvent) -> CustomEffect | None:
     """The state effect a custom event type was registered with (bus.events.register_event_type)."""
     return SPECS[event.event_type.value].effect
 
@@ -112,15 +114,26 @@ def stage_apply(pipe: Any, keys: Keys, event: TradeEvent) -> bool:
     return True
 
 
+class StateEffect:
+    """The projection as an inline effect of publish: each order/position event is applied in the
+    publish pipeline, right after it is logged (``RedisEventBus(apply_state=True)``)."""
+
+    scripts = (SCRIPT,)
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+
+    def stage(self, pipe: Any, event: TradeEvent) -> bool:
+        return stage_apply(pipe, self.keys, event)
+
+
 # --- queries -------------------------------------------------------------------------------------
 
 
 def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str] | None:
     if not raw:
         return None
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> dict[str, str] | None:
@@ -132,7 +145,7 @@ def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str)
 
 
 def _members(client: redis.Redis, index: str, key_of: Any) -> list[dict[str, str]]:
-    ids = sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(index))  # type: ignore[union-attr]
+    ids = sorted(text(m) for m in client.smembers(index))  # type: ignore[union-attr]
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)

@@ -1,4 +1,4 @@
-"""Dead letters: tasks that failed past their retries, and malformed task messages (G5).
+"""Dead letters: tasks that failed past their retries, and malformed task messages (bad input).
 
 One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON, route, task,
 attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge it.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from bus.core.keys import Keys
+from bus.core.wire import text
 from bus.dispatch.routing import Route
 from bus.errors import BusError
 from bus.events.model import TradeEvent
@@ -72,7 +73,7 @@ def dead_letter(
         "at": f"{time.time():.3f}",
     }
     result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-    return _text(result) if isinstance(result, bytes | str) else ""
+    return text(result) if isinstance(result, bytes | str) else ""
 
 
 def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
@@ -104,11 +105,7 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Dispatcher, ids: list[st
         if d is None or d.event is None:
             continue
         route = dispatcher.routing.get(d.route) or Route(d.route or "replay", d.task, _queue_of(d.task))
-        strict, dispatcher.strict = dispatcher.strict, True
-        try:
-            dispatcher.send(d.event, d.event_json, [route])
-        finally:
-            dispatcher.strict = strict
+        dispatcher.send(d.event, d.event_json, [route], strict=True)
         client.xdel(keys.dead_letters(), d.id)
         replayed.append(d.id)
     return replayed
@@ -130,14 +127,10 @@ def _queue_of(task: str) -> str:
     raise BusError(f"cannot replay task {task!r}: its route is gone and its queue is unknown")
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {text(k): text(v) for k, v in fields.items()}
     return DeadLetter(
-        id=_text(entry_id),
+        id=text(entry_id),
         event_json=f.get("event", ""),
         route=f.get("route", ""),
         task=f.get("task", ""),

@@ -17,6 +17,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from bus.dispatch.names import (
+    NOTIFY_QUEUE,
+    NOTIFY_TASK,
+    QUEUES,
+    RISK_QUEUE,
+    RISK_TASK,
+    STATE_QUEUE,
+    STATE_TASK,
+)
 from bus.errors import RoutingError
 from bus.events.model import TradeEvent
 from bus.events.registry import SPECS, custom_specs
@@ -100,17 +109,15 @@ def _check_route(r: Route) -> None:
 
 ORDER_AND_POSITION = ("order.*", "position.*")
 DEFAULT_ROUTES: tuple[Route, ...] = (
-    Route("state", "tradebus.state.apply", "tradebus.state", ORDER_AND_POSITION,
+    Route("state", STATE_TASK, STATE_QUEUE, ORDER_AND_POSITION,
           retry=RetryPolicy(max_retries=8, backoff=0.5, backoff_max=30.0)),
-    Route("risk", "tradebus.risk.check", "tradebus.risk",
+    Route("risk", RISK_TASK, RISK_QUEUE,
           ("order.created", "order.modified", "order.filled", "order.partially_filled",
            "position.opened", "position.modified", "position.partially_closed", "position.closed")),
-    Route("notify", "tradebus.notify.send", "tradebus.notify",
+    Route("notify", NOTIFY_TASK, NOTIFY_QUEUE,
           ("risk.*", "order.rejected", "trade.failed", "position.closed"),
           retry=RetryPolicy(max_retries=5, backoff=2.0, backoff_max=300.0)),
 )  # fmt: skip
-# Reconciliation runs from beat, not from events; its queue is declared with the others.
-QUEUES = ("tradebus.state", "tradebus.risk", "tradebus.notify", "tradebus.reconcile")
 
 
 class RoutingTable:

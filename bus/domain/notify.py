@@ -36,7 +36,7 @@ from bus.core.keys import Keys
 from bus.errors import BusError, ConfigError
 from bus.events.model import TradeEvent
 
-log = logging.getLogger("tradebus.notify")
+log = logging.getLogger(__name__)
 
 # Seconds a webhook may take to answer before the attempt counts as failed (and is retried).
 DEFAULT_WEBHOOK_TIMEOUT = 5.0

@@ -28,7 +28,7 @@ from bus.core.state import active_positions, open_orders
 from bus.domain.lease import DEFAULT_LEASE_TTL_MS, Lease, StaleTokenError, fenced_script
 from bus.domain.rebuild import rebuild_state
 
-log = logging.getLogger("tradebus.reconcile")
+log = logging.getLogger(__name__)
 
 
 class LeaseLostError(StaleTokenError):
@@ -36,7 +36,7 @@ class LeaseLostError(StaleTokenError):
 
 
 class PositionsSource(Protocol):
-    """What reconciliation needs from a broker (bus.broker.BrokerClient has it)."""
+    """What reconciliation needs from a broker (bus.broker.TradingVenue has it)."""
 
     def positions(self) -> list[dict[str, str]]:
         """[{"symbol", "position_id", "direction", "volume" (decimal str), "entry_price"}]"""

@@ -34,7 +34,7 @@ from bus.core.state import active_positions
 from bus.errors import ConfigError
 from bus.events.model import TradeEvent, TradeEventType
 
-log = logging.getLogger("tradebus.risk")
+log = logging.getLogger(__name__)
 
 T = TradeEventType
 # Money is counted in 1e-8 units: exact for any price with up to 8 decimals, and HINCRBY stays in 64 bits.

@@ -22,7 +22,7 @@ from bus.events.validation import PayloadRules
 
 #: ``effect(pipeline, keys, event)``: queue the state changes of one event on a Redis pipeline (a
 #: ``bus.core.keys.Keys`` names the keys). Runs again for a redelivered event, so it must be idempotent.
-StateEffect = Callable[[Any, Any, Any], None]
+CustomEffect = Callable[[Any, Any, Any], None]
 
 # Custom types live outside the built-ins' namespaces, so routes such as ``order.*`` keep their meaning.
 _RESERVED_NAMESPACES = frozenset(t.value.partition(".")[0] for t in TradeEventType)
@@ -34,7 +34,7 @@ class EventSpec:
 
     event_type: EventType
     payload: type[BaseModel]
-    effect: StateEffect | None = None
+    effect: CustomEffect | None = None
     rules: PayloadRules = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +51,7 @@ SPECS: dict[str, EventSpec] = {t.value: EventSpec(t, model) for t, model in BUIL
 TYPES_BY_VALUE: dict[str, EventType] = {value: spec.event_type for value, spec in SPECS.items()}
 
 
-def register_event_type(name: str, payload: type[BaseModel], *, effect: StateEffect | None = None) -> CustomEventType:
+def register_event_type(name: str, payload: type[BaseModel], *, effect: CustomEffect | None = None) -> CustomEventType:
     """Make ``name`` (e.g. ``funding.rate_changed``) an event type whose ``data`` ``payload`` validates.
 
     The type gets a channel (``trades:{symbol}:{name}``), routes (``event_types`` may name it), the

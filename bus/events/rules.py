@@ -1,4 +1,4 @@
-"""Envelope rules (timestamp, event id, JSON-safe numbers), shared by every way an event is built.
+"""Envelope rules (symbol, timestamp, event id, JSON-safe numbers), shared by every way an event is built.
 
 The rules of ``data`` are the payload models (bus/events/payloads.py)."""
 
@@ -10,14 +10,43 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from bus.defaults import MAX_SYMBOL_LENGTH
 from bus.errors import EventValidationError
 
 CANONICAL_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
 EVENT_ID = re.compile(r"[^\s:|]{1,128}")
+# Characters that would break a channel, a glob pattern or a hash tag: ':' '*' '?' '[' ']' '{' '}',
+# backslash, whitespace and control characters.
+_BAD_SYMBOL_CHAR = re.compile(r"[:*?\[\]{}\\\s\x00-\x1f\x7f]")
 
 
 def bad(field: str, value: object, why: str) -> EventValidationError:
     return EventValidationError(f"{field}={value!r}: {why}", field=field, value=value)
+
+
+def validate_symbol(symbol: object, field: str = "symbol") -> str:
+    """Return ``symbol`` if it is safe in a channel and key name, else raise EventValidationError."""
+    if not isinstance(symbol, str):
+        raise EventValidationError(
+            f"{field} must be a string, got {type(symbol).__name__} {symbol!r}", field=field, value=symbol
+        )
+    if not symbol:
+        raise EventValidationError(f"{field} must not be empty", field=field, value=symbol)
+    if len(symbol) > MAX_SYMBOL_LENGTH:
+        raise EventValidationError(
+            f"{field} {symbol[:20]!r}... is {len(symbol)} characters; at most {MAX_SYMBOL_LENGTH} allowed",
+            field=field,
+            value=symbol,
+        )
+    bad_char = _BAD_SYMBOL_CHAR.search(symbol)
+    if bad_char:
+        raise EventValidationError(
+            f"{field} {symbol!r} contains {bad_char.group()!r}; symbols may not contain ':' '*' '?' '[' ']' "
+            "'{' '}' '\\', whitespace or control characters",
+            field=field,
+            value=symbol,
+        )
+    return symbol
 
 
 def check_finite(value: Any, path: str) -> None:

@@ -1,6 +1,6 @@
 """The executor side of the bus: ``ExecutorBuilder.build_from_config`` as in the reference README.
 
-``OrderExecutor`` sends orders to a ``BrokerClient`` and turns every broker update into a TradeEvent,
+``OrderExecutor`` sends orders to a ``TradingVenue`` and turns every venue update into a TradeEvent,
 published through an ``OutboxPublisher`` (a bus failure is logged and the event waits on local disk;
 trading goes on). The events of one trade share a correlation id; each event's ``causation_id`` is the
 event that caused it (order.created <- order.partially_filled <- order.filled <- position.opened ...).
@@ -32,8 +32,8 @@ from bus.executor.outbox import (
     Outbox,
     OutboxPublisher,
 )
-from bus.executor.paper import PaperBroker
-from bus.executor.venue import BrokerClient
+from bus.executor.paper import PaperVenue
+from bus.executor.venue import TradingVenue
 
 __all__ = [
     "ExecutorBuilder",
@@ -85,12 +85,12 @@ class ExecutorConfig:
 
 
 class TradeExecutor:
-    """What ``ExecutorBuilder.build_from_config`` returns: the broker, the OrderExecutor and the outbox."""
+    """What ``ExecutorBuilder.build_from_config`` returns: the trading venue, the OrderExecutor and the outbox."""
 
     def __init__(
         self,
         config: ExecutorConfig,
-        client: BrokerClient,
+        client: TradingVenue,
         order_executor: OrderExecutor,
         publisher: OutboxPublisher,
         event_bus: Any,
@@ -183,14 +183,14 @@ class ExecutorBuilder:
     @staticmethod
     def build_from_config(
         config: ExecutorConfig | Mapping[str, Any] | None = None,
-        client: BrokerClient | None = None,
+        client: TradingVenue | None = None,
         event_bus: Any = None,
         logger: logging.Logger | None = None,
     ) -> TradeExecutor:
         """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
         cfg = ExecutorConfig.coerce(config)
-        log = logger or logging.getLogger(f"tradebus.executor.{cfg.source}")
-        broker = client if client is not None else PaperBroker(symbols=cfg.symbols or None)
+        log = logger or logging.getLogger(f"{__name__}.{cfg.source}")
+        venue = client if client is not None else PaperVenue(symbols=cfg.symbols or None)
         outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events, max_bytes=cfg.outbox_max_bytes)
         publisher = OutboxPublisher(
             event_bus if event_bus is not None else NullBus(),
@@ -202,11 +202,11 @@ class ExecutorBuilder:
             log.warning("outbox %s holds %d events from before; flushing", outbox.path, len(outbox))
             publisher.flush()
         executor = OrderExecutor(
-            broker,
+            venue,
             publisher,
             source=cfg.source,
             logger=log,
             redis_client=getattr(event_bus, "client", None),
             keys=getattr(event_bus, "keys", None),
         )
-        return TradeExecutor(cfg, broker, executor, publisher, event_bus, log).start()
+        return TradeExecutor(cfg, venue, executor, publisher, event_bus, log).start()

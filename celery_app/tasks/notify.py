@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.dispatch.names import NOTIFY_TASK
 from bus.domain.notify import NotifyConfig, notify_event
 
 from .base import tradebus_task
@@ -21,7 +22,7 @@ def notify_config(ctx: Any) -> NotifyConfig:
     return config
 
 
-@tradebus_task("tradebus.notify.send")
+@tradebus_task(NOTIFY_TASK)
 def send(self: Any, event_json: str, route: str = "notify") -> dict[str, Any]:
     ctx = self.ctx
     return notify_event(self.event, notify_config(ctx), client=ctx.client, keys=ctx.keys)

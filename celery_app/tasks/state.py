@@ -7,11 +7,12 @@ from typing import Any
 
 from bus.core import state
 from bus.core.scripts import execute_pipeline
+from bus.dispatch.names import STATE_TASK
 
 from .base import tradebus_task
 
 
-@tradebus_task("tradebus.state.apply")
+@tradebus_task(STATE_TASK)
 def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     ctx = self.ctx
     pipe = ctx.client.pipeline(transaction=False)
