@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus import EventValidationError, SchemaVersionError, TradeEvent, TradeEventType
 from bus.events.schema import json_schemas
@@ -166,3 +168,49 @@ def test_tradebus_schema_writes_one_file_per_type_the_envelope_and_asyncapi(tmp_
     printed = subprocess.run([*cli, "--only", "asyncapi"], env=env, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert json.loads(printed.stdout) == asyncapi
+
+
+def _mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(good, good, good, bad)  # three good values for each bad one
+
+
+_WIRE_INTS = st.integers(-(2**63), 2**63 - 1)  # what JSON encoders carry exactly
+_ids = _mostly(st.text("abcXYZ019-_.#é", min_size=1, max_size=8), st.one_of(st.text(max_size=3), _WIRE_INTS, st.none()))
+_positive = _mostly(
+    st.floats(min_value=1e-12, max_value=1e15) | st.integers(1, 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False, max_value=0) | st.text(max_size=2) | st.booleans(),
+)
+_amount = _mostly(st.floats(allow_nan=False, allow_infinity=False) | _WIRE_INTS, st.text(max_size=2) | st.booleans())
+_bad_choice = st.sampled_from(["", "UP", "buy", "MARKET", 1, True])
+_fields = {
+    **dict.fromkeys(IDS, _ids),
+    **dict.fromkeys([*PRICES, *VOLUMES], _positive),
+    "pnl": _amount,
+    "side": _mostly(st.sampled_from(["BUY", "SELL"]), _bad_choice),
+    "direction": _mostly(st.sampled_from(["LONG", "SHORT"]), _bad_choice),
+    "order_type": _mostly(st.sampled_from(["BUY", "SELL", "BUY_LIMIT", "SELL_STOP"]), _bad_choice),
+}
+_data = st.lists(st.sampled_from(sorted(_fields)), max_size=4, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({name: _fields[name] for name in names})
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    event_type=st.sampled_from([t.value for t in TradeEventType]),
+    data=_data,
+    extra=st.dictionaries(st.text(max_size=6).map(lambda k: f"x_{k}"), st.integers() | st.text(max_size=4), max_size=2),
+)
+def test_the_bus_and_the_schemas_agree_on_the_wire(
+    event_type: str, data: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    wire = _wire(event_type)
+    wire["data"] = {**wire["data"], **data, **extra}  # keeps the ids order and position events need
+    try:
+        event = TradeEvent.from_dict(copy.deepcopy(wire))
+    except EventValidationError:
+        event = None
+    if event is not None:  # what the bus writes, its schema accepts
+        assert _validator(event_type).is_valid(event.to_dict()), event.to_dict()
+    if _validator(event_type).is_valid(wire):  # what the schema accepts, the bus reads as it is
+        assert event is not None and event.to_dict() == wire
