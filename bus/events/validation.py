@@ -2,7 +2,8 @@
 
 The model decides what is valid; this module keeps the wire as it was: ``data`` stays the dict that
 was given, in its key order, except for the values the model normalises (an integer id becomes text,
-``buy`` becomes ``BUY``). Numbers the model merely checks keep their JSON form (``2000`` stays ``2000``).
+``buy`` becomes ``BUY``). Numbers keep their JSON form (``2000`` stays ``2000``, an integer stays exact), even
+where the model converts them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pydantic_core import ErrorDetails, to_jsonable_python
 from bus.errors import EventValidationError
 from bus.events.payloads import Explain, Payload, Quantity
 from bus.events.rules import bad, check_finite
+
+_NUMBERS = (int, float)
 
 
 class PayloadRules:
@@ -60,7 +63,9 @@ def validate_data(rules: PayloadRules, event_type: str, raw: Any) -> dict[str, A
     for name, given in raw.items():
         if name in fields:
             value = values[name]
-            if value is not given and value != given:
+            if value is given or type(given) in _NUMBERS and type(value) in _NUMBERS:
+                continue  # a number keeps its JSON form: 2**53 + 1 must not become a float
+            if value != given:
                 data[name] = to_jsonable_python(value)
     return data
 
