@@ -13,7 +13,10 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     from bus.config import LoadEnvironmentVariables, Settings
     from bus.core.bus import PublishReceipt, RedisEventBus
     from bus.core.keys import Keys, channel
+    from bus.demo.errors import DemoError
     from bus.dispatch.factory import EventBusFactory
+    from bus.domain.lease import StaleTokenError
+    from bus.domain.notify import NotifyError
     from bus.errors import (
         BusConnectionError,
         BusError,
@@ -26,6 +29,7 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     )
     from bus.events import Payload, TradeEvent, TradeEventType, register_event_type
     from bus.events.rules import validate_symbol
+    from bus.executor.outbox import OutboxFull, OutboxLocked
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -53,6 +57,12 @@ _EXPORTS = {
     "EventValidationError": "bus.errors",
     "RoutingError": "bus.errors",
     "SchemaVersionError": "bus.errors",
+    # ...and the subclasses the subpackages add
+    "StaleTokenError": "bus.domain.lease",
+    "NotifyError": "bus.domain.notify",
+    "OutboxFull": "bus.executor.outbox",
+    "OutboxLocked": "bus.executor.outbox",
+    "DemoError": "bus.demo.errors",
 }
 
 __all__ = [
@@ -80,6 +90,11 @@ __all__ = [
     "EventValidationError",
     "RoutingError",
     "SchemaVersionError",
+    "StaleTokenError",
+    "NotifyError",
+    "OutboxFull",
+    "OutboxLocked",
+    "DemoError",
 ]
 
 
