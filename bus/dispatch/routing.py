@@ -131,9 +131,11 @@ class RoutingTable:
 
     @classmethod
     def default(cls) -> RoutingTable:
-        """The default routes; the state route also takes the registered types that have a state effect."""
+        """The default routes; the state task's route also takes the registered types with a state effect."""
         effects = tuple(spec.event_type.value for spec in custom_specs() if spec.effect is not None)
-        return cls(replace(r, event_types=r.event_types + effects) if r.name == "state" else r for r in DEFAULT_ROUTES)
+        return cls(
+            replace(r, event_types=r.event_types + effects) if r.task == STATE_TASK else r for r in DEFAULT_ROUTES
+        )
 
     def add(self, route: Route) -> RoutingTable:
         if not isinstance(route, Route):
