@@ -1,6 +1,6 @@
 """G6 end to end on servers these tests own: a password, ACL users, TLS (server and mutual), secrets
 never logged. JSON-only workers (a pickle message is refused) are proven in
-tests/test_celery_tasks.py::test_pickle_message_is_refused.
+tests/celery_app/test_celery_tasks.py::test_pickle_message_is_refused.
 
 ACL rules a deployment needs (worked out here; checked by asserting an empty ``ACL LOG``):
 

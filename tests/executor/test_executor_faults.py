@@ -19,7 +19,7 @@ from bus.executor.paper import PaperBroker, RandomWalkFeed
 from tests.support_executor import make_bus, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def session(executor: Any, feed: RandomWalkFeed, rounds: int) -> None:
