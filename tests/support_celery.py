@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
-from conftest import delete_prefix
-from support_bus import wait_for  # noqa: F401 - re-exported for the worker tests
 
 from bus.config import Settings
 from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.routing import RoutingTable
 from celery_app import make_celery
+from tests.helpers import delete_prefix, wait_for  # noqa: F401 - wait_for re-exported for the worker tests
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_QUEUES = "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
-from support_webhook import webhook_receiver
 
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
@@ -27,7 +26,7 @@ def _app(settings, url):
     return app
 
 
-def test_webhook_failing_twice_is_delivered(celery_settings, client):  # noqa: F811
+def test_webhook_failing_twice_is_delivered(celery_settings, client, webhook_receiver):  # noqa: F811
     keys = Keys(celery_settings.key_prefix)
     event = TradeEvent.create_order_rejected("XAUUSD", "o1", "no margin")
     with webhook_receiver([500, 500]) as rx:
@@ -48,7 +47,7 @@ def test_webhook_failing_twice_is_delivered(celery_settings, client):  # noqa: F
     assert list_dead_letters(client, keys) == []
 
 
-def test_always_failing_webhook_dead_lettered_after_budget(celery_settings, client):  # noqa: F811
+def test_always_failing_webhook_dead_lettered_after_budget(celery_settings, client, webhook_receiver):  # noqa: F811
     keys = Keys(celery_settings.key_prefix)
     event = TradeEvent.create_order_rejected("XAUUSD", "o2", "no margin")
     with webhook_receiver(default=503) as rx:
@@ -63,7 +62,7 @@ def test_always_failing_webhook_dead_lettered_after_budget(celery_settings, clie
     assert dl.event.event_id == event.event_id
 
 
-def test_4xx_dead_lettered_without_retry(celery_settings, client):  # noqa: F811
+def test_4xx_dead_lettered_without_retry(celery_settings, client, webhook_receiver):  # noqa: F811
     keys = Keys(celery_settings.key_prefix)
     event = TradeEvent.create_order_rejected("XAUUSD", "o3", "no margin")
     with webhook_receiver(default=410) as rx:

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
-from support_webhook import webhook_receiver
 
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
@@ -20,7 +19,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.celery]
 FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)
 
 
-def test_breach_raised_once_and_notified(celery_settings, client):  # noqa: F811
+def test_breach_raised_once_and_notified(celery_settings, client, webhook_receiver):  # noqa: F811
     keys = Keys(celery_settings.key_prefix)
     table = RoutingTable(
         [

@@ -5,11 +5,9 @@ tests enqueue are never taken by another test's worker."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,19 +15,12 @@ import redis
 
 from bus.core.keys import Keys
 from bus.dispatch.deadletters import dead_letter
-from bus.embedded import EmbeddedRedis
 from bus.events.model import TradeEvent
+from tests.helpers import cli_env
 
 pytestmark = pytest.mark.redis
 
 SECRET = "s3cr3t-pw"
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
-    env.update(extra)
-    env["COLUMNS"] = "200"
-    return env
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -49,23 +40,6 @@ def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in p.stderr + p.stdout
     assert lines[0].startswith("tradebus: error: ")
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def private_broker() -> Iterator[str]:
-    with EmbeddedRedis() as server:
-        yield server.url
-
-
-@pytest.fixture
-def env(redis_url: str, key_prefix: str, private_broker: str) -> dict[str, str]:
-    return cli_env(REDIS_URL=redis_url, CELERY_BROKER_URL=private_broker, TRADEBUS_KEY_PREFIX=key_prefix)
-
-
-@pytest.fixture
-def symbol(key_prefix: str) -> str:
-    # channels are not prefixed: a symbol of its own keeps this test's broadcasts apart from others'
-    return f"T{key_prefix[-8:].upper()}"
 
 
 def publish_json(env: dict[str, str], *args: str) -> dict[str, Any]:

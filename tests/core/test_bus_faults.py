@@ -6,10 +6,10 @@ import threading
 
 import pytest
 import redis
-from support_bus import wait_for
 
 from bus import RedisEventBus, TradeEvent
 from bus.embedded import EmbeddedRedis
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults, pytest.mark.slow]
 

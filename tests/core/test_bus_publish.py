@@ -17,13 +17,6 @@ def order(i: int = 1, symbol: str = "XAUUSD", **extra) -> TradeEvent:
                                            volume=0.1, **extra)  # fmt: skip
 
 
-@pytest.fixture
-def bus(redis_url, key_prefix):
-    b = RedisEventBus(redis_url, key_prefix=key_prefix)
-    yield b
-    b.close()
-
-
 def test_publish_logs_and_broadcasts_with_gap_metadata(bus, redis_client, key_prefix):
     ps = redis.Redis.from_url(bus.url).pubsub()
     ps.subscribe("trades:PUBTEST:order.created")

@@ -7,10 +7,10 @@ import threading
 
 import orjson
 import pytest
-from support_bus import wait_for
 
 from bus import RedisEventBus, TradeEvent, TradeEventType
 from bus.core.bus import PUBLISH
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -22,20 +22,6 @@ def order(i: int, symbol: str, **extra) -> TradeEvent:
 
 def signal_event(symbol: str) -> TradeEvent:
     return TradeEvent.create_signal_generated(symbol=symbol, signal_id="s", direction="LONG", strategy="m")
-
-
-@pytest.fixture
-def bus(redis_url, key_prefix):
-    b = RedisEventBus(redis_url, key_prefix=key_prefix)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def publisher(redis_url, key_prefix):
-    b = RedisEventBus(redis_url, key_prefix=key_prefix)
-    yield b
-    b.close()
 
 
 def listening(bus):

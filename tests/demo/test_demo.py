@@ -4,7 +4,6 @@ configured (the demo embeds one). Each run starts a real Celery worker subproces
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,18 +13,12 @@ import pytest
 import redis
 
 from bus.embedded import free_port
+from tests.helpers import cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
 #: the demo promises to finish by itself in under a minute
 DEMO_BUDGET_SECONDS = 60
-
-
-def demo_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "TRADEBUS_"))}
-    env.update(extra)
-    env["COLUMNS"] = "200"
-    return env
 
 
 def run_demo(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -71,7 +64,7 @@ def check_summary(s: dict[str, Any]) -> None:
 
 
 def test_demo_on_the_machines_redis_cleans_up_after_itself(redis_url: str) -> None:
-    p, took = run_demo(demo_env(REDIS_URL=redis_url), "--json")
+    p, took = run_demo(cli_env(REDIS_URL=redis_url), "--json")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert took < DEMO_BUDGET_SECONDS
     s = json.loads(p.stdout)
@@ -87,7 +80,7 @@ def test_demo_on_the_machines_redis_cleans_up_after_itself(redis_url: str) -> No
 
 def test_demo_with_no_redis_configured_embeds_one() -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    p, took = run_demo(demo_env(REDIS_URL=closed), "--json")
+    p, took = run_demo(cli_env(REDIS_URL=closed), "--json")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert took < DEMO_BUDGET_SECONDS
     s = json.loads(p.stdout)
@@ -96,7 +89,7 @@ def test_demo_with_no_redis_configured_embeds_one() -> None:
 
 
 def test_demo_human_output_shows_progress_and_summary() -> None:
-    p, _ = run_demo(demo_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2")
+    p, _ = run_demo(cli_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), "--embedded", "--symbols", "2")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for needle in (

@@ -8,7 +8,6 @@ import socket
 
 import orjson
 import pytest
-from support_webhook import webhook_receiver
 
 from bus.core.keys import Keys
 from bus.domain.notify import (
@@ -49,7 +48,7 @@ def _deliver_with_retries(event, sinks, budget, **kw):
                 raise
 
 
-def test_fails_twice_with_500_then_delivered_signed(redis_client, key_prefix):
+def test_fails_twice_with_500_then_delivered_signed(webhook_receiver, redis_client, key_prefix):
     event = _event()
     with webhook_receiver([500, 500]) as rx:
         sink = WebhookSink(rx.url, SECRET, timeout=5)
@@ -69,14 +68,14 @@ def test_fails_twice_with_500_then_delivered_signed(redis_client, key_prefix):
         assert len(rx.requests) == 3
 
 
-def test_always_500_exhausts_budget():
+def test_always_500_exhausts_budget(webhook_receiver):
     with webhook_receiver(default=503) as rx, pytest.raises(RetryableError, match="503"):
         _deliver_with_retries(_event(), [WebhookSink(rx.url, SECRET)], budget=3)
     assert len(rx.requests) == 4  # first attempt + 3 retries
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
-def test_4xx_is_permanent(status):
+def test_4xx_is_permanent(webhook_receiver, status):
     with webhook_receiver(default=status) as rx:
         with pytest.raises(PermanentNotifyError, match=str(status)):
             _deliver_with_retries(_event(), [WebhookSink(rx.url, SECRET)], budget=5)
@@ -84,20 +83,20 @@ def test_4xx_is_permanent(status):
 
 
 @pytest.mark.parametrize("status", [408, 429])
-def test_throttling_4xx_is_retryable(status):
+def test_throttling_4xx_is_retryable(webhook_receiver, status):
     with webhook_receiver([status]) as rx:
         attempts, _ = _deliver_with_retries(_event(), [WebhookSink(rx.url, SECRET)], budget=2)
     assert attempts == 2
 
 
-def test_redirect_is_not_followed():
+def test_redirect_is_not_followed(webhook_receiver):
     with webhook_receiver(default=302) as rx:
         with pytest.raises(PermanentNotifyError, match="302"):
             WebhookSink(rx.url).send(_event())
         assert len(rx.requests) == 1
 
 
-def test_timeout_is_retryable():
+def test_timeout_is_retryable(webhook_receiver):
     with webhook_receiver([0]) as rx:
         with pytest.raises(RetryableError, match="timed out"):
             WebhookSink(rx.url, timeout=0.2).send(_event())
@@ -114,7 +113,7 @@ def test_refused_connection_is_retryable():
         WebhookSink(f"http://127.0.0.1:{port}/hook").send(_event())
 
 
-def test_secret_and_url_credentials_never_logged(caplog):
+def test_secret_and_url_credentials_never_logged(webhook_receiver, caplog):
     caplog.set_level(logging.DEBUG)
     with webhook_receiver(default=500) as rx:
         url = rx.url.replace("http://", "http://user:pw-in-url@") + "?token=tok-in-query"
@@ -129,7 +128,7 @@ def test_secret_and_url_credentials_never_logged(caplog):
     assert rx.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"user:pw-in-url").decode()
 
 
-def test_partial_failure_retries_only_failed_sink(redis_client, key_prefix):
+def test_partial_failure_retries_only_failed_sink(webhook_receiver, redis_client, key_prefix):
     keys = Keys(key_prefix)
     event = _event()
     with webhook_receiver() as ok, webhook_receiver([500]) as flaky:

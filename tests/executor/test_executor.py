@@ -22,16 +22,9 @@ from bus.executor.builder import (
     release_kill_switch,
 )
 from bus.executor.paper import PaperBroker
-from tests.support_executor import has_subscriber_api, make_bus, wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def event_bus(redis_url: str, key_prefix: str) -> Iterator[Any]:
-    bus = make_bus(redis_url, key_prefix)
-    yield bus
-    bus.close()
 
 
 @pytest.fixture
@@ -184,15 +177,11 @@ def test_kill_switch_set_and_released_in_redis_by_someone_else(
     assert types[:2] == [T.ORDER_REJECTED, T.TRADE_FAILED] and types[-1] is T.TRADE_EXECUTED
 
 
-def test_kill_switch_learned_from_the_bus(
-    executor: TradeExecutor, event_bus: Any, redis_url: str, key_prefix: str
-) -> None:
-    if not has_subscriber_api(event_bus):
-        pytest.skip("this bus cannot subscribe")
+def test_kill_switch_learned_from_the_bus(executor: TradeExecutor, redis_url: str, make_bus: Any) -> None:
     assert executor.wait_until_listening(10)
     assert executor.kill_switch_reason("BTCUSD") is None
     # Given a risk worker elsewhere publishing a breach on the bus (and writing no kill-switch hash)
-    risk_bus = make_bus(redis_url, key_prefix)
+    risk_bus = make_bus(redis_url)
     breach = TradeEvent.create_risk_limit_breached("BTCUSD", "exposure", 10.0, 12.0, source="risk")
     risk_bus.publish(breach)
     risk_bus.close()
@@ -220,7 +209,7 @@ def test_default_outbox_path_follows_xdg_state_home(tmp_path: Path, monkeypatch:
 
 
 def test_executors_sharing_a_bus_listen_apart_from_the_caller(
-    tmp_path: Path, event_bus: Any, redis_url: str, key_prefix: str
+    tmp_path: Path, event_bus: Any, redis_url: str, make_bus: Any
 ) -> None:
     # Given two executors built on one bus, and the caller listening on that bus too
     def build(name: str) -> TradeExecutor:
@@ -237,7 +226,7 @@ def test_executors_sharing_a_bus_listen_apart_from_the_caller(
         assert first.wait_until_listening(10) and second.wait_until_listening(10) and caller.wait_ready(10)
         # When the first executor is closed and then a breach is published
         first.close()
-        risk_bus = make_bus(redis_url, key_prefix)
+        risk_bus = make_bus(redis_url)
         risk_bus.publish(TradeEvent.create_risk_limit_breached("BTCUSD", "exposure", 10.0, 12.0))
         risk_bus.close()
         # Then the second executor and the caller still hear it

@@ -16,7 +16,7 @@ from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
 from bus.executor.builder import ExecutorBuilder, kill_switches
 from bus.executor.paper import PaperBroker, RandomWalkFeed
-from tests.support_executor import make_bus, wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]
@@ -47,10 +47,10 @@ def assert_consistent(events: list[TradeEvent]) -> None:
 
 
 def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
-    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, own_redis: EmbeddedRedis, make_bus: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given an executor trading through a Redis it does not control
-    bus = make_bus(own_redis.url, key_prefix)
+    bus = make_bus(own_redis.url)
     broker = PaperBroker(max_fill_volume="1", id_prefix="f-")
     feed = RandomWalkFeed(broker, {"XAUUSD": "2000"}, seed=3, volatility=0.002)
     emitted: list[TradeEvent] = []
@@ -100,7 +100,7 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
 
 
 def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
-    tmp_path: Path, redis_url: str, key_prefix: str
+    tmp_path: Path, redis_url: str, make_bus: Any
 ) -> None:
     # Given an executor process that trades with its bus down and is then SIGKILLed
     outbox = tmp_path / "ob.db"
@@ -109,7 +109,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
         sys.path.insert(0, {str(REPO)!r})
         from bus.executor.builder import ExecutorBuilder, kill_switches
         from bus.executor.paper import PaperBroker
-        from tests.support_executor import StreamBus
+        from tests.helpers import StreamBus
         broker = PaperBroker(max_fill_volume="1")
         broker.set_price("XAUUSD", "2000")
         ex = ExecutorBuilder.build_from_config(
@@ -127,7 +127,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     queued = int(proc.stdout.strip())
     assert queued == 5 * 6  # created, partial, filled, opened, executed, closed
     # When a new executor starts on the same outbox with the bus up
-    bus = make_bus(redis_url, key_prefix)
+    bus = make_bus(redis_url)
     with ExecutorBuilder.build_from_config(
         config={"source": "next", "outbox_path": str(outbox), "listen_for_breaches": False},
         client=PaperBroker(),
@@ -150,9 +150,9 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
 
 
 def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
-    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, own_redis: EmbeddedRedis, make_bus: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bus = make_bus(own_redis.url, key_prefix)
+    bus = make_bus(own_redis.url)
     own_redis.stop()  # and it stays down
     broker = PaperBroker()
     broker.set_price("XAUUSD", "2000")
@@ -181,9 +181,9 @@ def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
 
 
 def test_background_flusher_sends_the_backlog_when_redis_returns_without_new_trading(
-    tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str
+    tmp_path: Path, own_redis: EmbeddedRedis, make_bus: Any
 ) -> None:
-    bus = make_bus(own_redis.url, key_prefix)
+    bus = make_bus(own_redis.url)
     broker = PaperBroker()
     broker.set_price("XAUUSD", "2000")
     ex = ExecutorBuilder.build_from_config(

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ import support_tasks  # noqa: F401  (registers tradebus_test.* tasks)
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support_celery import REPO, dispatcher_for, wait_for, worker
-from support_tls import acl_log, make_ca, make_cert, password_server, tls_capable_binary, tls_server
 
 from bus.config import LoadEnvironmentVariables, Settings
 from bus.core.bus import RedisEventBus
@@ -46,8 +44,6 @@ from bus.events.model import TradeEvent
 from celery_app import make_celery
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults]
-
-ADMIN_PW = "h7-admin-Pw-5fa1"
 COMMANDS = (
     "-@all",
     "+@read",
@@ -94,12 +90,6 @@ def _order_flow(settings: Settings, app: Any, order_id: str) -> tuple[RedisEvent
 # --- 1. password + ACL users ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def acl_server() -> Iterator[Any]:
-    with password_server(ADMIN_PW) as server:
-        yield server
-
-
 def _setuser(admin: redis.Redis, user: str, password: str, *rules: str) -> None:
     admin.execute_command("ACL", "SETUSER", user, "reset", "resetchannels", "on", f">{password}", *rules, *COMMANDS)
 
@@ -131,7 +121,7 @@ def test_acl_users_publish_subscribe_and_worker(acl_server, layout) -> None:
     assert bus.dispatcher.stages_in_bus_pipeline is (layout == "one_user")
     # the task messages really went through the prefixed queue keys the ACL allows
     assert acl_server.admin(db=1).exists(f"{qp}_kombu.binding.tradebus.state")
-    assert acl_log(admin) == [], "the ACL refused something (retried or swallowed somewhere)"
+    assert acl_server.acl_log() == [], "the ACL refused something (retried or swallowed somewhere)"
     if layout == "bus_and_broker_users":  # the executor's user really cannot reach the queues
         trader = redis.Redis(port=port, username="trader", password="trader-pw", db=1)
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -187,21 +177,6 @@ def test_user_without_channel_access_gets_a_clear_error(acl_server, caplog) -> N
 # --- 2. TLS ----------------------------------------------------------------------------------------
 
 
-needs_tls = pytest.mark.skipif(tls_capable_binary() is None, reason="no redis-server built with TLS")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("certs")
-    ca = make_ca(d)
-    return {
-        "ca": ca,
-        "server": make_cert(d, "server", ca, server=True),
-        "client": make_cert(d, "client", ca, server=False),
-        "other_ca": make_ca(d, "other"),
-    }
-
-
 def _tls_settings(
     port: int,
     certs: dict[str, Any],
@@ -222,8 +197,7 @@ def _tls_settings(
     )
 
 
-@needs_tls
-def test_tls_bus_and_worker_on_the_same_server(certs) -> None:
+def test_tls_bus_and_worker_on_the_same_server(certs, tls_server) -> None:
     """rediss:// bus; the broker defaults to rediss:// database 1 of it; the worker uses broker_use_ssl."""
     with tls_server(certs["ca"][0], certs["server"]) as server:
         s = _tls_settings(server.port, certs)
@@ -242,8 +216,7 @@ def test_tls_bus_and_worker_on_the_same_server(certs) -> None:
         plain.close()
 
 
-@needs_tls
-def test_mutual_tls_with_a_separate_broker_server(certs) -> None:
+def test_mutual_tls_with_a_separate_broker_server(certs, tls_server) -> None:
     """Client certificates required; the broker is another TLS server, so the dispatcher's own
     broker client and the worker both do TLS with REDIS_SSL_CERTFILE / KEYFILE."""
     ca, srv, cli = certs["ca"][0], certs["server"], certs["client"]
@@ -266,8 +239,7 @@ def test_mutual_tls_with_a_separate_broker_server(certs) -> None:
         assert f"{s.broker_key_prefix}_kombu.binding.tradebus.state" in queued
 
 
-@needs_tls
-def test_tls_wrong_ca_is_refused_with_a_clear_error(certs) -> None:
+def test_tls_wrong_ca_is_refused_with_a_clear_error(certs, tls_server) -> None:
     with tls_server(certs["ca"][0], certs["server"]) as server:
         s = _tls_settings(server.port, certs, ca=certs["other_ca"][0], redis_connect_timeout=2, redis_socket_timeout=2)
         t0 = time.monotonic()
@@ -298,7 +270,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[st
     )
 
 
-def test_secrets_never_logged(caplog, capfd, tmp_path) -> None:
+def test_secrets_never_logged(password_server, caplog, capfd, tmp_path) -> None:
     caplog.set_level(logging.DEBUG)
     fail = RoutingTable(
         [

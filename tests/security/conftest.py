@@ -1,8 +1,8 @@
-"""Own redis-servers with a password / ACL users / TLS for tests/test_security.py, and throwaway
-certificates made with the openssl CLI.
+"""Servers the security tests own, with a password, ACL users or TLS, and throwaway certificates
+made with the openssl CLI.
 
 EmbeddedRedis reaches a server with ``requirepass`` or only a TLS port through its ``client_kwargs``;
-``SecureRedis`` adds a TLS-capable binary and an admin client.
+``SecureRedis`` adds a TLS-capable binary, an admin client and the ACL log.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from bus.embedded import EmbeddedRedis, free_port
+
+ADMIN_PW = "h7-admin-Pw-5fa1"
 
 
 @functools.cache
@@ -41,21 +45,24 @@ class SecureRedis(EmbeddedRedis):
     def admin(self, **kw: Any) -> redis.Redis:
         return self.client(**{"decode_responses": True, "socket_timeout": 5, **kw})
 
+    def acl_log(self) -> list[dict[str, Any]]:
+        """``ACL LOG`` entries as dicts (reason, context, object, username, ...)."""
+        admin = self.admin()
+        try:
+            entries = admin.execute_command("ACL", "LOG")
+        finally:
+            admin.close()
+        return [e if isinstance(e, dict) else dict(zip(e[::2], e[1::2], strict=True)) for e in entries]
 
-def password_server(password: str) -> SecureRedis:
-    """A server whose default user needs ``password`` (not started)."""
+
+def _password_server(password: str) -> SecureRedis:
     return SecureRedis(extra_args=("--requirepass", password), client_kwargs={"password": password})
 
 
-def acl_log(admin: redis.Redis) -> list[dict[str, Any]]:
-    """``ACL LOG`` entries as dicts (reason, context, object, username, ...)."""
-    out = []
-    for entry in admin.execute_command("ACL", "LOG"):
-        if isinstance(entry, dict):
-            out.append(entry)
-        else:
-            out.append(dict(zip(entry[::2], entry[1::2], strict=True)))
-    return out
+@pytest.fixture
+def password_server() -> Callable[[str], SecureRedis]:
+    """``with password_server(pw) as server:`` a server whose default user needs ``pw``."""
+    return _password_server
 
 
 # --- certificates --------------------------------------------------------------------------------
@@ -65,7 +72,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
+def _make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
     """A self-signed CA: ``(cert, key)`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
@@ -90,7 +97,7 @@ def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
     return cert, key
 
 
-def make_cert(directory: Path, name: str, ca: tuple[Path, Path], *, server: bool) -> tuple[Path, Path]:
+def _make_cert(directory: Path, name: str, ca: tuple[Path, Path], *, server: bool) -> tuple[Path, Path]:
     """A certificate signed by ``ca``: for 127.0.0.1/localhost (``server``) or a client; ``(cert, key)``."""
     key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.crt"
     ext = directory / f"{name}.ext"
@@ -134,11 +141,9 @@ def make_cert(directory: Path, name: str, ca: tuple[Path, Path], *, server: bool
     return cert, key
 
 
-def tls_server(
+def _tls_server(
     ca: Path, cert: tuple[Path, Path], *, auth_clients: bool = False, client_cert: tuple[Path, Path] | None = None
 ) -> SecureRedis:
-    """A server listening on TLS only (``--port 0``); ``auth_clients``: it requires client certificates
-    (``client_cert`` is then what the readiness check presents)."""
     port = free_port()
     args = (
         "--port",
@@ -159,3 +164,33 @@ def tls_server(
         kw.update(ssl_certfile=str(client_cert[0]), ssl_keyfile=str(client_cert[1]))
     server = SecureRedis(port=port, extra_args=args, client_kwargs=kw)
     return server
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A CA with a server and a client certificate, and another CA; skips without a TLS redis-server."""
+    if tls_capable_binary() is None:
+        pytest.skip("no redis-server built with TLS")
+    d = tmp_path_factory.mktemp("certs")
+    ca = _make_ca(d)
+    return {
+        "ca": ca,
+        "server": _make_cert(d, "server", ca, server=True),
+        "client": _make_cert(d, "client", ca, server=False),
+        "other_ca": _make_ca(d, "other"),
+    }
+
+
+@pytest.fixture
+def tls_server() -> Callable[..., SecureRedis]:
+    """``with tls_server(ca, cert, auth_clients=False, client_cert=None) as server:`` a server listening
+    on TLS only (``--port 0``); ``auth_clients``: it requires client certificates (``client_cert`` is
+    then what the readiness check presents)."""
+    return _tls_server
+
+
+@pytest.fixture
+def acl_server() -> Iterator[SecureRedis]:
+    """A started server whose default user is the admin (password ``ADMIN_PW``), for ACL users."""
+    with _password_server(ADMIN_PW) as server:
+        yield server
