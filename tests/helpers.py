@@ -1,6 +1,6 @@
 """Plain helpers the tests import (fixtures live in the conftest.py files, found by pytest): polling
-with a deadline, key cleanup, the environment of a ``tradebus`` command, and a bare publisher for
-subprocesses."""
+with a deadline, key cleanup, a dispatcher for an app, the environment of a ``tradebus`` command,
+and a bare publisher for subprocesses."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import redis
 
+from bus.config import Settings
 from bus.core.keys import Keys, channel
 from bus.core.keyspace import delete_matching
+from bus.dispatch.dispatcher import Dispatcher
 from bus.events.model import TradeEvent
 
 
@@ -37,6 +39,11 @@ def delete_prefix(url: str, prefix: str) -> None:
         delete_matching(client, f"{prefix}*")
     finally:
         client.close()
+
+
+def dispatcher_for(app: Any, settings: Settings, **kw: Any) -> Dispatcher:
+    """A dispatcher that sends through ``app`` (its queues, its routing table)."""
+    return Dispatcher(settings.broker_url, app.tradebus.routing, settings=settings, app=app, **kw)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

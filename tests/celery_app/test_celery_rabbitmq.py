@@ -6,7 +6,6 @@ import socket
 
 import pytest
 import redis
-from support_celery import test_app, wait_for, worker
 
 from bus.config import LoadEnvironmentVariables
 from bus.core.bus import RedisEventBus
@@ -14,6 +13,8 @@ from bus.core.keys import Keys
 from bus.core.state import get_order
 from bus.dispatch.routing import Route, RoutingTable
 from bus.events.model import TradeEvent
+from celery_app import make_celery
+from tests.helpers import wait_for
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -32,11 +33,11 @@ pytestmark = [
 ]  # fmt: skip
 
 
-def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix) -> None:
+def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix, own_worker) -> None:
     s = LoadEnvironmentVariables(None, redis_url=redis_url, celery_broker_url=AMQP_URL, key_prefix=key_prefix)
     queue = f"{key_prefix}.state"  # a private queue: RabbitMQ is shared between test runs
     table = RoutingTable([Route("state", "tradebus.state.apply", queue, ("order.*",))])
-    app = test_app(s, table)
+    app = make_celery(s, table, set_as_current=False)
     # A freshly started worker takes messages that arrive with its consume-ok only on its next
     # heartbeat tick (celery#4042: up to broker_heartbeat/3, 10 s with our 30 s). Later messages are
     # immediate. A short heartbeat keeps this test from waiting on that start-up quirk.
@@ -48,7 +49,7 @@ def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix) 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(key_prefix)
     try:
-        with RedisEventBus(settings=s, dispatcher=d) as bus, worker(app, queues=queue):
+        with RedisEventBus(settings=s, dispatcher=d) as bus, own_worker(app, queues=queue):
             assert not d.stages_in_bus_pipeline
             receipts = [bus.publish(TradeEvent.create_order_created("XAUUSD", f"r{i}", "BUY", 1.0, 1.0))
                         for i in range(5)]  # fmt: skip

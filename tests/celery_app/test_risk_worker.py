@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from support_celery import celery_settings, client, dispatcher_for, test_app, wait_for, worker  # noqa: F401
 
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
@@ -14,13 +13,14 @@ from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
 from bus.domain.notify import NotifyConfig
 from bus.domain.risk import RiskLimits
 from bus.events.model import TradeEvent, TradeEventType
+from tests.helpers import dispatcher_for, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 FAST = RetryPolicy(max_retries=3, backoff=0.01, backoff_max=0.05, jitter=True)
 
 
-def test_breach_raised_once_and_notified(celery_settings, client, webhook_receiver):  # noqa: F811
-    keys = Keys(celery_settings.key_prefix)
+def test_breach_raised_once_and_notified(settings, redis_client, worker_app, worker, webhook_receiver):
+    keys = Keys(settings.key_prefix)
     table = RoutingTable(
         [
             Route("risk", "tradebus.risk.check", "tradebus.risk", ("order.created",), retry=FAST),
@@ -29,19 +29,19 @@ def test_breach_raised_once_and_notified(celery_settings, client, webhook_receiv
     )
     order = TradeEvent.create_order_created("XAUUSD", "o1", "BUY", 2000.0, 5.0, correlation_id="c-9")
     with webhook_receiver() as rx:
-        app = test_app(celery_settings, table)
+        app = worker_app(table)
         app.tradebus.risk_limits = RiskLimits(max_order_volume=Decimal(2))
         app.tradebus.notify_config = NotifyConfig(webhook_urls=(rx.url,), secret="k", log_sink=False)
         with (
-            RedisEventBus(settings=celery_settings, dispatcher=dispatcher_for(app, celery_settings)) as bus,
-            worker(app, queues="tradebus.risk,tradebus.notify"),
+            RedisEventBus(settings=settings, dispatcher=dispatcher_for(app, settings)) as bus,
+            worker(),
         ):
             bus.publish(order)
             bus.dispatcher.send(order, order.to_json(), table.routes_for(order))  # delivered twice
-            wait_for(lambda: client.hget(keys.stats(), "run:tradebus.risk.check") == "2", what="2 risk runs")
+            wait_for(lambda: redis_client.hget(keys.stats(), "run:tradebus.risk.check") == "2", what="2 risk runs")
             wait_for(lambda: rx.requests, what="the breach notification")
             breaches = [e for _, e in bus.read_log("XAUUSD") if e.event_type is TradeEventType.RISK_LIMIT_BREACHED]
-            wait_for(lambda: client.hget(keys.stats(), "run:tradebus.notify.send") == "1", what="notify ran")
+            wait_for(lambda: redis_client.hget(keys.stats(), "run:tradebus.notify.send") == "1", what="notify ran")
     assert len(breaches) == 1
     [breach] = breaches
     assert breach.causation_id == order.event_id and breach.correlation_id == "c-9"

@@ -29,10 +29,8 @@ from typing import Any
 
 import pytest
 import redis
-import support_tasks  # noqa: F401  (registers tradebus_test.* tasks)
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from support_celery import REPO, dispatcher_for, wait_for, worker
 
 from bus.config import LoadEnvironmentVariables, Settings
 from bus.core.bus import RedisEventBus
@@ -42,8 +40,11 @@ from bus.dispatch.routing import RetryPolicy, Route, RoutingTable
 from bus.errors import BusConnectionError, BusPermissionError
 from bus.events.model import TradeEvent
 from celery_app import make_celery
+from tests.helpers import dispatcher_for, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults]
+
+REPO = Path(__file__).resolve().parents[2]
 COMMANDS = (
     "-@all",
     "+@read",
@@ -67,7 +68,7 @@ def _app(settings: Settings, routing: RoutingTable | None = None) -> Any:
     return make_celery(settings, routing, set_as_current=False)
 
 
-def _order_flow(settings: Settings, app: Any, order_id: str) -> tuple[RedisEventBus, list[TradeEvent]]:
+def _order_flow(own_worker: Any, settings: Settings, app: Any, order_id: str) -> tuple[RedisEventBus, list[TradeEvent]]:
     """publish -> a listening subscriber receives it -> a real worker runs the state task -> get_order."""
     got: list[TradeEvent] = []
     ev = TradeEvent.create_order_created("XAUUSD", order_id, "BUY", 2000.5, 0.1)
@@ -75,7 +76,7 @@ def _order_flow(settings: Settings, app: Any, order_id: str) -> tuple[RedisEvent
         bus.subscribe("XAUUSD", "order.created", got.append)
         handle = bus.listen_in_thread()
         assert handle.wait_ready(5), f"listener not ready: {handle.error}"
-        with worker(app, queues="tradebus.state"):
+        with own_worker(app, queues="tradebus.state"):
             receipt = bus.publish(ev)
             assert receipt.subscribers == 1 and "state" in receipt.dispatched, receipt
             order = wait_for(lambda: bus.get_order("XAUUSD", order_id), timeout=10, what="the state task")
@@ -95,7 +96,7 @@ def _setuser(admin: redis.Redis, user: str, password: str, *rules: str) -> None:
 
 
 @pytest.mark.parametrize("layout", ["one_user", "bus_and_broker_users"])
-def test_acl_users_publish_subscribe_and_worker(acl_server, layout) -> None:
+def test_acl_users_publish_subscribe_and_worker(acl_server, own_worker, layout) -> None:
     """One ACL user for everything (task messages join the bus's MULTI), or least privilege: the
     executor's user cannot touch the queues, the broker user cannot touch the bus keys' channels."""
     admin, port, p = acl_server.admin(), acl_server.port, _prefix()
@@ -117,7 +118,7 @@ def test_acl_users_publish_subscribe_and_worker(acl_server, layout) -> None:
         broker_key_prefix=qp,
     )
     app = _app(s)
-    bus, _ = _order_flow(s, app, "acl-1")
+    bus, _ = _order_flow(own_worker, s, app, "acl-1")
     assert bus.dispatcher.stages_in_bus_pipeline is (layout == "one_user")
     # the task messages really went through the prefixed queue keys the ACL allows
     assert acl_server.admin(db=1).exists(f"{qp}_kombu.binding.tradebus.state")
@@ -197,14 +198,14 @@ def _tls_settings(
     )
 
 
-def test_tls_bus_and_worker_on_the_same_server(certs, tls_server) -> None:
+def test_tls_bus_and_worker_on_the_same_server(certs, tls_server, own_worker) -> None:
     """rediss:// bus; the broker defaults to rediss:// database 1 of it; the worker uses broker_use_ssl."""
     with tls_server(certs["ca"][0], certs["server"]) as server:
         s = _tls_settings(server.port, certs)
         assert s.broker_url == f"rediss://127.0.0.1:{server.port}/1"
         app = _app(s)
         assert app.conf.broker_use_ssl["ssl_ca_certs"] == str(certs["ca"][0])
-        bus, _ = _order_flow(s, app, "tls-1")
+        bus, _ = _order_flow(own_worker, s, app, "tls-1")
         assert bus.dispatcher.stages_in_bus_pipeline
         with RedisEventBus(settings=s) as bus:  # queries over TLS
             assert [e.data["order_id"] for _, e in bus.read_log("XAUUSD")] == ["tls-1"]
@@ -216,7 +217,7 @@ def test_tls_bus_and_worker_on_the_same_server(certs, tls_server) -> None:
         plain.close()
 
 
-def test_mutual_tls_with_a_separate_broker_server(certs, tls_server) -> None:
+def test_mutual_tls_with_a_separate_broker_server(certs, tls_server, own_worker) -> None:
     """Client certificates required; the broker is another TLS server, so the dispatcher's own
     broker client and the worker both do TLS with REDIS_SSL_CERTFILE / KEYFILE."""
     ca, srv, cli = certs["ca"][0], certs["server"], certs["client"]
@@ -233,7 +234,7 @@ def test_mutual_tls_with_a_separate_broker_server(certs, tls_server) -> None:
         s = _tls_settings(bus_server.port, certs, client=True, broker_port=broker_server.port)
         app = _app(s)
         assert app.conf.broker_use_ssl["ssl_certfile"] == str(cli[0])
-        bus, _ = _order_flow(s, app, "mtls-1")
+        bus, _ = _order_flow(own_worker, s, app, "mtls-1")
         assert not bus.dispatcher.stages_in_bus_pipeline
         queued = broker_server.admin(db=1).keys(f"{s.broker_key_prefix}*")
         assert f"{s.broker_key_prefix}_kombu.binding.tradebus.state" in queued
@@ -270,7 +271,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[st
     )
 
 
-def test_secrets_never_logged(password_server, caplog, capfd, tmp_path) -> None:
+def test_secrets_never_logged(password_server, own_worker, caplog, capfd, tmp_path) -> None:
     caplog.set_level(logging.DEBUG)
     fail = RoutingTable(
         [
@@ -315,7 +316,7 @@ def test_secrets_never_logged(password_server, caplog, capfd, tmp_path) -> None:
         # in-process: publish, a worker whose task fails, reprs, a wrong password
         app = _app(s, fail)
         d = dispatcher_for(app, s)
-        with RedisEventBus(settings=s, dispatcher=d) as bus, worker(app, queues="tradebus.state,tradebus.notify"):
+        with RedisEventBus(settings=s, dispatcher=d) as bus, own_worker(app, queues="tradebus.state,tradebus.notify"):
             bus.publish(TradeEvent.create_order_created("XAUUSD", "sec-1", "BUY", 1.0, 1.0))
             wait_for(lambda: list_dead_letters(bus.client, bus.keys), timeout=10, what="the failed task")
             wait_for(lambda: bus.get_order("XAUUSD", "sec-1"), timeout=10, what="the state task")

@@ -1,4 +1,5 @@
-"""Tasks only tests use (imported in-process, or ``--include support_tasks`` by subprocess workers)."""
+"""Tasks only tests use. Importing this module registers them on every app: in-process workers import
+it (``celery_includes``), subprocess workers get ``--include tests.worker_tasks``."""
 
 from __future__ import annotations
 
