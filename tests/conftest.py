@@ -177,10 +177,12 @@ def worker_app(
         return app
 
     yield serve
-    _wait_until_idle()
-    app.tradebus = session_context
-    for context in contexts:
-        context.close()
+    try:
+        _wait_until_idle()
+    finally:
+        app.tradebus = session_context
+        for context in contexts:
+            context.close()
 
 
 @pytest.fixture
