@@ -163,9 +163,7 @@ def session_worker(request: pytest.FixtureRequest, celery_session_worker: Any) -
 
 
 @pytest.fixture
-def worker_app(
-    celery_session_app: Celery, session_worker: Any, settings: Settings
-) -> Iterator[Callable[[RoutingTable | None], Celery]]:
+def worker_app(celery_session_app: Celery, session_worker: Any, settings: Settings) -> Iterator[Callable[..., Celery]]:
     """``worker_app(routing=None)``: the session worker's app, serving this test: its tasks use this
     test's settings, key prefix and ``routing`` (``make_celery``'s task context for them) until the
     test ends."""
