@@ -49,6 +49,7 @@ from bus.dispatch.names import DRAIN_TASK
 from bus.dispatch.routing import LOG, Route, RoutingTable
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
+from bus.events.registry import load_event_types
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Dispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
+        load_event_types(settings.event_types_module)  # routes may name custom types
         if routing is None:
             routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
         kw.setdefault("strict", settings.dispatch_strict)
