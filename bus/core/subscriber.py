@@ -7,7 +7,9 @@ symbol+type); when the relevant ``prev`` is newer than what the subscription del
 entries are read from the log (XRANGE, filtered by type) and delivered first, in order, once each.
 After every (re)connect the subscriptions catch up from the log the same way. A message whose id
 was already delivered is dropped. Messages from other tools (no ``log_id``) are validated in full
-and delivered; broadcasts of another key prefix (another tenant) are ignored.
+and delivered; broadcasts of another key prefix (another tenant) are ignored. Those decisions and the
+log reads are the I/O-free core in bus/core/healing.py, which bus.aio's subscriber shares; this module
+owns the blocking connection, the reconnect loop and the handlers.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import redis
 
 from bus.config import Settings
-from bus.core.catchup import CatchUp
 from bus.core.connection import raw_connection
+from bus.core.healing import Healer, is_confirmation, message_of, subscribe_commands
 from bus.core.keys import Keys
+from bus.core.steps import run
 from bus.core.subscription import Counters, Handler, Subscription
-from bus.core.wire import MAX_SEQ, parse_id
-from bus.errors import BusPermissionError, EventValidationError
+from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
 
 __all__ = ["ListenerHandle", "Subscriber"]
@@ -77,7 +78,7 @@ class Subscriber:
         self._idle = threading.Event()  # set while no listen() loop runs
         self._idle.set()
         self.counters = Counters()
-        self._catch_up = CatchUp(client, keys, self.counters, self._deliver)
+        self._healer = Healer(keys, self.counters)
         self.error: BusPermissionError | None = None  # why the last loop stopped by itself
 
     # --- registration ----------------------------------------------------------------------------
@@ -210,31 +211,23 @@ class Subscriber:
         if not subs:
             self.ready.set() if self._subs else None
             return
-        if any(s.baseline is None for s in subs):
-            secs, micros = self._client.time()
-            base = (int(secs) * 1000 + int(micros) // 1000 - 1, MAX_SEQ)
-            for s in subs:
-                if s.baseline is None:
-                    s.baseline = base
+        run(self._client, self._healer.baseline(subs))
         conn = self._conn
-        channels = [s.name for s in subs if not s.pattern]
-        patterns = [s.name for s in subs if s.pattern]
-        if channels:
-            conn.send_command("SUBSCRIBE", *channels)
-        if patterns:
-            conn.send_command("PSUBSCRIBE", *patterns)
-        pending, early = len(channels) + len(patterns), []
+        pending, early = 0, []
+        for command in subscribe_commands(subs):
+            conn.send_command(*command)
+            pending += len(command) - 1
         deadline = time.monotonic() + self._settings.redis_socket_timeout
         while pending:
             if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
                 raise redis.TimeoutError("no reply to SUBSCRIBE")
             reply = conn.read_response()
-            if reply[0] in (b"subscribe", b"psubscribe"):
+            if is_confirmation(reply):
                 pending -= 1
             else:
                 early.append(reply)
         for s in subs:
-            self._catch_up.after_subscribe(s)
+            run(self._client, self._healer.catch_up.after_subscribe(s), self._deliver)
         for reply in early:
             self._on_reply(reply)
         self.ready.set()
@@ -266,46 +259,18 @@ class Subscriber:
     # --- messages --------------------------------------------------------------------------------
 
     def _on_reply(self, reply: Any) -> None:
-        kind = reply[0]
-        if kind == b"pmessage":
-            sub = self._subs.get(reply[1])
-            if sub is not None:
-                self._on_message(sub, reply[3])
-        elif kind == b"message":
-            sub = self._subs.get(reply[1])
-            if sub is not None:
-                self._on_message(sub, reply[2])
-        # pong and (p)subscribe confirmations need nothing
-
-    def _on_message(self, sub: Subscription, data: bytes) -> None:
-        try:
-            obj = orjson.loads(data)
-            if type(obj) is not dict:
-                raise EventValidationError("a broadcast must be a JSON object", field="json")
-            log_id = obj.pop("log_id", None)
-            if log_id is None:  # published by another tool: validate everything
-                self._deliver(sub, TradeEvent.from_dict(obj))
-                return
-            prev, prev_t, bus = obj.pop("prev", ""), obj.pop("prev_t", ""), obj.pop("bus", None)
-            if bus != self._prefix:
-                self.counters.foreign += 1
-                return
-            event = TradeEvent.from_trusted_dict(obj)
-            lid = parse_id(log_id)
-        except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
-            self.counters.malformed += 1
-            log.warning("malformed message on %s skipped: %s", sub.name, e)
+        found = message_of(self._subs, reply)
+        if found is None:
+            return  # pong and (p)subscribe confirmations need nothing
+        sub, data = found
+        healer = self._healer
+        arrival = healer.arrival(sub, data)
+        if arrival is None:
             return
-        symbol = event.symbol
-        last = sub.last.get(symbol) or sub.baseline
-        if last is not None:
-            if lid <= last:
-                return  # already delivered (from the log)
-            before = prev_t if sub.event_type else prev
-            if before and parse_id(before) > last:
-                self._catch_up.fill_gap(sub, symbol, last, log_id)
-        self._deliver(sub, event)
-        sub.last[symbol] = lid
+        if arrival.gap_after is not None:
+            run(self._client, healer.fill_gap(sub, arrival), self._deliver)
+        self._deliver(sub, arrival.event)
+        healer.delivered(sub, arrival)
 
     def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
         for handler in sub.handlers:
