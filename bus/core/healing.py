@@ -21,13 +21,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
+import redis
 
 from bus.core.catchup import CatchUp
 from bus.core.keys import Keys
 from bus.core.steps import Command, Steps
 from bus.core.subscription import Counters, Subscription
 from bus.core.wire import MAX_SEQ, Id, parse_id
-from bus.errors import EventValidationError
+from bus.errors import BusPermissionError, EventValidationError
 from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,29 @@ class Healer:
                 s.baseline = base
 
 
+class Liveness:
+    """Health check of an idle subscriber connection: PING it after ``interval`` seconds of silence;
+    no answer within ``timeout`` means it is dead (half-open sockets send nothing and raise nothing)."""
+
+    def __init__(self, interval: float, timeout: float, now: float) -> None:
+        self.interval, self.timeout = interval or 15, timeout
+        self.last_rx, self.ping_sent = now, 0.0
+
+    def heard(self, now: float) -> None:
+        self.last_rx, self.ping_sent = now, 0.0
+
+    def ping_due(self, now: float) -> bool:
+        """Called while idle: True when a PING should be sent now; redis.TimeoutError when one went unanswered."""
+        if self.ping_sent:
+            if now - self.ping_sent > self.timeout:
+                raise redis.TimeoutError("subscriber connection did not answer PING")
+            return False
+        if now - self.last_rx > self.interval:
+            self.ping_sent = now
+            return True
+        return False
+
+
 def subscribe_commands(subs: Iterable[Subscription]) -> list[tuple[str, ...]]:
     """SUBSCRIBE for the channels, PSUBSCRIBE for the patterns (each expects one confirmation per name)."""
     subs = list(subs)
@@ -123,3 +147,16 @@ def message_of(subs: Mapping[bytes, Subscription], reply: Any) -> tuple[Subscrip
         sub = subs.get(reply[1])
         return (sub, reply[2]) if sub is not None else None
     return None
+
+
+def permission_error(e: Exception, user: str | None, subs: Iterable[Subscription], prefix: str) -> BusPermissionError:
+    """Redis refused a subscriber a channel or key (ACL): permanent, so it stops, saying what to grant."""
+    names = sorted((s.pattern, s.name) for s in subs)
+    channels = [n for p, n in names if not p]
+    patterns = [n for p, n in names if p]
+    return BusPermissionError(
+        f"Redis refused the subscriber of ACL user {user or 'default'!r} ({e}); the listener stopped. It "
+        f"subscribes to channels {channels} and patterns {patterns}: grant the user &trades:* "
+        "(a pattern subscription needs its exact pattern granted, e.g. &trades:XAUUSD:*, or "
+        f"allchannels) and read access to ~{prefix}:*"
+    )

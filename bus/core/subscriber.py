@@ -25,7 +25,14 @@ import redis
 
 from bus.config import Settings
 from bus.core.connection import raw_connection
-from bus.core.healing import Healer, is_confirmation, message_of, subscribe_commands
+from bus.core.healing import (
+    Healer,
+    Liveness,
+    is_confirmation,
+    message_of,
+    permission_error,
+    subscribe_commands,
+)
 from bus.core.keys import Keys
 from bus.core.steps import run
 from bus.core.subscription import Counters, Handler, Subscription
@@ -166,17 +173,10 @@ class Subscriber:
             self._idle.set()
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
-        user = self._client.connection_pool.connection_kwargs.get("username") or "default"
+        user = self._client.connection_pool.connection_kwargs.get("username")
         with self._lock:
-            names = sorted((s.pattern, s.name) for s in self._subs.values())
-        channels = [n for p, n in names if not p]
-        patterns = [n for p, n in names if p]
-        return BusPermissionError(
-            f"Redis refused the subscriber of ACL user {user!r} ({e}); the listener stopped. It "
-            f"subscribes to channels {channels} and patterns {patterns}: grant the user &trades:* "
-            "(a pattern subscription needs its exact pattern granted, e.g. &trades:XAUUSD:*, or "
-            f"allchannels) and read access to ~{self._prefix}:*"
-        )
+            subs = list(self._subs.values())
+        return permission_error(e, user, subs, self._prefix)
 
     def _take_unsent(self) -> list[Subscription]:
         with self._lock:
@@ -200,8 +200,8 @@ class Subscriber:
         self._take_unsent()  # everything is (re)subscribed below
         self._conn = raw_connection(self._client, self._settings.redis_socket_timeout)
         self._conn.connect()
-        self._last_rx = time.monotonic()
-        self._ping_sent = 0.0
+        s = self._settings
+        self._liveness = Liveness(s.redis_health_check_interval, s.redis_socket_timeout, time.monotonic())
         with self._lock:
             subs = list(self._subs.values())
         self._subscribe(subs)
@@ -235,26 +235,15 @@ class Subscriber:
     def _pump(self) -> None:
         conn = self._conn
         if not conn.can_read(timeout=POLL_SECONDS):
-            self._health_check()
+            if self._liveness.ping_due(time.monotonic()):
+                conn.send_command("PING")
             return
         on_reply, stop = self._on_reply, self._stop
         for _ in range(10_000):
             on_reply(conn.read_response())
             if stop.is_set() or not conn.can_read(timeout=0):
                 break
-        self._last_rx = time.monotonic()
-        self._ping_sent = 0.0
-
-    def _health_check(self) -> None:
-        """Health check: PING an idle connection; no PONG within the socket timeout means it is dead."""
-        now = time.monotonic()
-        interval = self._settings.redis_health_check_interval or 15
-        if self._ping_sent:
-            if now - self._ping_sent > self._settings.redis_socket_timeout:
-                raise redis.TimeoutError("subscriber connection did not answer PING")
-        elif now - self._last_rx > interval:
-            self._conn.send_command("PING")
-            self._ping_sent = now
+        self._liveness.heard(time.monotonic())
 
     # --- messages --------------------------------------------------------------------------------
 
