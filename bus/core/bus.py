@@ -20,9 +20,10 @@ from bus.core.connection import _client_where, describe_server, make_client, raw
 from bus.core.dispatching import TaskDispatcher
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
+from bus.core.steps import Command, Steps, run
 from bus.core.subscriber import ListenerHandle, Subscriber
 from bus.core.subscription import Counters, Handler
-from bus.core.wire import LogEntries, decode_entry
+from bus.core.wire import LogEntries, decode_entry, text
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
 from bus.events.rules import validate_symbol
@@ -180,17 +181,10 @@ class RedisEventBus:
 
     def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
-        start = after if after in ("-", "") else f"({after}"
-        entries = cast(LogEntries, self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count))
-        out = []
-        for log_id, fields in entries:
-            event = decode_entry(fields)
-            if event is not None:
-                out.append((log_id.decode(), event))
-        return out
+        return run(self.client, read_log_steps(self.keys, symbol, after, count))
 
     def known_symbols(self) -> list[str]:
-        return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))  # type: ignore[union-attr]
+        return run(self.client, known_symbols_steps(self.keys))
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
@@ -256,3 +250,24 @@ class RedisEventBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- queries as steps (bus/core/steps.py), shared with bus.aio ----------------------------------------
+
+
+def read_log_steps(
+    keys: Keys, symbol: str, after: str = "-", count: int | None = None
+) -> Steps[list[tuple[str, TradeEvent]]]:
+    start = after if after in ("-", "") else f"({after}"
+    limit = ("COUNT", count) if count is not None else ()
+    entries = cast(LogEntries, (yield Command(("XRANGE", keys.log(symbol), start or "-", "+", *limit))))
+    out = []
+    for log_id, fields in entries:
+        event = decode_entry(fields)
+        if event is not None:
+            out.append((log_id.decode(), event))
+    return out
+
+
+def known_symbols_steps(keys: Keys) -> Steps[list[str]]:
+    return sorted(text(s) for s in (yield Command(("SMEMBERS", keys.symbols()))))
