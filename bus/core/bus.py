@@ -16,7 +16,7 @@ import redis
 
 from bus.config import Settings
 from bus.core import state
-from bus.core.connection import _client_where, describe_server, make_client, raw_connection
+from bus.core.connection import _client_where, describe_server, make_client, raw_connection, unreachable
 from bus.core.dispatching import TaskDispatcher
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
@@ -82,9 +82,7 @@ class RedisEventBus:
         return f"RedisEventBus({self.where!r}, prefix={self.keys.prefix!r})"
 
     def _connection_error(self, e: Exception) -> BusConnectionError:
-        return BusConnectionError(
-            f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). Is the Redis container running?"
-        )
+        return unreachable(self.where, e)
 
     # --- publish ------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from bus.config import Settings
+from bus.errors import BusConnectionError
 
 
 def describe_server(url: str) -> str:
@@ -80,6 +81,13 @@ def unpooled_options(pool_kwargs: Mapping[str, Any], timeout: float | None, retr
     if timeout is not None:
         kw.update(socket_timeout=timeout, socket_connect_timeout=timeout)
     return kw
+
+
+def unreachable(where: str, e: Exception) -> BusConnectionError:
+    """The error a bus raises when Redis at ``where`` does not answer (durable publish: never a silent drop)."""
+    return BusConnectionError(
+        f"Cannot connect to Redis at {where} ({type(e).__name__}: {e}). Is the Redis container running?"
+    )
 
 
 def _client_where(client: redis.Redis) -> str:

@@ -18,7 +18,12 @@ class EventBusFactory:
     def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
         """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
         publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
-        if "dispatcher" not in kw and env_config.dispatch:
-            dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(env_config)
-            kw["dispatcher"] = dispatcher
-        return RedisEventBus(settings=env_config, **kw)
+        return RedisEventBus(settings=env_config, **with_dispatcher(env_config, kw))
+
+
+def with_dispatcher(settings: Settings, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with the dispatcher ``settings`` ask for (none when ``TRADEBUS_DISPATCH=false`` or one is given)."""
+    if "dispatcher" not in kw and settings.dispatch:
+        dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(settings)
+        kw = {**kw, "dispatcher": dispatcher}
+    return kw
