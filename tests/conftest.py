@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from bus.config import LoadEnvironmentVariables, Settings
+from bus.core.bus import RedisEventBus
 from bus.core.keyspace import delete_matching
 from bus.embedded import EmbeddedRedis, redis_answers
 
@@ -86,3 +88,21 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     """A redis-server this test owns (AOF on), free to stop, kill and restart."""
     with EmbeddedRedis(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_bus(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """``make_bus(url, **kw)``: a RedisEventBus, or an AsyncRedisEventBus behind the blocking API
+    (tests/support_aio.py), so one test covers both; every bus built is closed after the test."""
+    from support_aio import AsyncBusAdapter
+
+    kind = RedisEventBus if request.param == "sync" else AsyncBusAdapter
+    built: list[Any] = []
+
+    def make(url: str, **kw: Any) -> Any:
+        built.append(kind(url, **kw))
+        return built[-1]
+
+    yield make
+    for bus in built:
+        bus.close()

@@ -250,8 +250,11 @@ class AsyncRedisEventBus:
 
     async def wait_until_listening(self, timeout: float) -> bool:
         """True once ``listen()`` is subscribed (events published from now on will be delivered)."""
+        ready = self.subscriber.ready
+        if ready.is_set():
+            return True
         try:
-            await asyncio.wait_for(self.subscriber.ready.wait(), timeout)
+            await asyncio.wait_for(ready.wait(), timeout)
         except TimeoutError:
             return False
         return True
