@@ -1,4 +1,4 @@
-"""ExecutorBuilder / OrderExecutor with the PaperBroker against a real Redis: events, chains, kill switch."""
+"""ExecutorBuilder / OrderExecutor with the PaperVenue against a real Redis: events, chains, kill switch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bus.core.keys import Keys
 from bus.errors import ConfigError
 from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
-from bus.executor.builder import (
+from bus.executor import (
     ExecutorBuilder,
     ExecutorConfig,
     TradeExecutor,
@@ -21,7 +21,7 @@ from bus.executor.builder import (
     kill_switches,
     release_kill_switch,
 )
-from bus.executor.paper import PaperBroker
+from bus.executor.paper import PaperVenue
 from tests.support_executor import has_subscriber_api, make_bus, wait_for
 
 pytestmark = pytest.mark.redis
@@ -36,7 +36,7 @@ def event_bus(redis_url: str, key_prefix: str) -> Iterator[Any]:
 
 @pytest.fixture
 def executor(tmp_path: Path, event_bus: Any) -> Iterator[TradeExecutor]:
-    broker = PaperBroker(max_fill_volume="1", id_prefix="x-")
+    broker = PaperVenue(max_fill_volume="1", id_prefix="x-")
     broker.set_price("XAUUSD", "2000")
     broker.set_price("BTCUSD", "45000")
     ex = ExecutorBuilder.build_from_config(
@@ -205,10 +205,10 @@ def test_kill_switch_learned_from_the_bus(
 
 def test_config_as_dataclass_or_dict(tmp_path: Path, event_bus: Any) -> None:
     with pytest.raises(ConfigError, match="outbox_pth"):
-        ExecutorBuilder.build_from_config(config={"outbox_pth": "x"}, client=PaperBroker(), event_bus=event_bus)
+        ExecutorBuilder.build_from_config(config={"outbox_pth": "x"}, client=PaperVenue(), event_bus=event_bus)
     cfg = ExecutorConfig(source="cfg", outbox_path=str(tmp_path / "o.db"), listen_for_breaches=False)
     with ExecutorBuilder.build_from_config(config=cfg, client=None, event_bus=event_bus, logger=None) as ex:
-        assert isinstance(ex.client, PaperBroker) and ex.config is cfg
+        assert isinstance(ex.client, PaperVenue) and ex.config is cfg
         ex.client.set_price("XAUUSD", "2000")
         assert ex.buy("XAUUSD", "0.1").status == "filled"
     assert [e.source for e in log_of(event_bus)] == ["cfg"] * 4
@@ -224,7 +224,7 @@ def test_executors_sharing_a_bus_listen_apart_from_the_caller(
 ) -> None:
     # Given two executors built on one bus, and the caller listening on that bus too
     def build(name: str) -> TradeExecutor:
-        broker = PaperBroker(id_prefix=f"{name}-")
+        broker = PaperVenue(id_prefix=f"{name}-")
         broker.set_price("BTCUSD", "45000")
         config = {"source": name, "outbox_path": str(tmp_path / f"{name}.db"), "symbols": ["BTCUSD"]}
         return ExecutorBuilder.build_from_config(config=config, client=broker, event_bus=event_bus)

@@ -14,8 +14,8 @@ import pytest
 from bus.embedded import EmbeddedRedis
 from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
-from bus.executor.builder import ExecutorBuilder, kill_switches
-from bus.executor.paper import PaperBroker, RandomWalkFeed
+from bus.executor import ExecutorBuilder, kill_switches
+from bus.executor.paper import PaperVenue, RandomWalkFeed
 from tests.support_executor import make_bus, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
@@ -51,7 +51,7 @@ def test_redis_outage_mid_session_loses_nothing_and_keeps_order(
 ) -> None:
     # Given an executor trading through a Redis it does not control
     bus = make_bus(own_redis.url, key_prefix)
-    broker = PaperBroker(max_fill_volume="1", id_prefix="f-")
+    broker = PaperVenue(max_fill_volume="1", id_prefix="f-")
     feed = RandomWalkFeed(broker, {"XAUUSD": "2000"}, seed=3, volatility=0.002)
     emitted: list[TradeEvent] = []
     ex = ExecutorBuilder.build_from_config(
@@ -107,10 +107,10 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from bus.executor.builder import ExecutorBuilder, kill_switches
-        from bus.executor.paper import PaperBroker
+        from bus.executor import ExecutorBuilder, kill_switches
+        from bus.executor.paper import PaperVenue
         from tests.support_executor import StreamBus
-        broker = PaperBroker(max_fill_volume="1")
+        broker = PaperVenue(max_fill_volume="1")
         broker.set_price("XAUUSD", "2000")
         ex = ExecutorBuilder.build_from_config(
             config={{"source": "crashy", "outbox_path": {str(outbox)!r}}},
@@ -130,7 +130,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     bus = make_bus(redis_url, key_prefix)
     with ExecutorBuilder.build_from_config(
         config={"source": "next", "outbox_path": str(outbox), "listen_for_breaches": False},
-        client=PaperBroker(),
+        client=PaperVenue(),
         event_bus=bus,
     ) as ex:
         # Then it flushed the old events at start, in order
@@ -154,7 +154,7 @@ def test_full_outbox_refuses_new_orders_but_trading_code_never_sees_an_error(
 ) -> None:
     bus = make_bus(own_redis.url, key_prefix)
     own_redis.stop()  # and it stays down
-    broker = PaperBroker()
+    broker = PaperVenue()
     broker.set_price("XAUUSD", "2000")
     ex = ExecutorBuilder.build_from_config(
         config={
@@ -184,7 +184,7 @@ def test_background_flusher_sends_the_backlog_when_redis_returns_without_new_tra
     tmp_path: Path, own_redis: EmbeddedRedis, key_prefix: str
 ) -> None:
     bus = make_bus(own_redis.url, key_prefix)
-    broker = PaperBroker()
+    broker = PaperVenue()
     broker.set_price("XAUUSD", "2000")
     ex = ExecutorBuilder.build_from_config(
         config={"outbox_path": str(tmp_path / "ob.db"), "outbox_flush_interval": 0.05},

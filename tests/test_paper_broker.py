@@ -1,4 +1,4 @@
-"""PaperBroker: fills, partial fills, rejects, SL/TP, the position snapshot, the random-walk feed."""
+"""PaperVenue: fills, partial fills, rejects, SL/TP, the position snapshot, the random-walk feed."""
 
 from __future__ import annotations
 
@@ -7,23 +7,23 @@ from decimal import Decimal
 import pytest
 
 from bus.events.model import TradeEventType as T
-from bus.executor.paper import BrokerClient, BrokerUpdate, PaperBroker, RandomWalkFeed
+from bus.executor.paper import PaperVenue, RandomWalkFeed, TradingVenue, VenueUpdate
 
 
-def make_broker(**kw) -> tuple[PaperBroker, list[BrokerUpdate]]:
-    broker = PaperBroker(id_prefix="t-", **kw)
-    seen: list[BrokerUpdate] = []
+def make_broker(**kw) -> tuple[PaperVenue, list[VenueUpdate]]:
+    broker = PaperVenue(id_prefix="t-", **kw)
+    seen: list[VenueUpdate] = []
     broker.add_listener(seen.append)
     broker.set_price("XAUUSD", "2000.00")
     return broker, seen
 
 
-def kinds(updates: list[BrokerUpdate]) -> list[T]:
+def kinds(updates: list[VenueUpdate]) -> list[T]:
     return [u.kind for u in updates]
 
 
 def test_paper_broker_implements_the_protocol() -> None:
-    assert isinstance(PaperBroker(), BrokerClient)
+    assert isinstance(PaperVenue(), TradingVenue)
 
 
 def test_market_order_fills_and_opens_a_position() -> None:
@@ -176,7 +176,7 @@ def test_modify_position_to_a_crossed_level_triggers_at_once() -> None:
 
 
 def test_random_walk_is_seeded_and_positive() -> None:
-    a, b = PaperBroker(), PaperBroker()
+    a, b = PaperVenue(), PaperVenue()
     fa = RandomWalkFeed(a, {"XAUUSD": 2000, "BTCUSD": "45000"}, seed=7, volatility=0.01)
     fb = RandomWalkFeed(b, {"XAUUSD": 2000, "BTCUSD": "45000"}, seed=7, volatility=0.01)
     path = [fa.step() for _ in range(50)]
@@ -189,7 +189,7 @@ def test_random_walk_is_seeded_and_positive() -> None:
 def test_a_failing_listener_does_not_break_the_account() -> None:
     broker, seen = make_broker()
 
-    def boom(update: BrokerUpdate) -> None:
+    def boom(update: VenueUpdate) -> None:
         raise RuntimeError("listener bug")
 
     broker.add_listener(boom)

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from bus.dispatch.routing import RoutingTable
-from bus.executor.paper import PaperBroker
+from bus.executor.paper import PaperVenue
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
@@ -58,7 +58,7 @@ def test_python_snippets_run_in_order(settings, tmp_path, monkeypatch, capsys) -
     namespace: dict = {
         "redis": redis,
         "logger": logging.getLogger("readme"),
-        "client": PaperBroker(),
+        "client": PaperVenue(),
         "executor_config": {"source": "readme"},
     }
     # When every snippet runs, in README order, in one namespace

@@ -53,7 +53,7 @@ def test_unconfigured_jobs_report_why(celery_settings, client):  # noqa: F811
 
 
 def test_the_broker_job_builds_the_configured_broker(celery_settings, client):  # noqa: F811
-    reconcile = ReconcileSettings(broker_factory="bus.executor.paper:PaperBroker")  # TRADEBUS_BROKER_FACTORY
+    reconcile = ReconcileSettings(broker_factory="bus.executor.paper:PaperVenue")  # TRADEBUS_BROKER_FACTORY
     app = test_app(celery_settings.model_copy(update={"reconcile": reconcile}))
     report = app.tasks["tradebus.reconcile.broker"].apply().get()
     assert report["ran"], report

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bus.demo.environment import DemoEnvironment
 from bus.demo.session import Session
-from bus.executor.paper import PaperBroker
+from bus.executor.paper import PaperVenue
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def collect(session: Session, env: DemoEnvironment, *, runtime: float, drained: 
         "pnl": {
             "realized": round(sum(logged.realized.values()), 2),
             "unrealized": round(sum(p["unrealized_pnl"] for p in positions.values()), 2),
-            "equity": str(session.broker.equity().quantize(Decimal("0.01"))),
+            "equity": str(session.venue.equity().quantize(Decimal("0.01"))),
         },
         "state_projection_matches_broker": matches,
         "latency": {
@@ -121,21 +121,21 @@ def _tasks(session: Session, drained: bool) -> dict[str, Any]:
 def _positions(session: Session, realized: dict[str, float]) -> tuple[dict[str, Any], bool]:
     """Per symbol: the paper account's open positions and PnL; and whether the Redis state projection
     holds exactly the account's positions."""
-    broker, strategy = session.broker, session.strategy
+    venue, strategy = session.venue, session.strategy
     positions: dict[str, Any] = {}
     matches = True
-    broker_positions = broker.positions()
+    venue_positions = venue.positions()
     for s in session.symbols:
-        mine = [p for p in broker_positions if p["symbol"] == s]
+        mine = [p for p in venue_positions if p["symbol"] == s]
         projected = session.bus.get_active_positions(s)
         matches &= sorted(p["position_id"] for p in mine) == sorted(str(p.get("position_id")) for p in projected)
         unreal = Decimal(0)
         for p in mine:
-            full = broker.position(p["position_id"])
+            full = venue.position(p["position_id"])
             if full is not None:
-                unreal += _pnl(broker, full)
+                unreal += _pnl(venue, full)
         positions[s] = {
-            "price": str(broker.prices.get(s)),
+            "price": str(venue.prices.get(s)),
             "open": [
                 {
                     "position_id": p["position_id"],
@@ -154,10 +154,10 @@ def _positions(session: Session, realized: dict[str, float]) -> tuple[dict[str, 
     return positions, matches
 
 
-def _pnl(broker: PaperBroker, pos: dict[str, Any]) -> Decimal:
-    px = broker.prices[pos["symbol"]]
+def _pnl(venue: PaperVenue, pos: dict[str, Any]) -> Decimal:
+    px = venue.prices[pos["symbol"]]
     sign = 1 if pos["direction"] == "LONG" else -1
-    size = broker.contract_sizes.get(pos["symbol"], Decimal(1))
+    size = venue.contract_sizes.get(pos["symbol"], Decimal(1))
     return sign * (px - pos["entry_price"]) * pos["volume"] * size
 
 

@@ -67,7 +67,7 @@ def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> 
     from bus.dispatch.dispatcher import Dispatcher
     from bus.dispatch.factory import EventBusFactory
     from bus.executor.builder import ExecutorBuilder
-    from bus.executor.paper import PaperBroker, RandomWalkFeed
+    from bus.executor.paper import PaperVenue, RandomWalkFeed
 
     names = list(DEMO_SYMBOLS)[:n_symbols]
     # channels are not prefixed: on a shared server keep clear of real symbols' channels
@@ -76,7 +76,7 @@ def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> 
     timed = TimedBus(bus)
     assert env.app is not None  # started by DemoEnvironment.__enter__
     monitor = TaskMonitor(env.app, timed).start()
-    broker = PaperBroker(
+    venue = PaperVenue(
         balance=100_000,
         leverage=100,
         symbols=symbols,
@@ -84,7 +84,7 @@ def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> 
         contract_sizes={s: DEMO_SYMBOLS[n][1] for s, n in zip(symbols, names, strict=True)},
     )
     feed = RandomWalkFeed(
-        broker,
+        venue,
         {s: DEMO_SYMBOLS[n][0] for s, n in zip(symbols, names, strict=True)},
         seed=seed,
         volatility=0.0015,
@@ -96,17 +96,17 @@ def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> 
             "symbols": symbols,
             "outbox_path": str(env.workdir / "outbox.sqlite3"),
         },
-        client=broker,
+        client=venue,
         event_bus=timed,
         logger=logging.getLogger(EXECUTOR_LOGGER),
     )
-    strategy = Strategy(executor, broker, symbols)
+    strategy = Strategy(executor, venue, symbols)
     return Session(
         symbols=symbols,
         bus=bus,
         timed=timed,
         monitor=monitor,
-        broker=broker,
+        venue=venue,
         feed=feed,
         executor=executor,
         strategy=strategy,
@@ -182,7 +182,7 @@ def _drain(timed: TimedBus, monitor: TaskMonitor) -> bool:
 
 
 def _view(session: Session, tick: int, ticks: int, phase: str) -> Table:
-    timed, monitor, broker = session.timed, session.monitor, session.broker
+    timed, monitor, venue = session.timed, session.monitor, session.venue
     t = Table(
         title=f"tradebus demo: tick {tick}/{ticks} | events published {len(timed.publish_seconds)} | "
         f"tasks done {len(monitor.finished)}/{len(timed.expected_tasks)} | {phase}",
@@ -190,8 +190,8 @@ def _view(session: Session, tick: int, ticks: int, phase: str) -> Table:
     )
     for c in ("symbol", "price", "position", "orders", "refused"):
         t.add_column(c)
-    positions = broker.positions()
+    positions = venue.positions()
     for s, book in session.strategy.books.items():
         mine = [f"{p['direction']} {Decimal(p['volume'])}" for p in positions if p["symbol"] == s]
-        t.add_row(s, str(broker.prices.get(s)), ", ".join(mine) or "-", str(book.orders), str(book.refused))
+        t.add_row(s, str(venue.prices.get(s)), ", ".join(mine) or "-", str(book.orders), str(book.refused))
     return t

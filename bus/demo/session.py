@@ -17,7 +17,7 @@ from bus.core.publisher import PublishReceipt
 from bus.events.model import TradeEvent
 from bus.executor.builder import TradeExecutor
 from bus.executor.orders import OrderTicket
-from bus.executor.paper import PaperBroker
+from bus.executor.paper import PaperVenue
 from bus.executor.venue import RandomWalkFeed
 
 if TYPE_CHECKING:
@@ -129,8 +129,8 @@ class SymbolBook:
 class Strategy:
     """Moving-average crossover (3 vs 8 ticks) with stop-loss / take-profit, one position per symbol."""
 
-    def __init__(self, executor: TradeExecutor, broker: PaperBroker, symbols: list[str]) -> None:
-        self.executor, self.broker = executor, broker
+    def __init__(self, executor: TradeExecutor, venue: PaperVenue, symbols: list[str]) -> None:
+        self.executor, self.venue = executor, venue
         self.books = {s: SymbolBook() for s in symbols}
         self.refusals: list[dict[str, Any]] = []
 
@@ -138,7 +138,7 @@ class Strategy:
         for symbol, px in prices.items():
             book = self.books[symbol]
             book.prices.append(px)
-            if book.position is not None and self.broker.position(book.position) is None:
+            if book.position is not None and self.venue.position(book.position) is None:
                 book.position = None  # closed by stop-loss / take-profit
             if len(book.prices) < 8:
                 continue
@@ -152,13 +152,13 @@ class Strategy:
                 self.executor.close_position(book.position)
                 book.position = None
             elif not book.halved and self._profit(symbol, px) > Decimal("0.001"):
-                pos = self.broker.position(book.position)
+                pos = self.venue.position(book.position)
                 if pos is not None and pos["volume"] >= Decimal("0.2"):
                     self.executor.close_position(book.position, (pos["volume"] / 2).quantize(Decimal("0.01")))
                     book.halved = True
 
     def _profit(self, symbol: str, px: Decimal) -> Decimal:
-        pos = self.broker.position(self.books[symbol].position or "")
+        pos = self.venue.position(self.books[symbol].position or "")
         if pos is None:
             return Decimal(0)
         move = (px - pos["entry_price"]) / pos["entry_price"]
@@ -166,7 +166,7 @@ class Strategy:
 
     def open(self, tick: int, symbol: str, side: str, volume: Decimal) -> OrderTicket:
         book = self.books[symbol]
-        px = book.prices[-1] if book.prices else self.broker.prices[symbol]
+        px = book.prices[-1] if book.prices else self.venue.prices[symbol]
         step = px * Decimal("0.004")
         sl = px - step if side == "BUY" else px + step
         tp = px + step if side == "BUY" else px - step
@@ -177,7 +177,7 @@ class Strategy:
             book.refused += 1
             self.refusals.append({"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason})
             return ticket
-        info = self.broker.order(ticket.order_id) or {}
+        info = self.venue.order(ticket.order_id) or {}
         if info.get("status") in ("filled", "partially_filled"):
             book.position = self._position_opened_by(ticket.order_id, symbol)
             book.direction = "LONG" if side == "BUY" else "SHORT"
@@ -185,8 +185,8 @@ class Strategy:
         return ticket
 
     def _position_opened_by(self, order_id: str, symbol: str) -> str | None:
-        for p in self.broker.positions():
-            if p["symbol"] == symbol and (self.broker.position(p["position_id"]) or {}).get("order_id") == order_id:
+        for p in self.venue.positions():
+            if p["symbol"] == symbol and (self.venue.position(p["position_id"]) or {}).get("order_id") == order_id:
                 return p["position_id"]
         return None
 
@@ -194,7 +194,7 @@ class Strategy:
         """Pick up positions opened by later chunks of a partially filled order."""
         for symbol, book in self.books.items():
             if book.position is None:
-                for p in self.broker.positions():
+                for p in self.venue.positions():
                     if p["symbol"] == symbol:
                         book.position = p["position_id"]
                         book.direction = p["direction"]
@@ -209,7 +209,7 @@ class Session:
     bus: RedisEventBus
     timed: TimedBus
     monitor: TaskMonitor
-    broker: PaperBroker
+    venue: PaperVenue
     feed: RandomWalkFeed
     executor: TradeExecutor
     strategy: Strategy

@@ -36,7 +36,7 @@ class LeaseLostError(StaleTokenError):
 
 
 class PositionsSource(Protocol):
-    """What reconciliation needs from a broker (bus.broker.BrokerClient has it)."""
+    """What reconciliation needs from a broker (bus.broker.TradingVenue has it)."""
 
     def positions(self) -> list[dict[str, str]]:
         """[{"symbol", "position_id", "direction", "volume" (decimal str), "entry_price"}]"""
