@@ -7,6 +7,8 @@ the blocking bus's guarantees, running the same code (see bus/aio/bus.py).
         receipt = await bus.publish(event)
         async for event in bus.events(symbol="XAUUSD"):
             ...
+
+``AsyncTradeExecutor`` (bus.aio.executor) awaits the executor's calls, outbox included.
 """
 
 from __future__ import annotations
