@@ -46,7 +46,7 @@ Delivery = tuple[Subscription, TradeEvent]
 
 
 class AsyncSubscriber:
-    """Subscriptions on one connection; ``reading()`` runs the reader, ``next()`` takes deliveries."""
+    """Subscriptions on one connection: ``read()`` is the reader task, ``next()`` takes its deliveries."""
 
     def __init__(self, client: redis.asyncio.Redis, keys: Keys, settings: Settings, *, buffer: int = DEFAULT_BUFFER):
         self._client, self._settings, self._prefix = client, settings, keys.prefix
@@ -63,7 +63,7 @@ class AsyncSubscriber:
         self._interrupted = False
         self._received = 0  # replies read, for the tick to tell idle from busy
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._liveness = Liveness(0, settings.redis_socket_timeout, 0.0)
+        self._liveness = Liveness(0, settings.redis_socket_timeout, 0.0)  # each connect starts its own
 
     def add(self, name: str, pattern: bool, symbol: str | None, type_value: str | None) -> Subscription:
         sub = self._subs.get(name.encode())
@@ -115,7 +115,7 @@ class AsyncSubscriber:
         reader = asyncio.current_task()
         assert reader is not None
         self._tick_handle = loop.call_later(POLL_SECONDS, self._tick, loop, reader, -1)
-        delay = BACKOFF_START
+        delay, self.ended = BACKOFF_START, None
         try:
             while True:
                 try:
@@ -243,5 +243,5 @@ class AsyncSubscriber:
             return
         if arrival.gap_after is not None:
             await run(self._client, healer.fill_gap(sub, arrival), self._deliver)
-        await self._queue.put((sub, arrival.event))
+        await self._deliver(sub, arrival.event)
         healer.delivered(sub, arrival)
