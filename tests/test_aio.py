@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from bus import BusConnectionError, BusPermissionError, TradeEvent
 from bus.aio import AsyncEventBusFactory, AsyncRedisEventBus
@@ -294,3 +295,26 @@ def test_a_refused_channel_ends_the_stream_with_a_clear_error(key_prefix):
                               "+@all", "-@dangerous", "+time")  # fmt: skip
         admin.close()
         run(main(server.port))
+
+
+def test_a_given_client_with_a_dispatcher(redis_url, key_prefix, settings):
+    # Given a redis.asyncio client of the caller's: the dispatcher is attached to a blocking twin of it
+    pytest.importorskip("celery")
+    from bus.dispatch.dispatcher import Dispatcher
+
+    stub, same_server = StubDispatcher(), Dispatcher.from_settings(settings)  # queues under the test's prefix
+
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        async with AsyncRedisEventBus(client=client, key_prefix=key_prefix, dispatcher=stub) as bus:
+            receipt = await bus.publish(order(1, "AIOK"))
+        # the stub cleared the pending-dispatch entry with the twin, from its worker thread
+        assert "state" in receipt.dispatched and await client.zcard(f"{key_prefix}:{{AIOK}}:dispatch:pending") == 0
+        async with AsyncRedisEventBus(client=client, key_prefix=key_prefix, dispatcher=same_server) as bus:
+            assert same_server.stages_in_bus_pipeline  # the twin reaches the broker's server as the same user
+            assert "state" in (await bus.publish(order(2, "AIOK"))).dispatched
+        assert await client.ping()  # a given client stays open
+        await client.aclose()
+
+    run(main())
+    same_server.close()
