@@ -1,12 +1,13 @@
 """bus.aio beside the blocking bus, bare redis.asyncio and FastStream, all in one run.
 
-    python bench/bench_aio.py [--url redis://...] [--n 5000] [--batch 100] [--runs 5] [--sub-n 20000]
+    python bench/bench_aio.py [--url redis://...] [--n 1000] [--batch 100] [--runs 15] [--sub-n 20000]
 
 Publish: ``await bus.publish`` / ``await bus.publish_many`` beside the blocking ``publish`` /
 ``publish_many`` and beside bare redis.asyncio sending the same commands: EVALSHA of the same script
 with the same arguments, and a hand-written pipeline (XADD + PUBLISH per event). The bare paths encode
 each event inside the clock (``event.encode()``, as any publisher must) with keys and channel fixed
-outside it. Paths run in interleaved rounds; events/s are medians.
+outside it. Paths run in many short interleaved rounds (a shared box's load bursts hit every path alike);
+events/s are medians.
 
 Subscribe: one consumer's events/s, each delivered as a ``TradeEvent``: ``async for`` over
 ``bus.events()`` and a ``listen()`` handler, beside FastStream's Redis subscriber (a pattern
@@ -210,9 +211,9 @@ async def subscribe_paths(url: str, prefix: str, a: argparse.Namespace) -> dict[
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url")
-    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--sub-n", type=int, default=20_000)
     ap.add_argument("--sub-runs", type=int, default=3)
     a = ap.parse_args()
