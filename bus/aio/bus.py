@@ -25,25 +25,19 @@ import redis.asyncio
 
 from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection
 from bus.aio.steps import run
-from bus.aio.stream import EventStream, stop_reader
+from bus.aio.stream import EventStream, Types, Wanted, stop_reader, subscriptions_for
 from bus.aio.subscriber import DEFAULT_BUFFER, AsyncSubscriber
 from bus.config import Settings
 from bus.core import state
 from bus.core.bus import PING_TIMEOUT, known_symbols_steps, read_log_steps
 from bus.core.connection import _client_where, describe_server, make_client, unreachable
 from bus.core.dispatching import TaskDispatcher
-from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
+from bus.core.keys import ALL_PATTERN, Keys
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.subscription import Counters, Handler
 from bus.events.model import TradeEvent, TradeEventType
-from bus.events.rules import validate_symbol
 
 __all__ = ["AsyncRedisEventBus"]
-
-#: (name, is a pattern, symbol, type value) of one Redis subscription
-Wanted = tuple[str, bool, str | None, str | None]
-#: one event type or several
-Types = TradeEventType | str | Iterable[TradeEventType | str]
 
 
 class AsyncRedisEventBus:
@@ -159,23 +153,9 @@ class AsyncRedisEventBus:
         symbol (all when None) of the given types (all when None), in log order per symbol and type,
         once each. ``async with`` it to be subscribed before going on (see bus/aio/stream.py)."""
         subscriber = AsyncSubscriber(self.client, self.keys, self.settings, buffer=buffer or self.buffer)
-        for wanted in self._wanted(symbol, types):
+        for wanted in subscriptions_for(symbol, types):
             subscriber.add(*wanted)
         return EventStream(subscriber)
-
-    @staticmethod
-    def _wanted(symbol: str | None, types: Types | None) -> list[Wanted]:
-        if symbol is not None:
-            validate_symbol(symbol)
-        if types is None:
-            return [(symbol_pattern(symbol), True, symbol, None) if symbol else (ALL_PATTERN, True, None, None)]
-        one = isinstance(types, str | TradeEventType)
-        values = [TradeEventType.parse(t).value for t in ([types] if one else types)]  # type: ignore[list-item]
-        if not values:
-            raise ValueError("types: give at least one event type, or None for every type")
-        if symbol is not None:
-            return [(channel(symbol, t), False, symbol, t) for t in dict.fromkeys(values)]
-        return [(type_pattern(t), True, None, t) for t in dict.fromkeys(values)]
 
     # --- handlers and listen() ----------------------------------------------------------------------
 
@@ -193,17 +173,17 @@ class AsyncRedisEventBus:
     def subscribe(self, symbol: str, event_type: TradeEventType | str, handler: Handler) -> None:
         """Call ``handler(event)`` (awaited when it returns an awaitable) for each ``event_type`` event
         of ``symbol``."""
-        (wanted,) = self._wanted(symbol, event_type)
+        (wanted,) = subscriptions_for(symbol, event_type)
         self._add(wanted, handler)
 
     def subscribe_all(self, symbol: str, handler: Handler) -> None:
         """Every event type of one symbol."""
-        (wanted,) = self._wanted(symbol, None)
+        (wanted,) = subscriptions_for(symbol, None)
         self._add(wanted, handler)
 
     def subscribe_type(self, event_type: TradeEventType | str, handler: Handler) -> None:
         """One event type, every symbol."""
-        (wanted,) = self._wanted(None, event_type)
+        (wanted,) = subscriptions_for(None, event_type)
         self._add(wanted, handler)
 
     def subscribe_everything(self, handler: Handler) -> None:

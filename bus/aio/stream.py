@@ -10,11 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from bus.aio.subscriber import AsyncSubscriber
+from bus.core.keys import ALL_PATTERN, channel, symbol_pattern, type_pattern
 from bus.core.subscription import Counters
-from bus.events.model import TradeEvent
+from bus.events.model import TradeEvent, TradeEventType
+from bus.events.rules import validate_symbol
+
+#: (name, is a pattern, symbol, type value) of one Redis subscription
+Wanted = tuple[str, bool, str | None, str | None]
+#: one event type or several
+Types = TradeEventType | str | Iterable[TradeEventType | str]
+
+
+def subscriptions_for(symbol: str | None, types: Types | None) -> list[Wanted]:
+    """The Redis subscriptions for events of ``symbol`` (all when None) of ``types`` (all when None):
+    one channel per type of a symbol, one pattern per type of every symbol, else one pattern."""
+    if symbol is not None:
+        validate_symbol(symbol)
+    if types is None:
+        return [(symbol_pattern(symbol), True, symbol, None) if symbol else (ALL_PATTERN, True, None, None)]
+    one = isinstance(types, str | TradeEventType)
+    values = [TradeEventType.parse(t).value for t in ([types] if one else types)]  # type: ignore[union-attr]
+    if not values:
+        raise ValueError("types: give at least one event type, or None for every type")
+    if symbol is not None:
+        return [(channel(symbol, t), False, symbol, t) for t in dict.fromkeys(values)]
+    return [(type_pattern(t), True, None, t) for t in dict.fromkeys(values)]
 
 
 class EventStream:
