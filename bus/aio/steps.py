@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from bus.core.steps import Blocking, Command, Deliver, Execute, Request, Steps
+from bus.core.steps import Blocking, Command, Deliver, Execute, Steps
 
 T = TypeVar("T")
 
@@ -30,21 +30,19 @@ async def run(client: Any, steps: Steps[T], deliver: AsyncDeliver | None = None)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
             error = None
-            try:
-                reply = await perform(client, request, deliver)
+            try:  # inline, not a helper coroutine: this runs once per command of every publish
+                if type(request) is Command:
+                    reply = await client.execute_command(*request.args)
+                elif type(request) is Execute:
+                    reply = await request.pipe.execute(raise_on_error=False)
+                elif type(request) is Blocking:
+                    reply = await asyncio.to_thread(request.fn, *request.args)
+                elif type(request) is Deliver and deliver is not None:
+                    await deliver(request.sub, request.event)
+                    reply = None
+                else:
+                    raise TypeError(f"no driver for {request!r}")
             except Exception as e:  # noqa: BLE001 - the step decides; unhandled, it propagates from throw()
                 reply, error = None, e
     finally:
         steps.close()  # cancelled mid-way: the step's own cleanup runs now, not at garbage collection
-
-
-async def perform(client: Any, request: Request, deliver: AsyncDeliver | None) -> Any:
-    if type(request) is Command:
-        return await client.execute_command(*request.args)
-    if type(request) is Execute:
-        return await request.pipe.execute(raise_on_error=False)
-    if type(request) is Blocking:
-        return await asyncio.to_thread(request.fn, *request.args)
-    if type(request) is Deliver and deliver is not None:
-        return await deliver(request.sub, request.event)
-    raise TypeError(f"no driver for {request!r}")
