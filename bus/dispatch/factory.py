@@ -9,6 +9,7 @@ from bus.core.bus import RedisEventBus
 from bus.core.dispatching import TaskDispatcher
 from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.routing import Route
+from bus.events.registry import load_event_types
 
 
 class EventBusFactory:
@@ -22,7 +23,9 @@ class EventBusFactory:
 
 
 def with_dispatcher(settings: Settings, kw: dict[str, Any]) -> dict[str, Any]:
-    """``kw`` with the dispatcher ``settings`` ask for (none when ``TRADEBUS_DISPATCH=false`` or one is given)."""
+    """``kw`` with the dispatcher ``settings`` ask for (none when ``TRADEBUS_DISPATCH=false`` or one is
+    given), once the custom event types are loaded (subscribers decode them too)."""
+    load_event_types(settings.event_types_module)
     if "dispatcher" not in kw and settings.dispatch:
         dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(settings)
         kw = {**kw, "dispatcher": dispatcher}
