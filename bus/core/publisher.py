@@ -125,6 +125,7 @@ class Publisher:
         return run(self.client, self.publish_many_steps(events))
 
     def publish_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+        """``publish`` as steps, for either driver (the event is checked before the first request)."""
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
         if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
@@ -138,6 +139,7 @@ class Publisher:
         return PublishReceipt(event.event_id, log_id, int(n), *names)
 
     def publish_many_steps(self, events: Iterable[TradeEvent]) -> Steps[list[PublishReceipt]]:
+        """``publish_many`` as steps (the whole batch is checked before the first request)."""
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
