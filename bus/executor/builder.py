@@ -187,7 +187,11 @@ class ExecutorBuilder:
         event_bus: Any = None,
         logger: logging.Logger | None = None,
     ) -> TradeExecutor:
-        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
+        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish).
+
+        Redis may be down: with a bus built by ``EventBusFactory.create_from_env(settings, connect=False)``
+        (or ``RedisEventBus(..., connect=False)``) the executor starts and trades, its events wait in its
+        outbox and go out, each logged once, when Redis answers."""
         cfg = ExecutorConfig.coerce(config)
         log = logger or logging.getLogger(f"{__name__}.{cfg.source}")
         venue = client if client is not None else PaperVenue(symbols=cfg.symbols or None)
@@ -195,6 +199,7 @@ class ExecutorBuilder:
         publisher = OutboxPublisher(
             event_bus if event_bus is not None else NullBus(),
             outbox,
+            source=cfg.source,
             logger=log,
             retry_interval=cfg.outbox_retry_interval,
         )
