@@ -88,8 +88,10 @@ class Outbox:
             " event_id TEXT NOT NULL, payload BLOB NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('origin', ?), ('reserved', '0')", (uuid.uuid4().hex,))
         meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:  # a new file, or one from before numbering (its queued rows keep their numbers)
+            meta = {"origin": uuid.uuid4().hex, "reserved": "0"}
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         #: this file's identity: its numbers mean nothing to another outbox (a new file starts again at 1)
         self.origin: str = meta["origin"]
         count, size, top = self._db.execute(
