@@ -13,7 +13,10 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     from bus.config import LoadEnvironmentVariables, Settings
     from bus.core.bus import PublishReceipt, RedisEventBus
     from bus.core.keys import Keys, channel
+    from bus.demo.errors import DemoError
     from bus.dispatch.factory import EventBusFactory
+    from bus.domain.lease import StaleTokenError
+    from bus.domain.notify import NotifyError
     from bus.errors import (
         BusConnectionError,
         BusError,
@@ -25,6 +28,7 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     )
     from bus.events import TradeEvent, TradeEventType
     from bus.events.rules import validate_symbol
+    from bus.executor.outbox import OutboxFull, OutboxLocked
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -49,6 +53,12 @@ _EXPORTS = {
     "DispatchError": "bus.errors",
     "EventValidationError": "bus.errors",
     "RoutingError": "bus.errors",
+    # ...and the subclasses the subpackages add
+    "StaleTokenError": "bus.domain.lease",
+    "NotifyError": "bus.domain.notify",
+    "OutboxFull": "bus.executor.outbox",
+    "OutboxLocked": "bus.executor.outbox",
+    "DemoError": "bus.demo.errors",
 }
 
 __all__ = [
@@ -73,6 +83,11 @@ __all__ = [
     "DispatchError",
     "EventValidationError",
     "RoutingError",
+    "StaleTokenError",
+    "NotifyError",
+    "OutboxFull",
+    "OutboxLocked",
+    "DemoError",
 ]
 
 

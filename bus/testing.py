@@ -21,6 +21,7 @@ import redis
 
 from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
+from bus.dispatch.dispatcher import forget_pending
 from bus.dispatch.routing import Route, RoutingTable
 from bus.embedded import EmbeddedRedis, free_port, redis_answers
 from bus.events.model import TradeEvent
@@ -73,17 +74,6 @@ class StubDispatcher:
             return [((), n) for n in names]
         for (event, _, routes), log_id in zip(items, log_ids, strict=True):
             self.sent.extend(SentTask(event, r.name, r.task, r.queue, log_id) for r in routes)
-        self._forget_pending(items, log_ids)
+        if self._client is not None and self._keys is not None:  # enqueued: no longer pending re-dispatch
+            forget_pending(self._client, self._keys, items, log_ids)
         return [(n, ()) for n in names]
-
-    def _forget_pending(
-        self, items: Sequence[tuple[TradeEvent, bytes | str, Sequence[Route]]], log_ids: Sequence[str | None]
-    ) -> None:
-        # as the real dispatcher does: an enqueued event is no longer pending re-dispatch
-        if self._client is None or self._keys is None:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for (event, _, _), log_id in zip(items, log_ids, strict=True):
-            if log_id:
-                pipe.zrem(self._keys.pending_dispatch_for(event.symbol), log_id)
-        pipe.execute()

@@ -55,16 +55,17 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         # (celery_app.transport: ~40-65% more tasks/s on one solo worker here).
         **({"broker_transport": "celery_app.transport:Transport"} if urlsplit(broker).scheme == "redis" else {}),
         "broker_transport_options": transport,
-        # rediss:// broker: the same CA / client certificate settings as the bus (G6).
+        # rediss:// broker: the same CA / client certificate settings as the bus (safe by default).
         **({"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}),
-        # JSON only, in and out: a pickle message is refused, never unpickled (G6).
+        # JSON only, in and out: a pickle message is refused, never unpickled (safe by default).
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Ack after the task ran, not when it was received: a worker that dies mid-task leaves the
-        # message to be redelivered (G2). Tasks are idempotent, so running twice is safe (G3).
+        # message to be redelivered (at-least-once tasks). Tasks are idempotent, so running twice is
+        # safe (effectively-once effects).
         "task_acks_late": True,
         # ...and if the pool child is killed (SIGKILL, OOM), requeue instead of acking; the base task
         # counts redeliveries and dead-letters past REDELIVERY_CAP, so a poison task cannot loop.

@@ -1,4 +1,5 @@
-"""G4 under faults, on servers the tests own: subscriber connections killed, Redis restarted (AOF)."""
+"""Self-healing subscribers under faults, on servers the tests own: subscriber connections killed,
+Redis restarted (AOF)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def test_listener_survives_a_redis_restart_with_aof(own_redis, key_prefix):
 
     def publish(i: int) -> None:
         e = event(i, "RESTART")
-        while True:  # a publisher retries until Redis acknowledges the event (G1: errors, never drops)
+        while True:  # a publisher retries until Redis acknowledges the event (durable publish: errors, never drops)
             try:
                 pub.publish(e)
                 acknowledged.append(e.event_id)

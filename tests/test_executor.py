@@ -13,7 +13,7 @@ from bus.core.keys import Keys
 from bus.errors import ConfigError
 from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
-from bus.executor.builder import (
+from bus.executor import (
     ExecutorBuilder,
     ExecutorConfig,
     TradeExecutor,

@@ -14,7 +14,7 @@ import pytest
 from bus.embedded import EmbeddedRedis
 from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
-from bus.executor.builder import ExecutorBuilder, kill_switches
+from bus.executor import ExecutorBuilder, kill_switches
 from bus.executor.paper import PaperVenue, RandomWalkFeed
 from tests.support_executor import make_bus, wait_for
 
@@ -107,7 +107,7 @@ def test_outbox_survives_an_executor_crash_and_the_next_executor_flushes_it(
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from bus.executor.builder import ExecutorBuilder, kill_switches
+        from bus.executor import ExecutorBuilder, kill_switches
         from bus.executor.paper import PaperVenue
         from tests.support_executor import StreamBus
         broker = PaperVenue(max_fill_volume="1")

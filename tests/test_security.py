@@ -1,4 +1,4 @@
-"""G6 end to end on servers these tests own: a password, ACL users, TLS (server and mutual), secrets
+"""Safe by default, end to end on servers these tests own: a password, ACL users, TLS (server and mutual), secrets
 never logged. JSON-only workers (a pickle message is refused) are proven in
 tests/test_celery_tasks.py::test_pickle_message_is_refused.
 
@@ -275,7 +275,7 @@ def test_tls_wrong_ca_is_refused_with_a_clear_error(certs) -> None:
             RedisEventBus(settings=s)
         assert time.monotonic() - t0 < 8, "a wrong CA must fail fast, not hang"
         assert f"127.0.0.1:{server.port}" in str(err.value)
-        # the dispatcher's broker client refuses it too: publish leaves the tasks pending (G2)
+        # the dispatcher's broker client refuses it too: publish leaves the tasks pending (at-least-once tasks)
         d = Dispatcher.from_settings(s)
         ev = TradeEvent.create_order_created("XAUUSD", "x", "BUY", 1.0, 1.0)
         assert d.send(ev, ev.to_json(), d.routes_for(ev)) == ((), ("state", "risk"))

@@ -1,4 +1,4 @@
-"""The state projection (bus/state.py) against a real Redis: a table of event sequences."""
+"""The state projection (bus/core/state.py) against a real Redis: a table of event sequences."""
 
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     # Celery broker. Default: the bus's Redis, database REDIS_DB + 1. amqp:// works too.
     celery_broker_url: SecretStr | None = _env("CELERY_BROKER_URL")
 
-    # Dispatch: publish() also enqueues the Celery tasks its routes pick (G2). Off: log + broadcast only.
+    # Dispatch: publish() also enqueues the Celery tasks its routes pick (at-least-once tasks).
+    # Off: log + broadcast only.
     dispatch: bool = Field(True, validation_alias="TRADEBUS_DISPATCH")
     # Strict: publish() raises DispatchError when the broker refuses, instead of leaving it to beat.
     dispatch_strict: bool = Field(False, validation_alias="TRADEBUS_DISPATCH_STRICT")

@@ -21,7 +21,7 @@ from bus.config import LoadEnvironmentVariables, Settings, safe_url
 from bus.core.connection import make_client
 from bus.core.keyspace import delete_matching
 from bus.demo.errors import DemoError
-from bus.embedded import EmbeddedRedis, redis_answers
+from bus.embedded import EmbeddedRedis, redis_answers, stop_process
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -189,13 +189,7 @@ class DemoEnvironment:
 
     def close(self) -> None:
         if self.worker is not None:
-            if self.worker.poll() is None:
-                self.worker.terminate()  # warm shutdown: finishes the tasks in hand
-                try:
-                    self.worker.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.worker.kill()
-                    self.worker.wait()
+            stop_process(self.worker, timeout=15)  # SIGTERM: a warm shutdown finishes the tasks in hand
             self.worker = None
         if self.app is not None:
             self.app.close()

@@ -228,13 +228,8 @@ class Dispatcher:
         return self._broker
 
     def _forget_pending(self, items: Sequence[Item], log_ids: Sequence[str | None] | None) -> None:
-        if not log_ids or self.client is None or self.keys is None or not any(log_ids):
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for (event, _, _), log_id in zip(items, log_ids, strict=True):
-            if log_id:
-                pipe.zrem(self.keys.pending_dispatch_for(event.symbol), log_id)
-        pipe.execute()
+        if log_ids and self.client is not None and self.keys is not None:
+            forget_pending(self.client, self.keys, items, log_ids)
 
     # --- recovery (beat, CLI) ---------------------------------------------------------------------
 
@@ -310,3 +305,16 @@ def _norm(client: redis.Redis) -> dict[str, Any]:
     ssl = True if issubclass(pool.connection_class, redis.SSLConnection) else None
     return {"host": kw.get("host"), "port": kw.get("port"), "unix_socket_path": kw.get("path"),
             "username": kw.get("username"), "password": kw.get("password"), "ssl": ssl}  # fmt: skip
+
+
+def forget_pending(
+    client: redis.Redis, keys: Keys, items: Sequence[tuple[TradeEvent, Any, Any]], log_ids: Sequence[str | None]
+) -> None:
+    """ZREM the pending-dispatch entries of events whose tasks were enqueued (one round trip)."""
+    if not any(log_ids):
+        return
+    pipe = client.pipeline(transaction=False)
+    for (event, _, _), log_id in zip(items, log_ids, strict=True):
+        if log_id:
+            pipe.zrem(keys.pending_dispatch_for(event.symbol), log_id)
+    pipe.execute()

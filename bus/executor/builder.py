@@ -23,8 +23,7 @@ from bus.config import state_home
 from bus.core.bus import RedisEventBus
 from bus.errors import ConfigError
 from bus.events.model import TradeEventType as T
-from bus.executor.killswitch import engage_kill_switch, kill_switch_reason, kill_switches, release_kill_switch
-from bus.executor.orders import NullBus, OrderExecutor, OrderTicket
+from bus.executor.orders import NullBus, OrderExecutor
 from bus.executor.outbox import (
     DEFAULT_OUTBOX_MAX_BYTES,
     DEFAULT_OUTBOX_MAX_EVENTS,
@@ -34,19 +33,6 @@ from bus.executor.outbox import (
 )
 from bus.executor.paper import PaperVenue
 from bus.executor.venue import TradingVenue
-
-__all__ = [
-    "ExecutorBuilder",
-    "ExecutorConfig",
-    "OrderExecutor",
-    "OrderTicket",
-    "TradeExecutor",
-    "engage_kill_switch",
-    "kill_switch_reason",
-    "kill_switches",
-    "release_kill_switch",
-]
-
 
 # --- configuration ------------------------------------------------------------------------------
 

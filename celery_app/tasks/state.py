@@ -1,5 +1,5 @@
-"""State task: the projection of bus/state.py, run by a worker. Idempotent (G3): a redelivered or
-re-dispatched event changes nothing the second time."""
+"""State task: the projection of bus/core/state.py, run by a worker. Idempotent (effectively-once
+effects): a redelivered or re-dispatched event changes nothing the second time."""
 
 from __future__ import annotations
 
