@@ -52,6 +52,7 @@ class SequencedPublisher:
     def __init__(self, publisher: Publisher, source: str, origin: str) -> None:
         self.publisher, self.source, self.origin = publisher, source, origin
         self._symbols_sent: set[str] = set()
+        self._keys: dict[str, list[str]] = {}  # per symbol: the script's KEYS
 
     def publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
         """Publish ``(number, event)`` pairs (numbers increasing) in one pipeline. An event already logged
@@ -60,18 +61,15 @@ class SequencedPublisher:
         items = [self._prepare(seq, event) for seq, event in events]
         if not items:
             return []
-        pipe = p.client.pipeline(transaction=False)
         new_symbols = {item.event.symbol for item in items} - self._symbols_sent
+        if len(items) == 1 and not p.effects and not new_symbols:  # one command does it
+            return self._receipts(items, [PUBLISH_SEQUENCED.call(p.client, *self._script_call(items))])
+        pipe = p.client.pipeline(transaction=False)
         if new_symbols:
             pipe.sadd(p.keys.symbols(), *sorted(new_symbols))
         slots: list[tuple[int, int]] = []  # per item: its script call, its place in that call's reply
         for run in self._runs(items):
-            symbol = run[0].event.symbol
-            keys = [p.keys.log(symbol), p.keys.heads(symbol), p.keys.pending_dispatch_for(symbol)]
-            args: list[Any] = [p.log_maxlen, p.keys.prefix, self.origin]
-            for item in run:
-                args += item.args
-            PUBLISH_SEQUENCED.stage(pipe, [*keys, p.keys.outbox_mark(symbol, self.source)], args)
+            PUBLISH_SEQUENCED.stage(pipe, *self._script_call(run))
             at = len(pipe.command_stack) - 1
             for k, item in enumerate(run):
                 for effect in p.effects:
@@ -93,6 +91,19 @@ class SequencedPublisher:
             log.error("sequenced publish: %d effect(s) failed after logging: %s", len(failed), failed[0])
         self._symbols_sent |= new_symbols
         return self._receipts(items, replies)
+
+    def _script_call(self, run: list[Numbered]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of publish_sequenced.lua for a run of one symbol's events."""
+        p, symbol = self.publisher, run[0].event.symbol
+        keys = self._keys.get(symbol)
+        if keys is None:
+            k = p.keys
+            keys = self._keys[symbol] = [k.log(symbol), k.heads(symbol), k.pending_dispatch_for(symbol),
+                                         k.outbox_mark(symbol, self.source)]  # fmt: skip
+        args: list[Any] = [p.log_maxlen, p.keys.prefix, self.origin]
+        for item in run:
+            args += item.args
+        return keys, args
 
     def _prepare(self, seq: int, event: Any) -> Numbered:
         if not isinstance(event, TradeEvent):

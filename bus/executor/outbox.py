@@ -42,8 +42,9 @@ DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 #: seconds between flush attempts made from publish() while Redis is down (flush() always tries)
 DEFAULT_OUTBOX_RETRY_INTERVAL = 1.0
 
-#: event numbers reserved on disk at a time (one fsync per block, not per event published directly)
-SEQ_BLOCK = 1024
+#: event numbers reserved on disk at a time: one fsync per block, not per event published directly (a
+#: restart skips what its predecessor left unused: numbers only need to increase)
+SEQ_BLOCK = 100_000
 
 # Errors that mean "the bus cannot take it now, try later" (BusError minus bad-event errors).
 RETRYABLE = (redis.RedisError, BusError)
