@@ -36,7 +36,6 @@ PUBLISH_SEQUENCED = LuaScript("bus.core", "publish_sequenced.lua")
 class Numbered(NamedTuple):
     """One numbered event, encoded, with its script arguments and routes."""
 
-    seq: int
     event: TradeEvent
     payload: bytes
     args: list[Any]  # its part of publish_sequenced.lua's ARGV
@@ -123,7 +122,7 @@ class SequencedPublisher:
         tracked = b"1" if routes and not staged else b""
         t = event.event_type.value
         args = [seq, payload, channel(event.symbol, t), t, tracked, len(words), *words]
-        return Numbered(seq, event, payload, args, routes, staged)
+        return Numbered(event, payload, args, routes, staged)
 
     def _runs(self, items: list[Numbered]) -> list[list[Numbered]]:
         """Consecutive same-symbol events, at most ``publisher.run_max`` per script call."""

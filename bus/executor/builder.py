@@ -39,7 +39,7 @@ from bus.executor.venue import TradingVenue
 
 @dataclass
 class ExecutorConfig:
-    source: str = "executor"
+    source: str = "executor"  # its events' source; also names its outbox's numbering on the bus: one per executor
     symbols: tuple[str, ...] = ()  # symbols this executor trades (breach subscription); () = all
     outbox_path: str | None = None  # default: $XDG_STATE_HOME/tradebus/outbox-{source}.sqlite3
     outbox_max_events: int = DEFAULT_OUTBOX_MAX_EVENTS

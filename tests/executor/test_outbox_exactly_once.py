@@ -228,6 +228,8 @@ def test_outbox_events_reach_subscribers_and_state_like_any_publish(
     wait_for(lambda: len(got) == 6, what="6 deliveries")
     assert [e.event_id for e in got] == [e.event_id for e in events]
     assert listener.counters.recovered_from_log == 0 and listener.counters.gaps_lost == 0
+    entries = bus.client.xrange(bus.keys.log("XAUUSD"))
+    assert {tuple(fields) for _, fields in entries} == {(b"type", b"event")}  # one log entry format
     assert all(bus.get_order("XAUUSD", f"o{i}") is not None for i in range(6))
     handle.stop()
     handle.join(5)
