@@ -47,7 +47,8 @@ def make_celery(
     beat = _beat_schedule(settings)
     if beat:
         app.conf.beat_schedule = beat
-    # Countdowns stay well inside the visibility timeout (see celery_app.config).
+    # Countdowns up to MAX_BACKOFF_SECONDS: held messages are refreshed (celery_app.heartbeat), and kombu's own
+    # transport (redis+socket://) keeps a visibility timeout of twice that (celery_app.config).
     app.tradebus = TaskContext(settings, routing, redelivery_cap, min(MAX_BACKOFF_SECONDS, VISIBILITY_TIMEOUT / 2))  # type: ignore[attr-defined]
     signals.worker_process_init.connect(on_worker_process_init, weak=False, dispatch_uid="tradebus-init")
     signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False, dispatch_uid="tradebus-shutdown")

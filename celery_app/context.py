@@ -8,10 +8,12 @@ from typing import Any
 
 import redis
 
-from bus.config import Settings
+from bus.config import LoadEnvironmentVariables, Settings
 from bus.core.connection import make_client
 from bus.core.keys import Keys
 from bus.dispatch.routing import RoutingTable
+
+from .config import REDELIVERY_CAP
 
 _CONTEXTS: weakref.WeakSet[TaskContext] = weakref.WeakSet()
 
@@ -40,6 +42,14 @@ class TaskContext:
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
         self._client = None
+
+
+def task_context(app: Any) -> TaskContext:
+    """``app.tradebus``; an app not built by make_celery gets one from the environment, once."""
+    ctx: TaskContext | None = getattr(app, "tradebus", None)
+    if ctx is None:
+        ctx = app.tradebus = TaskContext(LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900)
+    return ctx
 
 
 def on_worker_process_init(**_: Any) -> None:

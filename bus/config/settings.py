@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     routes_file: str | None = _env("TRADEBUS_ROUTES_FILE")
     # Prefix of the broker's queue keys (kombu's global_keyprefix), to share one Redis between tenants.
     broker_key_prefix: str = Field("", validation_alias="TRADEBUS_BROKER_KEY_PREFIX")
+    # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
+    worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
 
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")

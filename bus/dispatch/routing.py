@@ -29,8 +29,9 @@ from bus.dispatch.names import (
 from bus.errors import RoutingError
 from bus.events.model import TradeEvent, TradeEventType
 
-# A retry countdown must stay below the broker's visibility timeout, or Redis redelivers the message
-# while it waits (celery#2599, kombu#337). celery_app.config sets the timeout above this bound.
+# Longest retry countdown. On kombu's own Redis transport (redis+socket://) it must stay below the visibility
+# timeout, or Redis redelivers the message while it waits (celery#2599, kombu#337): celery_app.config sets
+# that timeout above this bound; celery_app's transport refreshes held messages instead (celery_app.heartbeat).
 MAX_BACKOFF_SECONDS = 1800.0
 # Route names become part of task ids ("{event_id}:{route}") and stats fields.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -22,6 +22,7 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError
 from bus.events.model import TradeEvent
+from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
 # Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
@@ -37,17 +38,7 @@ class TradebusTask(Task):
 
     @property
     def ctx(self) -> Any:
-        ctx = getattr(self.app, "tradebus", None)
-        if ctx is None:  # an app not built by make_celery: attach the environment's context
-            from bus.config import LoadEnvironmentVariables
-            from bus.dispatch.routing import RoutingTable
-            from celery_app.config import REDELIVERY_CAP
-            from celery_app.context import TaskContext
-
-            ctx = self.app.tradebus = TaskContext(
-                LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900
-            )
-        return ctx
+        return task_context(self.app)
 
     @property
     def event(self) -> TradeEvent:
@@ -115,8 +106,9 @@ class TradebusTask(Task):
         event_json = raw if isinstance(raw, str | bytes) else repr(raw)
         client = self.ctx.client
         pipe = client.pipeline(transaction=False)
+        queue = (self.request.delivery_info or {}).get("routing_key") or ""
         dead_letter(pipe, self.ctx.keys, event_json=event_json, route=route or "", task=self.name,
-                    attempts=attempts, reason=reason, task_id=self.request.id or "")  # fmt: skip
+                    attempts=attempts, reason=reason, task_id=self.request.id or "", queue=queue)  # fmt: skip
         self.count("dead_lettered", pipe)
         pipe.execute()
         log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)
