@@ -42,6 +42,7 @@ from bus.dispatch.messages import (
 from bus.dispatch.routing import Route, RoutingTable
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
+from bus.events.registry import load_event_types
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class Dispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
+        load_event_types(settings.event_types_module)  # routes may name custom types
         if routing is None:
             routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
         kw.setdefault("strict", settings.dispatch_strict)

@@ -21,7 +21,7 @@ from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent
 from bus.executor.builder import ExecutorBuilder
 from bus.executor.paper import PaperVenue
-from tests.support_bus import wait_for
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -22,9 +22,8 @@ from bus.dispatch.factory import EventBusFactory
 from bus.embedded import EmbeddedRedis
 from bus.events.model import TradeEvent
 from bus.executor.outbox import Outbox, OutboxPublisher
-from tests.conftest import delete_prefix
-from tests.support_bus import wait_for
-from tests.support_proxy import ReplyDroppingProxy
+from tests.helpers import delete_prefix, wait_for
+from tests.reply_dropping_proxy import ReplyDroppingProxy
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]
