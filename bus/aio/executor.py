@@ -5,7 +5,8 @@ outbox while Redis is down, a flush that replays it. ``AsyncTradeExecutor`` runs
 worker thread of its own, in the order the calls were made, so the event loop never waits on any of
 that and the events keep the order the outbox guarantees (one publisher path at a time). The
 executor publishes through its blocking ``RedisEventBus`` exactly as it does without asyncio (durable
-publish, the outbox on failure); nothing is re-implemented here.
+publish, the exactly-once outbox, ``RedisEventBus(connect=False)`` to start during an outage); nothing
+is re-implemented here.
 
     executor = await AsyncTradeExecutor.build_from_config(config, client=venue, event_bus=RedisEventBus(...))
     ticket = await executor.buy("XAUUSD", 0.1)
