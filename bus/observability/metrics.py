@@ -49,23 +49,34 @@ class Recorder:
         self.task_seconds = Histogram("tradebus_task_seconds", "Seconds one routed task attempt took.",
                                       ["route", "queue"], buckets=TASK_BUCKETS, registry=reg)  # fmt: skip
         reg.register(_SubscriberCollector())
+        # labelled children by label value: labels() builds and locks on every call, a dict lookup does not
+        self._published: dict[str, Any] = {}
+        self._dispatched: dict[str, Any] = {}
+        self._not_dispatched: dict[str, Any] = {}
 
     def record_publish(
         self, type_values: Iterable[str], seconds: float, dispatched: Iterable[str], not_dispatched: Iterable[str]
     ) -> None:
         self.publish_seconds.observe(seconds)
         for t in type_values:
-            self.published.labels(t).inc()
+            _child(self._published, self.published, t).inc()
         for r in dispatched:
-            self.dispatched.labels(r).inc()
+            _child(self._dispatched, self.dispatched, r).inc()
         for r in not_dispatched:
-            self.not_dispatched.labels(r).inc()
+            _child(self._not_dispatched, self.not_dispatched, r).inc()
 
     def record_task(self, outcome: str, route: str, queue: str, seconds: float) -> None:
         """``outcome``: run, retried or dead_lettered."""
         counter = {"run": self.tasks_run, "retried": self.tasks_retried}.get(outcome, self.tasks_dead_lettered)
         counter.labels(route, queue).inc()
         self.task_seconds.labels(route, queue).observe(seconds)
+
+
+def _child(cache: dict[str, Any], metric: Any, label: str) -> Any:
+    child = cache.get(label)
+    if child is None:
+        child = cache[label] = metric.labels(label)
+    return child
 
 
 class SubscriberCounters(Protocol):
