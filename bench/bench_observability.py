@@ -1,4 +1,4 @@
-"""The cost of observability on publish(): metrics off vs on, alternately, in the same run.
+"""The cost of observability on publish(): all off, metrics on, tracing on, alternately, in the same run.
 
     python bench/bench_observability.py [--n 3000] [--rounds 5]
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bus.core.bus import RedisEventBus  # noqa: E402
 from bus.events.model import TradeEvent  # noqa: E402
-from bus.observability import metrics  # noqa: E402
+from bus.observability import metrics, tracing  # noqa: E402
 
 
 def _round(bus: RedisEventBus, events: list[TradeEvent]) -> float:
@@ -33,6 +33,18 @@ def _round(bus: RedisEventBus, events: list[TradeEvent]) -> float:
     for e in events:
         bus.publish(e)
     return (time.perf_counter() - started) / len(events) * 1e6
+
+
+def _all_off() -> None:
+    metrics.disable_metrics()
+    tracing.set_tracer_provider(None)
+
+
+def _tracing_on() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    _all_off()
+    tracing.set_tracer_provider(TracerProvider())
 
 
 def main() -> None:
@@ -43,8 +55,9 @@ def main() -> None:
     prefix = f"bench-obs-{uuid.uuid4().hex[:8]}"
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
     modes: dict[str, Callable[[], object]] = {
-        "metrics off": metrics.disable_metrics,
+        "all off": _all_off,
         "metrics on": metrics.enable_metrics,
+        "tracing on": _tracing_on,  # the SDK with no exporter: the spans' own cost
     }
     timings: dict[str, list[float]] = {m: [] for m in modes}
     with RedisEventBus(url, key_prefix=prefix) as bus:
@@ -54,7 +67,7 @@ def main() -> None:
             for mode, switch in modes.items():
                 switch()
                 timings[mode].append(_round(bus, events))
-        metrics.disable_metrics()
+        _all_off()
         keys = list(bus.client.scan_iter(f"{prefix}:*"))
         if keys:
             bus.client.delete(*keys)
@@ -65,7 +78,12 @@ def main() -> None:
         recorder.record_publish(["trade.failed"], 0.0002, ("state",), ())
     print(f"the recording alone: {(time.perf_counter() - started) / n * 1e6:.2f} us per publish")
     metrics.disable_metrics()
-    base = statistics.median(timings["metrics off"])
+    started = time.perf_counter()
+    for _ in range(n):
+        tracing.active_tracer()
+    # opentelemetry is imported by now (the "tracing on" rounds): the check's dearer case
+    print(f"the no-tracer check alone: {(time.perf_counter() - started) / n * 1e6:.3f} us per publish")
+    base = statistics.median(timings["all off"])
     for mode, ts in timings.items():
         med = statistics.median(ts)
         print(f"{mode:12s} {med:8.1f} us/publish  (x{med / base:.3f})  rounds: {' '.join(f'{t:.1f}' for t in ts)}")

@@ -22,7 +22,7 @@ from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
-from bus.observability import metrics
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,15 @@ class Publisher:
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._publish_one(event)
+        with tracing.publish_span(tracer, event) as span:
+            receipt = self._publish_one(event)
+            span.set_attribute("tradebus.log_id", receipt.log_id)
+            return receipt
+
+    def _publish_one(self, event: TradeEvent) -> PublishReceipt:
         recorder = metrics.RECORDER
         started = perf_counter() if recorder is not None else 0.0
         item = self._prepare(event)

@@ -23,7 +23,7 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
-from bus.observability import metrics
+from bus.observability import metrics, tracing
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class TradebusTask(Task):
             recorder.record_task(outcome, route or "", queue, perf_counter() - started)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._attempt(args, kwargs)
+        headers = {h: getattr(self.request, h, None) for h in tracing.TRACE_HEADERS}
+        with tracing.task_span(tracer, self.name, kwargs.get("route"), headers):
+            return self._attempt(args, kwargs)
+
+    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         req = self.request
         req.tradebus_started = perf_counter()
         route = kwargs.get("route")
