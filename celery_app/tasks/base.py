@@ -24,6 +24,7 @@ from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
 from bus.observability import metrics, tracing
+from bus.observability.logs import event_fields
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class TradebusTask(Task):
         pipe.incr(key)
         pipe.expire(key, DELIVERY_COUNTER_TTL)
         redeliveries = pipe.execute()[0]
-        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries)
+        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries,
+                    extra=event_fields(self.event, self.request.kwargs.get("route")))  # fmt: skip
         return int(redeliveries) > self.ctx.redelivery_cap
 
     def retry_policy(self, route: str | None) -> RetryPolicy:
@@ -135,7 +137,8 @@ class TradebusTask(Task):
         self.count("dead_lettered", pipe)
         pipe.execute()
         self.observe("dead_lettered", route)
-        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)
+        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason,
+                  extra=event_fields(getattr(self.request, "tradebus_event", None), route))  # fmt: skip
         return {"dead_lettered": True, "reason": reason, "attempts": attempts}
 
 

@@ -45,7 +45,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
-def test_worker_metrics_count_runs_retries_and_dead_letters(
+def test_worker_metrics_count_runs_retries_and_dead_letters_and_logs_json_lines(
     settings: Settings, tmp_path: Path, subprocess_worker: Any, worker_log: Any
 ) -> None:
     # Given a worker with metrics on and a route whose task always fails, retried once then dead-lettered
@@ -56,7 +56,7 @@ def test_worker_metrics_count_runs_retries_and_dead_letters(
     routes.write_text(json.dumps({"routes": [flaky]}))
     port = _free_port()
     env = {"TRADEBUS_ROUTES_FILE": str(routes), "TRADEBUS_METRICS_PORT": str(port),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}  # fmt: skip
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "TRADEBUS_LOG_FORMAT": "json"}  # fmt: skip
     (tmp_path / "prom").mkdir()
     publisher = settings.model_copy(update={"routes_file": str(routes)})
     with subprocess_worker(settings, include="tests.worker_tasks", extra_env=env) as proc:
@@ -67,7 +67,7 @@ def test_worker_metrics_count_runs_retries_and_dead_letters(
             receipts = [
                 bus.publish(TradeEvent.create_order_created("XAUUSD", f"o{i}", "buy", 1.0, 2000.0)) for i in range(2)
             ]
-            receipts.append(bus.publish(TradeEvent.create_trade_failed("XAUUSD", "boom")))
+            receipts.append(bus.publish(TradeEvent.create_trade_failed("XAUUSD", "boom", correlation_id="c-7")))
         expected_runs = Counter(r for receipt in receipts for r in receipt.dispatched if r != "flaky")
         assert "flaky" in receipts[-1].dispatched and expected_runs
 
@@ -90,3 +90,15 @@ def test_worker_metrics_count_runs_retries_and_dead_letters(
     # and the Redis-side gauges, computed on the scrape
     assert value(samples, "tradebus_dead_letters") == 1
     assert value(samples, "tradebus_redis_up") == 1
+    # and the worker logged JSON lines; the dead letter's carries the event's fields
+    lines = [json.loads(line) for line in worker_log(settings).splitlines() if line.startswith("{")]
+    assert lines and all({"asctime", "level", "logger", "message"} <= set(line) for line in lines)
+    failed = receipts[-1].event_id
+    (dead,) = [line for line in lines if "dead-lettered" in line["message"]]
+    assert (dead["logger"], dead["level"]) == ("celery_app.tasks.base", "ERROR")
+    assert (dead["event_id"], dead["route"], dead["symbol"], dead["correlation_id"]) == (
+        failed,
+        "flaky",
+        "XAUUSD",
+        None,
+    )

@@ -1,4 +1,6 @@
-"""Worker /metrics: with TRADEBUS_METRICS_PORT set, the worker's main process serves Prometheus.
+"""The worker's observability hooks: JSON log lines (TRADEBUS_LOG_FORMAT=json) and Prometheus /metrics.
+
+With TRADEBUS_METRICS_PORT set, the worker's main process serves Prometheus.
 
 The pool processes record into prometheus-client's multiprocess files (PROMETHEUS_MULTIPROC_DIR; a
 fresh temporary directory when unset), set up here in the main process before the pool forks; the
@@ -17,6 +19,7 @@ from typing import Any
 from bus.core.connection import make_client
 from bus.core.keys import Keys
 from bus.monitor.gauges import RedisGauges
+from bus.observability.logs import configure_logging
 from bus.observability.metrics import enable_metrics
 
 from .context import task_context
@@ -43,6 +46,14 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
     enable_metrics()  # before the fork: every pool process inherits the recorder
     start_http_server(settings.metrics_port, registry=registry)
     log.info("serving Prometheus metrics on :%d/metrics", settings.metrics_port)
+
+
+def on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    """after_setup_logger / after_setup_task_logger: Celery built its handlers; apply TRADEBUS_LOG_FORMAT."""
+    from celery import current_app
+
+    if logger is not None:
+        configure_logging(task_context(current_app).settings.log_format, logger)
 
 
 def on_worker_process_exit(pid: int | None = None, **_: Any) -> None:
