@@ -96,9 +96,5 @@ def test_worker_metrics_count_runs_retries_and_dead_letters_and_logs_json_lines(
     failed = receipts[-1].event_id
     (dead,) = [line for line in lines if "dead-lettered" in line["message"]]
     assert (dead["logger"], dead["level"]) == ("celery_app.tasks.base", "ERROR")
-    assert (dead["event_id"], dead["route"], dead["symbol"], dead["correlation_id"]) == (
-        failed,
-        "flaky",
-        "XAUUSD",
-        None,
-    )
+    fields = (dead["event_id"], dead["route"], dead["symbol"], dead["correlation_id"])
+    assert fields == (failed, "flaky", "XAUUSD", "c-7")
