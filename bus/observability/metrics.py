@@ -53,6 +53,7 @@ class Recorder:
         self._published: dict[str, Any] = {}
         self._dispatched: dict[str, Any] = {}
         self._not_dispatched: dict[str, Any] = {}
+        self._tasks: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def record_publish(
         self, type_values: Iterable[str], seconds: float, dispatched: Iterable[str], not_dispatched: Iterable[str]
@@ -67,9 +68,13 @@ class Recorder:
 
     def record_task(self, outcome: str, route: str, queue: str, seconds: float) -> None:
         """``outcome``: run, retried or dead_lettered."""
-        counter = {"run": self.tasks_run, "retried": self.tasks_retried}.get(outcome, self.tasks_dead_lettered)
-        counter.labels(route, queue).inc()
-        self.task_seconds.labels(route, queue).observe(seconds)
+        key = (outcome, route, queue)
+        children = self._tasks.get(key)
+        if children is None:
+            counter = {"run": self.tasks_run, "retried": self.tasks_retried}.get(outcome, self.tasks_dead_lettered)
+            children = self._tasks[key] = (counter.labels(route, queue), self.task_seconds.labels(route, queue))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def _child(cache: dict[str, Any], metric: Any, label: str) -> Any:
