@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from bus.core.bus import RedisEventBus
+from bus.core.sequenced import SequencedPublisher
 from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.routing import RoutingTable
 from bus.events.model import TradeEvent
@@ -71,3 +72,13 @@ def test_import_bus_imports_no_observability_library() -> None:
         f"import sys, bus, bus.core.bus, bus.dispatch.dispatcher; print([m for m in {libraries!r} if m in sys.modules])"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_sequenced_publish_counts_an_event_once_however_often_it_is_sent(recorder, redis_url, key_prefix) -> None:
+    before = sample("tradebus_events_published_total", event_type="trade.failed")
+    events = [(i, TradeEvent.create_trade_failed("OBSQ", f"x{i}")) for i in (1, 2)]
+    with RedisEventBus(redis_url, key_prefix=key_prefix) as bus:
+        sequenced = SequencedPublisher(bus.publisher, "obs-test", "origin-1")
+        assert not any(r.already_logged for r in sequenced.publish(events))
+        assert all(r.already_logged for r in sequenced.publish(events))  # an outbox re-sending after a lost reply
+    assert sample("tradebus_events_published_total", event_type="trade.failed") - before == 2
