@@ -36,6 +36,7 @@ from bus.core.subscriber import BACKOFF_MAX, BACKOFF_START, POLL_SECONDS
 from bus.core.subscription import Counters, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
+from bus.observability.logs import event_fields
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class AsyncSubscriber:
                 self.counters.delivered += 1
             except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
                 self.counters.handler_errors += 1
-                log.exception("handler %r failed on event %s", handler, event.event_id)
+                log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))
 
     async def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
         await self._queue.put((sub, event))  # blocks while the consumer is behind: backpressure

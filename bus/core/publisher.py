@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 import redis
@@ -28,6 +29,7 @@ from bus.core.steps import Blocking, Steps, run
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,19 @@ class Publisher:
         return run(self.client, self.publish_many_steps(events))
 
     def publish_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
-        """``publish`` as steps, for either driver (the event is checked before the first request)."""
+        """``publish`` as steps, for either driver (the event is checked before the first request);
+        traced when a tracer is set, the span covering the whole publish (awaits included)."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return (yield from self._publish_one_steps(event))
+        with tracing.publish_span(tracer, event) as span:
+            receipt = yield from self._publish_one_steps(event)
+            span.set_attribute("tradebus.log_id", receipt.log_id)
+            return receipt
+
+    def _publish_one_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
         if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
@@ -137,10 +151,14 @@ class Publisher:
         log_id = raw_id.decode()
         if item.tracked:
             names = (yield from self._send_steps([item], [log_id]))[0]
+        if recorder is not None:
+            recorder.record_publish([item.args[2]], perf_counter() - started, *names)
         return PublishReceipt(event.event_id, log_id, int(n), *names)
 
     def publish_many_steps(self, events: Iterable[TradeEvent]) -> Steps[list[PublishReceipt]]:
         """``publish_many`` as steps (the whole batch is checked before the first request)."""
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
@@ -152,6 +170,10 @@ class Publisher:
             )
             for i, names in zip(to_send, outcome, strict=True):
                 results[i] = results[i]._replace(names=names)
+        if recorder is not None:
+            dispatched = [name for r in results for name in r.names[0]]
+            refused = [name for r in results for name in r.names[1]]
+            recorder.record_publish([item.args[2] for item in batch], perf_counter() - started, dispatched, refused)
         return [
             PublishReceipt(item.event.event_id, r.log_id.decode(), int(r.subscribers), *r.names)
             for item, r in zip(batch, results, strict=True)

@@ -54,16 +54,19 @@ def run(client: Any, steps: Steps[T], deliver: Callable[[Any, Any], None] | None
     """Drive ``steps`` on a blocking redis-py ``client``; ``deliver(sub, event)`` takes ``Deliver``."""
     reply: Any = None
     error: Exception | None = None
-    while True:
-        try:
-            request = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        error = None
-        try:
-            reply = perform(client, request, deliver)
-        except Exception as e:  # noqa: BLE001 - the step decides; unhandled, it propagates from throw()
-            reply, error = None, e
+    try:
+        while True:
+            try:
+                request = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                reply = perform(client, request, deliver)
+            except Exception as e:  # noqa: BLE001 - the step decides; unhandled, it propagates from throw()
+                reply, error = None, e
+    finally:
+        steps.close()  # interrupted (KeyboardInterrupt...): the step's own cleanup (a span) runs here
 
 
 def perform(client: Any, request: Request, deliver: Callable[[Any, Any], None] | None) -> Any:

@@ -38,6 +38,7 @@ from bus.core.steps import run
 from bus.core.subscription import Counters, Handler, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
+from bus.observability.logs import event_fields
 
 __all__ = ["ListenerHandle", "Subscriber"]
 
@@ -268,4 +269,4 @@ class Subscriber:
                 self.counters.delivered += 1
             except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
                 self.counters.handler_errors += 1
-                log.exception("handler %r failed on event %s", handler, event.event_id)
+                log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))
