@@ -318,3 +318,37 @@ def test_a_given_client_with_a_dispatcher(redis_url, key_prefix, settings):
 
     run(main())
     same_server.close()
+
+
+def test_publishes_are_counted_and_traced_as_the_blocking_bus_does(redis_url, key_prefix):
+    # the metrics and the span live in the shared publish steps (bus/core/publisher.py)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import REGISTRY
+
+    from bus.observability import metrics, tracing
+
+    def published() -> float:
+        return REGISTRY.get_sample_value("tradebus_events_published_total", {"event_type": "order.created"}) or 0.0
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    metrics.enable_metrics()
+    tracing.set_tracer_provider(provider)
+    try:
+        before = published()
+
+        async def main() -> str:
+            async with AsyncRedisEventBus(redis_url, key_prefix=key_prefix) as bus:
+                await bus.publish_many([order(1, "AIOL"), order(2, "AIOL")])
+                return (await bus.publish(order(3, "AIOL"))).log_id
+
+        log_id = run(main())
+        assert published() - before == 3
+        (span,) = exporter.get_finished_spans()  # publish() is traced (publish_many is not, as in the blocking bus)
+        assert span.name == "publish order.created" and dict(span.attributes or {})["tradebus.log_id"] == log_id
+    finally:
+        tracing.set_tracer_provider(None)
+        provider.shutdown()
+        metrics.disable_metrics()
