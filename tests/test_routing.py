@@ -114,7 +114,7 @@ def test_from_toml_and_json(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"routes": [{"name": "a", "task": "t"}]}', r"rule #1 \('a'\): missing field\(s\) \['queue'\]"),
+        ('{"routes": [{"name": "a", "queue": "q"}]}', r"rule #1 \('a'\): missing field\(s\) \['task'\]"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "colour": 1}]}', r"unknown field\(s\) \['colour'\]"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "priority": 99}]}', r"rule #1: route 'a': priority"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "retry": {"tries": 1}}]}', "retry must be a table"),

@@ -11,6 +11,9 @@ server, the event log write) into ONE pipeline. The steps mirror, in order:
    delivery_info.exchange = '' (Celery's anon exchange for direct queues) and routing_key = queue
 5. ``redis.Channel._put`` -> LPUSH to the queue's priority sub-list (``queue\\x06\\x16<step>``)
 
+Between 1 and 2 the dispatcher fires ``before_task_publish`` (bus/dispatch/signals.py), as Celery's task
+sender does, so a receiver's headers (a ``traceparent``) are in what is written.
+
 tests/test_dispatch_messages.py compares the result with what ``send_task`` writes, and runs it on a
 real worker. Celery is imported lazily: ``import bus`` stays Celery-free.
 """
@@ -22,7 +25,7 @@ import os
 import socket
 import uuid
 from bisect import bisect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
 # kombu.transport.redis.PRIORITY_STEPS and Channel.sep (checked against kombu in the tests).
 PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEP = "\x06\x16"
+# Route priorities run 0-9, higher first on both brokers: RabbitMQ queues are declared with this
+# x-max-priority (Celery's task_queue_max_priority); celery_app.transport takes Redis's higher lists first.
+MAX_PRIORITY = 9
 # Celery publish settings the dispatcher and the worker share (bounded: apply_async must not hang).
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
@@ -41,6 +47,18 @@ def redis_queue_key(queue: str, priority: int = 0, global_keyprefix: str = "") -
     """The Redis list kombu pushes a message of this priority to (``Channel._q_for_pri``)."""
     step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, max(0, min(priority, 9))) - 1]
     return f"{global_keyprefix}{queue}{PRIORITY_SEP}{step}" if step else f"{global_keyprefix}{queue}"
+
+
+class TaskMessage(NamedTuple):
+    """One task message as ``app.amqp.as_task_v2`` made it, before it is serialised. ``headers``,
+    ``properties`` and ``body`` are what ``before_task_publish`` receivers see and may change."""
+
+    name: str
+    queue: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: tuple[Any, ...]  # (args, kwargs, embed): Celery's protocol 2
+    sent_event: dict[str, Any] | None  # the ``task-sent`` event's fields, when the app sends them
 
 
 class MessageBuilder:
@@ -54,6 +72,65 @@ class MessageBuilder:
         # as_task_v2 calls anon_nodename() (gethostname) per message unless given an origin.
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
 
+    def task_message(
+        self,
+        task: str,
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        queue: str,
+        priority: int = 0,
+        *,
+        argsrepr: str = "",
+        kwargsrepr: str = "",
+        ignore_result: bool | None = True,
+        expires: float | None = None,
+        countdown: float | None = None,
+        parent: Any = None,
+        sent_event: bool = False,
+    ) -> TaskMessage:
+        """The message ``send_task`` would build for these options (``parent``: the running task, if any).
+
+        ``ignore_result=None`` leaves it to the task's own ``ignore_result``, as ``send_task`` does."""
+        request = parent.request if parent is not None else None
+        headers, properties, body, event = self.app.amqp.as_task_v2(
+            task_id,
+            task,
+            args,
+            kwargs,
+            countdown=countdown,
+            expires=expires,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+            origin=self.origin,
+            ignore_result=ignore_result,
+            root_id=(request.root_id or request.id) if request is not None else None,
+            parent_id=request.id if request is not None else None,
+            create_sent_event=sent_event,
+        )
+        properties["priority"] = priority
+        return TaskMessage(task, queue, headers, properties, body, event)
+
+    def encode(self, message: TaskMessage) -> tuple[str, bytes]:
+        """``(redis list key, message bytes)``: what kombu's Redis transport LPUSHes for ``message``."""
+        data = orjson.dumps(message.body)  # kombu's "json" serializer: application/json, utf-8
+        if self.body_encoding == "base64":
+            data = base64.b64encode(data)
+        properties = message.properties
+        properties["delivery_mode"] = 2  # task_default_delivery_mode 'persistent'
+        properties["delivery_info"] = {"exchange": "", "routing_key": message.queue}
+        properties["body_encoding"] = self.body_encoding
+        properties["delivery_tag"] = str(uuid.uuid4())
+        raw = {
+            "body": data.decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": message.headers,
+            "properties": properties,
+        }
+        key = redis_queue_key(message.queue, properties.get("priority") or 0, self.global_keyprefix)
+        return key, orjson.dumps(raw)
+
     def build(
         self,
         task: str,
@@ -64,34 +141,21 @@ class MessageBuilder:
         priority: int = 0,
         argsrepr: str = "",
         kwargsrepr: str = "",
+        **options: Any,
     ) -> tuple[str, bytes]:
-        """Return ``(redis list key, message bytes)`` for one task."""
-        headers, properties, body, _ = self.app.amqp.as_task_v2(
-            task_id,
-            task,
-            args,
-            kwargs,
-            argsrepr=argsrepr,
-            kwargsrepr=kwargsrepr,
-            origin=self.origin,
-            ignore_result=True,  # no result backend: nothing to store
-        )
-        data = orjson.dumps(body)  # kombu's "json" serializer: application/json, utf-8
-        if self.body_encoding == "base64":
-            data = base64.b64encode(data)
-        properties["delivery_mode"] = 2  # task_default_delivery_mode 'persistent'
-        properties["delivery_info"] = {"exchange": "", "routing_key": queue}
-        properties["priority"] = priority
-        properties["body_encoding"] = self.body_encoding
-        properties["delivery_tag"] = str(uuid.uuid4())
-        message = {
-            "body": data.decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": properties,
-        }
-        return redis_queue_key(queue, priority, self.global_keyprefix), orjson.dumps(message)
+        """Return ``(redis list key, message bytes)`` for one task (``options``: see ``task_message``)."""
+        return self.encode(
+            self.task_message(task, task_id, args, kwargs, queue, priority, argsrepr=argsrepr,
+                              kwargsrepr=kwargsrepr, **options)
+        )  # fmt: skip
+
+
+def routed_queue(app: Any, task: str) -> str:
+    """The queue ``app``'s router gives ``task`` (its ``task_routes``, else ``task_default_queue``), as
+    ``send_task`` would pick it for a call without a queue."""
+    options = app.amqp.router.route({}, task, (), {})
+    queue = options.get("queue")
+    return str(queue.name if queue is not None else options.get("routing_key") or app.conf.task_default_queue)
 
 
 def redis_client_kwargs(broker_url: str) -> dict[str, Any] | None:
