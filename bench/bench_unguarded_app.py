@@ -22,7 +22,7 @@ class Transport(transport.Transport):
 app = make_celery()
 app.conf.broker_transport = f"{__name__}:Transport"
 app.conf.worker_consumer = "celery.worker.consumer:Consumer"
-_options = {**app.conf.broker_transport_options, "global_keyprefix": os.environ["TRADEBUS_TEST_GLOBAL_KEYPREFIX"]}
+_options = {**app.conf.broker_transport_options, "global_keyprefix": os.environ["TRADEBUS_BROKER_KEY_PREFIX"]}
 for _guard in ("max_message_bytes", "unacked_refresh_interval"):
     _options.pop(_guard)
 app.conf.broker_transport_options = _options

@@ -30,7 +30,7 @@ from pathlib import Path
 import redis
 from bench_dispatch import REPO, _app, _cleanup, _settings, _wait, _worker
 
-PYTHONPATH = os.pathsep.join([str(REPO / "tests"), str(REPO / "bench"), str(REPO)])
+PYTHONPATH = os.pathsep.join([str(REPO / "bench"), str(REPO)])
 
 
 def bench_guards(n: int, rounds: int) -> dict[str, float]:
@@ -114,10 +114,10 @@ def _cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
 
 def _prefork_worker(s, name: str, lost_timeout: float, log: Path) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
     env = dict(os.environ, REDIS_URL=s.bus_url, CELERY_BROKER_URL=s.broker_url, TRADEBUS_KEY_PREFIX=s.key_prefix,
-               TRADEBUS_TEST_GLOBAL_KEYPREFIX=f"{s.key_prefix}:", TRADEBUS_WORKER_LOST_TIMEOUT=str(lost_timeout),
+               TRADEBUS_BROKER_KEY_PREFIX=f"{s.key_prefix}:", TRADEBUS_WORKER_LOST_TIMEOUT=str(lost_timeout),
                PYTHONPATH=PYTHONPATH)  # fmt: skip
-    cmd = [sys.executable, "-m", "celery", "-A", "support_worker_app", "worker", "-P", "prefork", "-c", "1",
-           "-Q", "tradebus.state", "--include", "support_tasks", "--without-gossip", "--without-mingle",
+    cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork", "-c", "1",
+           "-Q", "tradebus.state", "--include", "tests.worker_tasks", "--without-gossip", "--without-mingle",
            "--without-heartbeat", "-l", "INFO", "-n", f"{name}-{s.key_prefix}@%h"]  # fmt: skip
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
         DispatchError,
         EventValidationError,
         RoutingError,
+        SchemaVersionError,
     )
-    from bus.events import TradeEvent, TradeEventType
+    from bus.events import Payload, TradeEvent, TradeEventType, register_event_type
     from bus.events.rules import validate_symbol
     from bus.executor.outbox import OutboxFull, OutboxLocked
 
@@ -35,6 +36,8 @@ _EXPORTS = {
     # Events
     "TradeEvent": "bus.events",
     "TradeEventType": "bus.events",
+    "Payload": "bus.events",
+    "register_event_type": "bus.events",
     "validate_symbol": "bus.events.rules",
     # Bus
     "RedisEventBus": "bus.core.bus",
@@ -53,6 +56,7 @@ _EXPORTS = {
     "DispatchError": "bus.errors",
     "EventValidationError": "bus.errors",
     "RoutingError": "bus.errors",
+    "SchemaVersionError": "bus.errors",
     # ...and the subclasses the subpackages add
     "StaleTokenError": "bus.domain.lease",
     "NotifyError": "bus.domain.notify",
@@ -65,6 +69,8 @@ __all__ = [
     # Events
     "TradeEvent",
     "TradeEventType",
+    "Payload",
+    "register_event_type",
     "validate_symbol",
     # Bus
     "RedisEventBus",
@@ -83,6 +89,7 @@ __all__ = [
     "DispatchError",
     "EventValidationError",
     "RoutingError",
+    "SchemaVersionError",
     "StaleTokenError",
     "NotifyError",
     "OutboxFull",

@@ -24,6 +24,10 @@ class EventValidationError(BusError, ValueError):
         self.value = value
 
 
+class SchemaVersionError(EventValidationError):
+    """An event's ``schema_version`` has a MAJOR version this tradebus cannot read (see bus.events.versions)."""
+
+
 class ConfigError(BusError, ValueError):
     """A setting is missing or malformed. The message names the variable."""
 

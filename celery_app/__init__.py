@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus.config import LoadEnvironmentVariables, Settings
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
+from bus.events.registry import load_event_types
 
 from .config import REDELIVERY_CAP, VISIBILITY_TIMEOUT, celery_config
 
@@ -47,6 +48,7 @@ def make_celery(
     from .transport import register
 
     settings = settings if settings is not None else LoadEnvironmentVariables()
+    load_event_types(settings.event_types_module)  # before routes are checked and events decoded
     routing = routing if routing is not None else routing_from_settings(settings)
     register()  # redis:// and rediss:// brokers: celery_app.transport, under their plain scheme
     import_task_modules()  # shared tasks: registered on every app, this one included

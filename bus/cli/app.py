@@ -53,13 +53,14 @@ def _root(
     env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(".env"),
 ) -> None:
     ctx.obj = CliContext(env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix)
+    ctx.obj.load_event_types()
 
 
 def _register() -> None:
-    from bus.cli import deadletters, demo, doctor, events, replay, routes, state
+    from bus.cli import deadletters, demo, doctor, events, replay, routes, schema, state
 
     # the order `tradebus --help` lists them in
-    for command_group in (events, replay, state, routes, deadletters, doctor, demo):
+    for command_group in (events, replay, state, routes, deadletters, doctor, schema, demo):
         command_group.register(app)
 
 

@@ -24,7 +24,7 @@ from bus.errors import BusConnectionError, ConfigError, EventValidationError
 
 if TYPE_CHECKING:
     from bus.core.bus import RedisEventBus
-    from bus.events.types import TradeEventType
+    from bus.events.types import EventType
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -71,6 +71,18 @@ class CliContext:
                 overrides["key_prefix"] = self.key_prefix
             self._settings = LoadEnvironmentVariables(self.env_file, **overrides)
         return self._settings
+
+    def load_event_types(self) -> None:
+        """Register the custom event types of TRADEBUS_EVENT_TYPES_MODULE, so every command knows them.
+        Malformed settings are left to the command to report when it reads them."""
+        try:
+            modules = self.settings.event_types_module
+        except ConfigError:
+            return
+        if modules:
+            from bus.events.registry import load_event_types
+
+            load_event_types(modules)
 
     def client(self, *, check: bool = True) -> redis.Redis:
         """A redis-py client for the bus (bytes replies); ``check`` PINGs it and fails with a one-line error."""
@@ -149,14 +161,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def parse_type(value: str) -> TradeEventType:
+def parse_type(value: str) -> EventType:
     """An event type from its value or name, else a usage error listing the valid ones."""
+    from bus.events.registry import SPECS
     from bus.events.types import TradeEventType
 
     try:
         return TradeEventType.parse(value)
     except EventValidationError:
-        valid = ", ".join(t.value for t in TradeEventType)
+        valid = ", ".join(SPECS)
         raise CliError(f"unknown event type {value!r}; valid: {valid}", EXIT_USAGE) from None
 
 

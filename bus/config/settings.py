@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     dispatch_strict: bool = Field(False, validation_alias="TRADEBUS_DISPATCH_STRICT")
     # Extra routing rules (JSON or TOML), added to the default table; checked at start-up.
     routes_file: str | None = _env("TRADEBUS_ROUTES_FILE")
+    # Module(s) that register custom event types (comma-separated), imported before events or routes are read.
+    event_types_module: str | None = _env("TRADEBUS_EVENT_TYPES_MODULE")
     # Prefix of the broker's queue keys (kombu's global_keyprefix), to share one Redis between tenants.
     broker_key_prefix: str = Field("", validation_alias="TRADEBUS_BROKER_KEY_PREFIX")
     # Celery's task_send_sent_event for the bridge's own messages: a task-sent event per task (Flower's "sent").

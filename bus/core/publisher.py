@@ -19,7 +19,8 @@ from bus.core.dispatching import NamedRoute, RouteNames, TaskDispatcher
 from bus.core.keys import Keys, channel
 from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
-from bus.events.model import TradeEvent, TradeEventType
+from bus.events.model import TradeEvent
+from bus.events.types import EventType
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Publisher:
         #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
         self.run_max = run_max
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
-        self._channels: dict[tuple[str, TradeEventType], tuple[str, str]] = {}  # channel, type value
+        self._channels: dict[tuple[str, EventType], tuple[str, str]] = {}  # channel, type value
         self._symbols_sent: set[str] = set()
 
     def publish(self, event: TradeEvent) -> PublishReceipt:

@@ -26,6 +26,7 @@ from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
 from bus.core.wire import text
 from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
+from bus.events.registry import SPECS, CustomEffect
 
 SCRIPT = LuaScript("bus.core", "state.lua")
 _EXACT_FIELDS = VOLUME_FIELDS | {"pnl"}
@@ -76,16 +77,27 @@ def _call(keys: Keys, event: TradeEvent) -> tuple[list[str], list[str]] | None:
     return [hash_key, keys.applied(symbol, kind, entity_id), index], args
 
 
+def _effect(event: TradeEvent) -> CustomEffect | None:
+    """The state effect a custom event type was registered with (bus.events.register_event_type)."""
+    return SPECS[event.event_type.value].effect
+
+
 def is_state_event(event: TradeEvent) -> bool:
-    """True for order.* and position.* events (the only ones the projection reads)."""
-    return _entity(event) is not None
+    """True for order.* and position.* events, and custom types with a state effect."""
+    return _entity(event) is not None or _effect(event) is not None
 
 
 def apply_event(client: redis.Redis, keys: Keys, event: TradeEvent) -> bool:
     """Apply one event; True if it was applied now, False if it was a duplicate or not a state event."""
     call = _call(keys, event)
     if call is None:
-        return False
+        effect = _effect(event)
+        if effect is None:
+            return False
+        pipe = client.pipeline(transaction=True)
+        effect(pipe, keys, event)
+        pipe.execute()
+        return True
     return bool(SCRIPT.call(client, *call))
 
 
@@ -93,7 +105,11 @@ def stage_apply(pipe: Any, keys: Keys, event: TradeEvent) -> bool:
     """Queue the same step on a pipeline; returns whether a command was queued."""
     call = _call(keys, event)
     if call is None:
-        return False
+        effect = _effect(event)
+        if effect is None:
+            return False
+        effect(pipe, keys, event)
+        return True
     SCRIPT.stage(pipe, *call)
     return True
 

@@ -48,6 +48,7 @@ from bus.dispatch.routing import Route, RoutingTable
 from bus.dispatch.signals import Announced, PublishSignals
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
+from bus.events.registry import load_event_types
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Dispatcher:
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
         """The dispatcher for ``settings``: TRADEBUS_ROUTES_FILE's table (the one workers read) unless
         ``routing`` is given; ``app=`` a Celery app to publish with its configuration."""
+        load_event_types(settings.event_types_module)  # routes may name custom types
         if routing is None:
             routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
         kw.setdefault("strict", settings.dispatch_strict)

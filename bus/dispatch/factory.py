@@ -9,6 +9,7 @@ from bus.core.bus import RedisEventBus
 from bus.core.dispatching import TaskDispatcher
 from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.routing import Route
+from bus.events.registry import load_event_types
 
 
 class EventBusFactory:
@@ -18,6 +19,7 @@ class EventBusFactory:
     def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
         """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
         publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
+        load_event_types(env_config.event_types_module)  # subscribers decode custom types too
         if "dispatcher" not in kw and env_config.dispatch:
             dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(env_config)
             kw["dispatcher"] = dispatcher

@@ -28,6 +28,7 @@ from bus.core.state import stage_apply
 from bus.core.wire import decode_entry, parse_id, text
 from bus.domain.lease import fenced_script
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.types import EventType
 
 # Log entries read per XRANGE call.
 READ_BATCH = 1000
@@ -85,7 +86,7 @@ def rebuild_symbol(
     """Rebuild one symbol; return ``{"symbol", "checked", "drift": [...], "in_flight", "incomplete", ...}``."""
     scratch = keys.scratch(uuid.uuid4().hex[:12])
     cutoff = now_ms - grace_ms
-    first_type: dict[tuple[str, str], TradeEventType] = {}
+    first_type: dict[tuple[str, str], EventType] = {}
     recent: set[tuple[str, str]] = set()
     STATE_SCRIPT.load(client)
     start = "-"
@@ -119,7 +120,7 @@ def _compare_and_repair(
     keys: Keys,
     scratch: Keys,
     symbol: str,
-    first_type: dict[tuple[str, str], TradeEventType],
+    first_type: dict[tuple[str, str], EventType],
     recent: set[tuple[str, str]],
     token: int,
     repair: bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Self
 
-from bus.events.types import TradeEventType
+from bus.events.types import EventType, TradeEventType
 
 _ENVELOPE = ("correlation_id", "causation_id", "source", "timestamp", "event_id")
 
@@ -21,9 +21,15 @@ class EventHelpers:
         def __init__(self, **fields: Any) -> None: ...
 
     @classmethod
+    def create(cls, event_type: EventType | str, symbol: str, **fields: Any) -> Self:
+        """An event of any type, built-in or registered, by name or value: ``create("funding.rate_changed",
+        "XAUUSD", rate=0.0001)``. Keywords go to ``data``, except the envelope's (``correlation_id``...)."""
+        return cls._create(TradeEventType.parse(event_type), symbol, {}, fields)
+
+    @classmethod
     def _create(
         cls,
-        event_type: TradeEventType,
+        event_type: EventType,
         symbol: str,
         fields: dict[str, Any],
         extra: dict[str, Any],

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
-from bus.errors import EventValidationError
+from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
 from celery_app.context import task_context
 
@@ -55,6 +55,8 @@ class TradebusTask(Task):
             if not isinstance(raw, str | bytes) or (route is not None and not isinstance(route, str)):
                 raise EventValidationError(f"expected (event_json: str, route=str), got args={args!r:.200}")
             req.tradebus_event = TradeEvent.from_json(raw)
+        except SchemaVersionError as e:  # a producer on another major version: not a broken message
+            return self._dead_letter(raw, route, 1, f"unsupported schema version: {e}")
         except (EventValidationError, ValueError, TypeError) as e:
             return self._dead_letter(raw, route, 1, f"malformed task payload: {e}")
         if (req.delivery_info or {}).get("redelivered") and self._over_redelivery_cap():

@@ -20,7 +20,8 @@ def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
         return {"changed": False, "reason": "not a state event"}
     self.count("run", pipe)  # the counter shares the projection's round trip
     self.request.tradebus_counted = True
-    result = execute_pipeline(pipe, (state.SCRIPT,))[0]
-    if isinstance(result, Exception):
-        raise result
-    return {"changed": bool(result)}
+    results = execute_pipeline(pipe, (state.SCRIPT,))
+    failed = next((r for r in results if isinstance(r, Exception)), None)  # a custom effect queues several
+    if failed is not None:
+        raise failed
+    return {"changed": bool(results[0])}
