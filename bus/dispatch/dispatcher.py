@@ -161,7 +161,7 @@ class Dispatcher:
         return queue
 
     def _messages(
-        self, event_id: str, event_json: str, routes: Iterable[Route], announced: list[Announced] | None
+        self, event_id: str, event_json: str, routes: Iterable[Route], announced: list[Announced] | None = None
     ) -> list[tuple[str, bytes]]:
         """Each route's message; with ``announced`` (signals active), ``before_task_publish`` fired first."""
         task_message, encode = self.messages.task_message, self.messages.encode
