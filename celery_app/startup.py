@@ -57,13 +57,16 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
     if ctx is None:  # a worker of an app make_celery did not build
         return
     queues = app.amqp.queues
-    selected = queues.consume_from
+    # Celery keeps -Q's selection there, None without -Q (no public way to ask; 5.4 to 5.7)
+    everything = getattr(queues, "_consume_from", ()) is None
+    consumed = queues.consume_from
     for name, routes in routed_queues(app, ctx.routing).items():
-        if selected is None:
-            if name not in queues:
-                queues.add(name)  # consumed with the others: no -Q selection
-        elif name not in selected and routes:
+        if name in consumed:
+            continue
+        if everything:
+            queues.select_add(name)  # consumed with the others
+        elif routes:
             log.warning("queue %s of route(s) %s is not consumed by this worker (-Q %s)",
-                        name, ", ".join(routes), ",".join(selected))  # fmt: skip
+                        name, ", ".join(routes), ",".join(consumed))  # fmt: skip
     for problem in route_problems(app, ctx.routing):
         log.warning("%s", problem)

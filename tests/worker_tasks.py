@@ -60,3 +60,9 @@ def apply_then_block(self: Any, event_json: str, route: str = "") -> None:
         deadline = time.monotonic() + 60
         while not client.exists(_k(self, "release")) and time.monotonic() < deadline:
             time.sleep(0.05)  # a stand-in for long work; the test SIGKILLs this process meanwhile
+
+
+@routed_task(name="tradebus_test.answer", ignore_result=False)
+def answer(self: Any, event_json: str, route: str = "") -> dict[str, str]:
+    """A task that keeps its result (a result backend stores it), and says what the header asked."""
+    return {"route": route, "symbol": self.event.symbol, "trace": str(self.request.get("x_trace", ""))}

@@ -17,7 +17,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -237,9 +237,27 @@ class RoutingTable:
             table.add(route_from_dict(rule, where=f"{source} rule #{i + 1}"))
         return table
 
+    def to_config(self) -> dict[str, Any]:
+        """The whole table as routes-file data (``from_config`` builds it back), defaults included."""
+        return {"include_defaults": False, "routes": [route_to_dict(r) for r in self._routes.values()]}
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write the table as a JSON routes file: how routes built in Python reach the workers (point
+        TRADEBUS_ROUTES_FILE at it for publishers and workers alike)."""
+        p = Path(path)
+        if p.suffix != ".json":
+            raise RoutingError(f"routing file {str(p)!r}: to_file writes JSON, name it *.json")
+        p.write_text(json.dumps(self.to_config(), indent=2) + "\n")
+        return p
+
 
 _ROUTE_FIELDS = {f.name for f in fields(Route)}
 _RETRY_FIELDS = {f.name for f in fields(RetryPolicy)}
+
+
+def route_to_dict(route: Route) -> dict[str, Any]:
+    """A route as a routes-file rule (unset options left out)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(route).items() if v is not None}
 
 
 def route_from_dict(rule: Any, where: str = "rule") -> Route:
