@@ -113,6 +113,8 @@ class Dispatcher:
         self.signals = PublishSignals(self.app)
         #: ``task_always_eager``: routed tasks run inline once the event is logged (a test mode)
         self.eager = bool(self.app.conf.task_always_eager)
+        if self.eager:
+            self.app.loader.import_default_modules()  # the app's include (TRADEBUS_TASK_MODULES), as a worker
         self._router_queues: dict[str, str] = {}  # task -> queue, for routes that name none
         self._redis_kw = redis_client_kwargs(broker_url)
         self._broker: redis.Redis | None = None
@@ -127,10 +129,14 @@ class Dispatcher:
         """The dispatcher for ``settings``: TRADEBUS_ROUTES_FILE's table (the one workers read) unless
         ``routing`` is given; ``app=`` a Celery app to publish with its configuration."""
         load_event_types(settings.event_types_module)  # routes may name custom types
-        if routing is None:
-            routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        workers = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        if routing is not None and routing.routes != workers.routes:
+            unknown = sorted(r.name for r in routing if r != workers.get(r.name))
+            log.warning("route(s) %s differ from the table workers read (TRADEBUS_ROUTES_FILE=%s): write it with "
+                        "RoutingTable.to_file() and point TRADEBUS_ROUTES_FILE at it", unknown,
+                        settings.routes_file or "unset")  # fmt: skip
         kw.setdefault("strict", settings.dispatch_strict)
-        return cls(settings.broker_url, routing, settings=settings, **kw)
+        return cls(settings.broker_url, routing if routing is not None else workers, settings=settings, **kw)
 
     def __repr__(self) -> str:
         return f"Dispatcher({safe_url(self.broker_url)!r}, routes={[r.name for r in self.routing]})"
