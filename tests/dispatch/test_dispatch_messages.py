@@ -101,3 +101,24 @@ def test_not_staged_across_servers(settings, celery_app, own_redis) -> None:
     with pytest.raises(Exception, match="stage"):
         ev = TradeEvent.create_order_created("XAUUSD", "o", "BUY", 1.0, 1.0)
         d.stage(None, ev, ev.to_json(), RoutingTable.default().routes_for(ev))
+
+
+def test_delivery_tags_are_unique_in_a_process_and_across_a_fork(celery_app) -> None:
+    import os
+
+    builder = MessageBuilder(celery_app)
+
+    def tag() -> str:
+        _, raw = builder.build("tradebus.state.apply", "t", ["{}"], {}, "tradebus.state")
+        return json.loads(raw)["properties"]["delivery_tag"]
+
+    tags = [tag() for _ in range(1000)]
+    assert len(set(tags)) == 1000 and all(len(t) == 36 and t.count("-") == 4 for t in tags)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: kombu keys unacked messages by tag, so it must not repeat its parent's
+        os.write(write, tag().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    assert child not in tags and child != tag()
