@@ -141,6 +141,8 @@ class MessageBuilder:
             create_sent_event=sent_event,
         )
         properties["priority"] = priority
+        if expires is not None:  # send_task's message TTL too, in kombu's form (inert on Redis)
+            properties["expiration"] = str(int(expires * 1000))
         return TaskMessage(task, queue, headers, properties, body, event)
 
     def encode(self, message: TaskMessage) -> tuple[str, bytes]:

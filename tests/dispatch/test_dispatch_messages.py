@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -51,6 +52,30 @@ def test_built_message_equals_what_send_task_writes(settings, celery_app, priori
         assert len(m["properties"].pop("delivery_tag")) == 36
     # Only differences: send_task copies its publish options into properties (the worker reads the
     # headers) and sets reply_to to its thread's RPC address (we keep no results).
+    for extra in ("argsrepr", "kwargsrepr"):
+        assert a["properties"].pop(extra) == a["headers"][extra]
+    assert a["properties"].pop("reply_to") and b["properties"].pop("reply_to") == ""
+    assert a == b
+
+
+def test_route_options_build_what_send_task_writes(settings, celery_app) -> None:
+    """ignore_result, countdown, expires, priority: the same message as send_task's with those options."""
+    ev = TradeEvent.create_order_created("XAUUSD", "o-2", "BUY", 2000.5, 1.5)
+    args, kwargs, tid = [ev.to_json()], {"route": "state"}, f"{ev.event_id}:state"
+    options = {"ignore_result": False, "countdown": 30, "expires": 600}
+    celery_app.send_task("tradebus.state.apply", args=args, kwargs=kwargs, task_id=tid, queue="tradebus.state",
+                         priority=6, argsrepr="[x]", kwargsrepr="{y}", **options)  # fmt: skip
+    (sent,) = redis.Redis.from_url(settings.broker_url).lrange(
+        redis_queue_key("tradebus.state", 6, f"{settings.key_prefix}:"), 0, -1
+    )
+    _, built = MessageBuilder(celery_app).build("tradebus.state.apply", tid, args, kwargs, "tradebus.state", 6,
+                                                argsrepr="[x]", kwargsrepr="{y}", **options)  # fmt: skip
+    a, b = _decoded(sent), _decoded(built)
+    for m in (a, b):  # the tag is random, and eta / expires are computed a few microseconds apart
+        m["properties"].pop("delivery_tag")
+        for field, seconds in (("eta", 30), ("expires", 600)):
+            at = datetime.fromisoformat(m["headers"].pop(field))
+            assert abs((at - datetime.now(UTC)).total_seconds() - seconds) < 5
     for extra in ("argsrepr", "kwargsrepr"):
         assert a["properties"].pop(extra) == a["headers"][extra]
     assert a["properties"].pop("reply_to") and b["properties"].pop("reply_to") == ""
