@@ -5,7 +5,7 @@ The bus's side of it is the ``TaskDispatcher`` protocol (bus/core/dispatching.py
 * ``RedisEventBus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
 * ``routes = dispatcher.routes_for(event)`` (cached per type and symbol).
 * If ``dispatcher.stages_in_bus_pipeline`` (the broker is a Redis database on the bus's own server):
-  ``dispatcher.stage(pipe, event, payload, routes)`` appends ``SELECT <broker db>; LPUSH ...;
+  ``dispatcher.stage(pipe, event, payload, routes, after_commit)`` appends ``SELECT <broker db>; LPUSH ...;
   SELECT <bus db>`` to the bus's MULTI pipeline, so log + broadcast + task messages commit in one
   atomic round trip and nothing needs recording.
 * Otherwise the publish script also ZADDs ``log_id`` to ``keys.pending_dispatch_for(symbol)`` (score:

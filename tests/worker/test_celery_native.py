@@ -103,6 +103,22 @@ def test_signals_fire_with_a_separate_broker_too(settings, own_redis, recorder) 
     assert [(when, queued) for when, _, _, queued in recorder.seen] == [("before", 0)] * 3 + [("after", 1)] * 3
 
 
+def test_signals_fire_for_the_executors_sequenced_publish(settings, recorder) -> None:
+    from bus.core.sequenced import SequencedPublisher
+
+    app = make_celery(settings, THREE, set_as_current=False)
+    with RedisEventBus(settings=settings, dispatcher=dispatcher_for(app, settings)) as bus:
+        outbox = SequencedPublisher(bus.publisher, "executor-1", "outbox-a")
+        ev = _fill()
+        (receipt,) = outbox.publish([(1, ev)])
+        assert receipt.dispatched == ("a", "b", "c")
+        assert [when for when, *_ in recorder.seen] == ["before"] * 3 + ["after"] * 3
+        recorder.seen.clear()
+        (again,) = outbox.publish([(1, ev)])  # the same number again: already logged, nothing sent
+        assert again.already_logged
+        assert "after" not in [when for when, *_ in recorder.seen]
+
+
 def test_no_receivers_no_work(settings) -> None:
     d = dispatcher_for(make_celery(settings, THREE, set_as_current=False), settings)
     assert not d.signals.active  # publish() skips the signal machinery altogether
