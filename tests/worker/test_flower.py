@@ -67,7 +67,8 @@ def _get(port: int, path: str) -> tuple[int, Any]:
 
 
 def test_flower_sees_the_queues_and_the_bridges_tasks(settings, subprocess_worker, worker_log, tmp_path) -> None:
-    table = RoutingTable([Route("fills", "tradebus_test.record", "tradebus.state", ("order.*",))])
+    table = RoutingTable([Route("fills", "tradebus_test.record", "tradebus.state", ("order.filled",)),
+                          Route("probe", "tradebus_test.record", "tradebus.risk", ("order.created",))])  # fmt: skip
     app = make_celery(settings, table, set_as_current=False, task_send_sent_event=True)
     port = _free_port()
     flower_log = tmp_path / "flower.log"
@@ -79,6 +80,14 @@ def test_flower_sees_the_queues_and_the_bridges_tasks(settings, subprocess_worke
     ):
         wait_for(lambda: _get(port, "/api/workers")[0] == 200, timeout=60, interval=0.2,
                  what=f"Flower answering\n{flower_log.read_text(errors='replace')[-2000:]}")  # fmt: skip
+
+        def flower_saw_a_probe() -> bool:  # its event receiver subscribes after its HTTP server answers
+            probe = TradeEvent.create_order_created("XAUUSD", "probe", "BUY", 1.0, 1.0)
+            bus.publish(probe)
+            _, tasks = _get(port, "/api/tasks")
+            return any(t.get("sent") for t in (tasks or {}).values())
+
+        wait_for(flower_saw_a_probe, timeout=30, interval=0.3, what="Flower receiving task-sent events")
         for e in events:
             bus.publish(e)
         # no worker yet: the tasks wait, and Flower reads the queue (the 404 it gave a custom scheme)
