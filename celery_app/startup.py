@@ -50,7 +50,7 @@ def route_problems(app: Any, routing: RoutingTable) -> list[str]:
     return problems
 
 
-def on_worker_init(sender: Any = None, **_: Any) -> None:
+def routes_at_worker_init(sender: Any = None, **_: Any) -> None:
     """``worker_init`` receiver (connected by make_celery): add the routed queues, warn about the routes."""
     app: Any = getattr(sender, "app", None)
     ctx = getattr(app, "tradebus", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     task_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="TRADEBUS_TASK_MODULES")
     # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
     worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
+
+    # Observability: a worker serves Prometheus /metrics on this port when set (bus.observability.metrics);
+    # log lines as JSON objects with the event's fields when "json" (bus.observability.logs).
+    metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="TRADEBUS_METRICS_PORT")
+    log_format: Literal["text", "json"] = Field("text", validation_alias="TRADEBUS_LOG_FORMAT")
 
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")

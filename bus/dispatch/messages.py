@@ -31,6 +31,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from bus.observability import tracing
+
 if TYPE_CHECKING:
     from bus.config import Settings
 
@@ -140,6 +142,7 @@ class MessageBuilder:
             parent_id=request.id if request is not None else None,
             create_sent_event=sent_event,
         )
+        headers.update(tracing.trace_headers())  # tradebus's task span continues the publish's trace
         properties["priority"] = priority
         if expires is not None:  # send_task's message TTL too, in kombu's form (inert on Redis)
             properties["expiration"] = str(int(expires * 1000))
