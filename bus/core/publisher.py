@@ -15,7 +15,7 @@ the scripts, staging the pipeline and reading its replies happen once, for both 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
@@ -254,14 +254,23 @@ class Publisher:
         new_symbols = {s.event.symbol for s in batch} - self._symbols_sent
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
-        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager)]
+        after_commit: list[Callable[[], object]] = []
+        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager, after_commit)]
         results = yield from pipeline_steps(pipe, scripts)
         published = self._published(results, slots, staged_tasks=stager is not None)
         self._symbols_sent |= new_symbols
+        if after_commit and not any(isinstance(r, Exception) for r in results):
+            for committed in after_commit:  # the staged task messages are on the broker now
+                committed()
         return published
 
     def _stage_run(
-        self, pipe: Any, run: Sequence[Staged], many: bool, stager: TaskDispatcher[Any] | None
+        self,
+        pipe: Any,
+        run: Sequence[Staged],
+        many: bool,
+        stager: TaskDispatcher[Any] | None,
+        after_commit: list[Callable[[], object]],
     ) -> list[_Slot]:
         """Queue one run's publish script, then each event's inline effects and staged task messages."""
         if many:
@@ -278,7 +287,7 @@ class Publisher:
                 effect.stage(pipe, item.event)
             staged: tuple[str, ...] = ()
             if stager is not None and item.routes:
-                staged = stager.stage(pipe, item.event, item.payload, item.routes)
+                staged = stager.stage(pipe, item.event, item.payload, item.routes, after_commit)
             slots.append(_Slot(at, k if many else -1, staged))
         return slots
 
