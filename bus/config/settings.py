@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -94,8 +94,17 @@ class Settings(BaseSettings):
     event_types_module: str | None = _env("TRADEBUS_EVENT_TYPES_MODULE")
     # Prefix of the broker's queue keys (kombu's global_keyprefix), to share one Redis between tenants.
     broker_key_prefix: str = Field("", validation_alias="TRADEBUS_BROKER_KEY_PREFIX")
+    # Celery's task_send_sent_event for the bridge's own messages: a task-sent event per task (Flower's "sent").
+    task_send_sent_event: bool = Field(False, validation_alias="TRADEBUS_TASK_SEND_SENT_EVENT")
+    # Modules with your own routed tasks (comma-separated), imported by every tradebus Celery app (its include).
+    task_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="TRADEBUS_TASK_MODULES")
     # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
     worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
+
+    # Observability: a worker serves Prometheus /metrics on this port when set (bus.observability.metrics);
+    # log lines as JSON objects with the event's fields when "json" (bus.observability.logs).
+    metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="TRADEBUS_METRICS_PORT")
+    log_format: Literal["text", "json"] = Field("text", validation_alias="TRADEBUS_LOG_FORMAT")
 
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
@@ -126,6 +135,15 @@ class Settings(BaseSettings):
             GroupedSource(settings_cls, cast(EnvSettingsSource, dotenv_settings)),
             file_secret_settings,
         )
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _v_task_modules(cls, v: Any) -> Any:
+        names = tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
+        for name in names if isinstance(names, tuple | list) else ():
+            if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"{name!r} is not a module name (comma-separated dotted names)")
+        return names
 
     @field_validator("redis_ssl_cert_reqs")
     @classmethod

@@ -16,13 +16,14 @@ import redis
 
 from bus.config import Settings
 from bus.core import state
-from bus.core.connection import _client_where, describe_server, make_client, raw_connection
+from bus.core.connection import _client_where, describe_server, make_client, raw_connection, unreachable
 from bus.core.dispatching import TaskDispatcher
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
+from bus.core.steps import Command, Steps, run
 from bus.core.subscriber import ListenerHandle, Subscriber
 from bus.core.subscription import Counters, Handler
-from bus.core.wire import LogEntries, decode_entry
+from bus.core.wire import LogEntries, decode_entry, text
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
 from bus.events.rules import validate_symbol
@@ -47,7 +48,10 @@ class RedisEventBus:
         max_event_bytes: int | None = None,
         apply_state: bool = False,
         dispatcher: TaskDispatcher[Any] | None = None,
+        connect: bool = True,
     ) -> None:
+        """``connect=False`` skips the start-up PING: the bus is built while Redis is down and connects on
+        first use (an executor that must start and trade during an outage, its events in its outbox)."""
         # Settings() would read the environment; a library class takes explicit arguments only.
         self.settings = settings if settings is not None else Settings.model_construct()
         s = self.settings
@@ -66,24 +70,23 @@ class RedisEventBus:
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
-        try:
-            self.client.ping()
-        except redis.ConnectionError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
-        except redis.TimeoutError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
+        if connect:
+            self._check_connection()
         if dispatcher is not None:
             dispatcher.attach(self.client, self.keys)
 
     def __repr__(self) -> str:
         return f"RedisEventBus({self.where!r}, prefix={self.keys.prefix!r})"
 
+    def _check_connection(self) -> None:
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._close_client()
+            raise self._connection_error(e) from None
+
     def _connection_error(self, e: Exception) -> BusConnectionError:
-        return BusConnectionError(
-            f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). Is the Redis container running?"
-        )
+        return unreachable(self.where, e)
 
     # --- publish ------------------------------------------------------------------------------------
 
@@ -180,17 +183,10 @@ class RedisEventBus:
 
     def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
-        start = after if after in ("-", "") else f"({after}"
-        entries = cast(LogEntries, self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count))
-        out = []
-        for log_id, fields in entries:
-            event = decode_entry(fields)
-            if event is not None:
-                out.append((log_id.decode(), event))
-        return out
+        return run(self.client, read_log_steps(self.keys, symbol, after, count))
 
     def known_symbols(self) -> list[str]:
-        return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))  # type: ignore[union-attr]
+        return run(self.client, known_symbols_steps(self.keys))
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
@@ -256,3 +252,24 @@ class RedisEventBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- queries as steps (bus/core/steps.py), shared with bus.aio ----------------------------------------
+
+
+def read_log_steps(
+    keys: Keys, symbol: str, after: str = "-", count: int | None = None
+) -> Steps[list[tuple[str, TradeEvent]]]:
+    start = after if after in ("-", "") else f"({after}"
+    limit = ("COUNT", count) if count is not None else ()
+    entries = cast(LogEntries, (yield Command(("XRANGE", keys.log(symbol), start or "-", "+", *limit))))
+    out = []
+    for log_id, fields in entries:
+        event = decode_entry(fields)
+        if event is not None:
+            out.append((log_id.decode(), event))
+    return out
+
+
+def known_symbols_steps(keys: Keys) -> Steps[list[str]]:
+    return sorted(text(s) for s in (yield Command(("SMEMBERS", keys.symbols()))))

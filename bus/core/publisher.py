@@ -4,6 +4,12 @@
 broadcasts it, atomically; ``publish_many.lua`` does the same for a run of consecutive same-symbol
 events in one call. Inline effects (the state projection of ``RedisEventBus(apply_state=True)``) and
 task messages staged by the dispatcher join the same pipeline: see bus/core/dispatching.py.
+
+Everything here is written as steps (bus/core/steps.py): preparing the script arguments, choosing
+the scripts, staging the pipeline and reading its replies happen once, for both buses. ``publish`` /
+``publish_many`` run them on the blocking client; ``bus.aio`` runs ``publish_steps`` /
+``publish_many_steps`` on a redis.asyncio client (then ``client`` is that one, and the dispatcher's
+``send_many`` runs in a worker thread).
 """
 
 from __future__ import annotations
@@ -11,22 +17,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 import redis
 
 from bus.core.dispatching import LogRouteWaker, NamedRoute, RouteNames, TaskDispatcher, WakeArgs
 from bus.core.keys import Keys, channel
-from bus.core.scripts import LuaScript, execute_pipeline
+from bus.core.scripts import LuaScript, pipeline_steps
+from bus.core.steps import Blocking, Steps, run
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
-PUBLISH = LuaScript("bus.core", "publish.lua")
+PUBLISH = LuaScript("bus.core", "publish.lua", prelude="wake.lua")
 #: publish.lua for a run of consecutive same-symbol events in one call (publish_many)
-PUBLISH_MANY = LuaScript("bus.core", "publish_many.lua")
+PUBLISH_MANY = LuaScript("bus.core", "publish_many.lua", prelude="wake.lua")
 #: most events one publish_many.lua call takes (bounds how long one script holds the server)
 PUBLISH_RUN_MAX = 100
 NOT_ROUTED: RouteNames = ((), ())
@@ -52,6 +61,7 @@ class PublishReceipt:
     subscribers: int
     dispatched: tuple[str, ...] = ()  # route names enqueued
     not_dispatched: tuple[str, ...] = ()  # route names the broker did not take (re-dispatched by beat)
+    already_logged: bool = False  # a sequenced publish (bus/core/sequenced.py) found it logged: nothing sent
 
 
 class Staged(NamedTuple):
@@ -115,30 +125,60 @@ class Publisher:
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
-        item = self._prepare(event)
-        staged = bool(item.routes) and not item.tracked
-        if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
-            raw_id, n, woken, unsent = PUBLISH.call(self.client, item.keys, item.args)
-            self._send_wakes(event.symbol, item.wake, woken, unsent, raw_id)
-            names = NOT_ROUTED
-        else:
-            raw_id, n, names = self._publish_pipeline([item])[0]
-        log_id = raw_id.decode()
-        if item.tracked:
-            names = self._send([item], [log_id])[0]
-        return PublishReceipt(event.event_id, log_id, int(n), _logged(item.wake) + names[0], names[1])
+        return run(self.client, self.publish_steps(event))
 
     def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
         """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
+        return run(self.client, self.publish_many_steps(events))
+
+    def publish_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+        """``publish`` as steps, for either driver (the event is checked before the first request);
+        traced when a tracer is set, the span covering the whole publish (awaits included)."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return (yield from self._publish_one_steps(event))
+        with tracing.publish_span(tracer, event) as span:
+            receipt = yield from self._publish_one_steps(event)
+            span.set_attribute("tradebus.log_id", receipt.log_id)
+            return receipt
+
+    def _publish_one_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
+        item = self._prepare(event)
+        staged = bool(item.routes) and not item.tracked
+        if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
+            raw_id, n, woken, unsent = yield from PUBLISH.steps(item.keys, item.args)
+            yield from self.send_wakes_steps(event.symbol, item.wake, woken, unsent, raw_id)
+            names = NOT_ROUTED
+        else:
+            raw_id, n, names = (yield from self._pipeline_steps([item]))[0]
+        log_id = raw_id.decode()
+        if item.tracked:
+            names = (yield from self._send_steps([item], [log_id]))[0]
+        if recorder is not None:
+            recorder.record_publish([item.args[2]], perf_counter() - started, *names)
+        return PublishReceipt(event.event_id, log_id, int(n), _logged(item.wake) + names[0], names[1])
+
+    def publish_many_steps(self, events: Iterable[TradeEvent]) -> Steps[list[PublishReceipt]]:
+        """``publish_many`` as steps (the whole batch is checked before the first request)."""
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
-        results = self._publish_pipeline(batch)
+        results = yield from self._pipeline_steps(batch)
         to_send = [i for i, item in enumerate(batch) if item.tracked]
         if to_send:
-            outcome = self._send([batch[i] for i in to_send], [results[i].log_id.decode() for i in to_send])
+            outcome = yield from self._send_steps(
+                [batch[i] for i in to_send], [results[i].log_id.decode() for i in to_send]
+            )
             for i, names in zip(to_send, outcome, strict=True):
                 results[i] = results[i]._replace(names=names)
+        if recorder is not None:
+            dispatched = [name for r in results for name in r.names[0]]
+            refused = [name for r in results for name in r.names[1]]
+            recorder.record_publish([item.args[2] for item in batch], perf_counter() - started, dispatched, refused)
         return [
             PublishReceipt(item.event.event_id, r.log_id.decode(), int(r.subscribers),
                            _logged(item.wake) + r.names[0], r.names[1])
@@ -168,7 +208,7 @@ class Publisher:
             self.keys.prefix,
         ]
         wake = self.waker.wake_for(event) if self.waker is not None else None
-        if wake is not None:  # log routes: their wake flags are set in the same script (see publish.lua)
+        if wake is not None:  # log routes: their wake flags are set in the same script (see wake.lua)
             keys += wake.keys
             args += wake.args
         return Staged(event, payload, keys, args, routes, wake)
@@ -203,7 +243,7 @@ class Publisher:
             i = j
         return runs
 
-    def _publish_pipeline(self, batch: Sequence[Staged]) -> list[Published]:
+    def _pipeline_steps(self, batch: Sequence[Staged]) -> Steps[list[Published]]:
         """One pipeline for the batch; MULTI when the dispatcher stages task messages in it.
 
         A batch is one publish_many.lua call per run of consecutive same-symbol events (at most
@@ -225,13 +265,28 @@ class Publisher:
         new_symbols = {s.event.symbol for s in batch} - self._symbols_sent
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
-        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager)]
-        published = self._published(execute_pipeline(pipe, scripts), slots, staged_tasks=stager is not None)
+        after_commit: list[Callable[[], object]] = []
+        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager, after_commit)]
+        results = yield from pipeline_steps(pipe, scripts)
+        published = self._published(results, slots, staged_tasks=stager is not None)
+        for slot in slots:
+            reply = results[slot.command]
+            if slot.wake is not None and not isinstance(reply, Exception):  # woken, unsent: the reply's last two
+                last_id = reply[0] if slot.pair < 0 else reply[-4]
+                yield from self.send_wakes_steps(slot.symbol, slot.wake, reply[-2], reply[-1], last_id)
         self._symbols_sent |= new_symbols
+        if after_commit and not any(isinstance(r, Exception) for r in results):
+            for committed in after_commit:  # the staged task messages are on the broker now
+                committed()
         return published
 
     def _stage_run(
-        self, pipe: Any, run: Sequence[Staged], many: bool, stager: TaskDispatcher[Any] | None
+        self,
+        pipe: Any,
+        run: Sequence[Staged],
+        many: bool,
+        stager: TaskDispatcher[Any] | None,
+        after_commit: list[Callable[[], object]],
     ) -> list[_Slot]:
         """Queue one run's publish script, then each event's inline effects and staged task messages."""
         if many:
@@ -252,7 +307,7 @@ class Publisher:
                 effect.stage(pipe, item.event)
             staged: tuple[str, ...] = ()
             if stager is not None and item.routes:
-                staged = stager.stage(pipe, item.event, item.payload, item.routes)
+                staged = stager.stage(pipe, item.event, item.payload, item.routes, after_commit)
             slots.append(_Slot(at, k if many else -1, staged, wake if k == 0 else None, item.event.symbol))
         return slots
 
@@ -267,14 +322,14 @@ class Publisher:
                 raise res
             log_id, n = res[:2] if slot.pair < 0 else res[2 * slot.pair : 2 * slot.pair + 2]
             out.append(Published(log_id, n, (slot.staged, ())))
-            if slot.wake is not None:  # the run's woken and unsent routes (its last two), by its last log id
-                self._send_wakes(slot.symbol, slot.wake, res[-2], res[-1], res[0] if slot.pair < 0 else res[-4])
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:  # an effect or staged dispatch failed after the event was logged: report, do not lose it
             log.error("publish pipeline: %d command(s) failed after logging: %s", len(failed), failed[0])
             if staged_tasks:
                 out = [p._replace(names=((), p.names[0])) for p in out]
         return out
+
+    # --- log routes --------------------------------------------------------------------------------
 
     def _run_wake(self, run: Sequence[Staged]) -> WakeArgs | None:
         """The wake arguments of a run of one symbol's events: every log route any of them wakes."""
@@ -283,47 +338,49 @@ class Publisher:
             return None
         return self.waker.wake_of(run[0].event.symbol, list(routes.values()))
 
-    def _send_wakes(
+    def send_wakes_steps(
         self, symbol: str, wake: WakeArgs | None, woken: list[int], unsent: list[int], log_id: bytes
-    ) -> None:
+    ) -> Steps[None]:
         """Send the wake-ups the script did not enqueue: every one whose flag it set when the broker is
-        separate; on the same server, those whose message it did not find."""
+        separate; on the same server, those whose message it did not find stored."""
         if wake is None or self.waker is None or self.dispatcher is None:
             return
         send = unsent if self.dispatcher.stages_in_bus_pipeline else woken
         if send:
-            self.waker.send_wakes(symbol, [wake.routes[i - 1] for i in send], log_id.decode())
+            yield Blocking(self.waker.send_wakes, (symbol, [wake.routes[i - 1] for i in send], log_id.decode()))
 
     def stage_publish(self, pipe: Any, event: TradeEvent, hooks: list[Callable[[list[Any]], None]]) -> None:
         """Queue the publish of ``event`` on ``pipe``, a MULTI the caller executes (a log-route effect's
         transaction): log + broadcast, its log routes' wake flags and, with the broker on the bus's server,
-        its event routes' task messages commit with the caller's writes. What a separate broker must be
-        sent is appended to ``hooks`` (called with the EXEC results)."""
+        its event routes' task messages commit with the caller's writes. What must be sent after (a
+        separate broker; Celery's publish signals) is appended to ``hooks``, called with the EXEC results."""
         item = self._prepare(event)
         PUBLISH.load(pipe)  # a NOSCRIPT inside MULTI would fail this command alone
         PUBLISH.stage(pipe, item.keys, item.args)
         at = len(pipe.command_stack) - 1
+        after_commit: list[Callable[[], object]] = []
         if item.routes and not item.tracked and self.dispatcher is not None:
-            self.dispatcher.stage(pipe, event, item.payload, item.routes)
-        if item.wake is None and not item.tracked:
-            return
+            self.dispatcher.stage(pipe, event, item.payload, item.routes, after_commit)
 
         def send_after(results: list[Any]) -> None:
             reply = results[at]
             if isinstance(reply, Exception):
                 return
-            self._send_wakes(event.symbol, item.wake, reply[2], reply[3], reply[0])
+            run(self.client, self.send_wakes_steps(event.symbol, item.wake, reply[2], reply[3], reply[0]))
             if item.tracked:
-                self._send([item], [reply[0].decode()])
+                run(self.client, self._send_steps([item], [reply[0].decode()]))
+            for committed in after_commit:
+                committed()
 
         hooks.append(send_after)
 
-    def _send(self, items: Sequence[Staged], log_ids: list[str]) -> list[RouteNames]:
+    def _send_steps(self, items: Sequence[Staged], log_ids: list[str]) -> Steps[list[RouteNames]]:
         """Enqueue the tasks of logged events whose script recorded them pending (beat's safety net)."""
         if self.dispatcher is None:  # only a dispatcher gives an event routes
             return [NOT_ROUTED for _ in items]
         try:
-            return list(self.dispatcher.send_many([(s.event, s.payload, s.routes) for s in items], log_ids))
+            sent = yield Blocking(self.dispatcher.send_many, ([(s.event, s.payload, s.routes) for s in items], log_ids))
+            return list(sent)
         except DispatchError:
             raise
         except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending

@@ -24,6 +24,7 @@ import redis
 
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
+from bus.core.steps import Command, Execute, Steps, run
 from bus.core.wire import text
 from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
 from bus.events.registry import SPECS, CustomEffect
@@ -137,28 +138,52 @@ def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str] | None:
 
 
 def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> dict[str, str] | None:
-    return _decode(client.hgetall(keys.order(symbol, str(order_id))))  # type: ignore[arg-type]
+    return run(client, order_steps(keys, symbol, order_id))
 
 
 def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str) -> dict[str, str] | None:
-    return _decode(client.hgetall(keys.position(symbol, str(position_id))))  # type: ignore[arg-type]
+    return run(client, position_steps(keys, symbol, position_id))
 
 
-def _members(client: redis.Redis, index: str, key_of: Any) -> list[dict[str, str]]:
-    ids = sorted(text(m) for m in client.smembers(index))  # type: ignore[union-attr]
+def open_orders(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
+    """Orders of ``symbol`` still pending or partially filled, by order id."""
+    return run(client, open_orders_steps(client, keys, symbol))
+
+
+def active_positions(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
+    """Positions of ``symbol`` not yet closed, by position id."""
+    return run(client, active_positions_steps(client, keys, symbol))
+
+
+# the queries as steps (bus/core/steps.py), run by the blocking functions above and by bus.aio;
+# ``client`` only makes the pipeline (a redis-py or a redis.asyncio one)
+
+
+def order_steps(keys: Keys, symbol: str, order_id: str) -> Steps[dict[str, str] | None]:
+    return _decode((yield Command(("HGETALL", keys.order(symbol, str(order_id))))))
+
+
+def position_steps(keys: Keys, symbol: str, position_id: str) -> Steps[dict[str, str] | None]:
+    return _decode((yield Command(("HGETALL", keys.position(symbol, str(position_id))))))
+
+
+def open_orders_steps(client: Any, keys: Keys, symbol: str) -> Steps[list[dict[str, str]]]:
+    return (yield from _members(client, keys.open_orders(symbol), lambda i: keys.order(symbol, i)))
+
+
+def active_positions_steps(client: Any, keys: Keys, symbol: str) -> Steps[list[dict[str, str]]]:
+    return (yield from _members(client, keys.active_positions(symbol), lambda i: keys.position(symbol, i)))
+
+
+def _members(client: Any, index: str, key_of: Any) -> Steps[list[dict[str, str]]]:
+    ids = sorted(text(m) for m in (yield Command(("SMEMBERS", index))))
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)
     for entity_id in ids:
         pipe.hgetall(key_of(entity_id))
-    return [d for d in (_decode(r) for r in pipe.execute()) if d is not None]
-
-
-def open_orders(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
-    """Orders of ``symbol`` still pending or partially filled, by order id."""
-    return _members(client, keys.open_orders(symbol), lambda i: keys.order(symbol, i))
-
-
-def active_positions(client: redis.Redis, keys: Keys, symbol: str) -> list[dict[str, str]]:
-    """Positions of ``symbol`` not yet closed, by position id."""
-    return _members(client, keys.active_positions(symbol), lambda i: keys.position(symbol, i))
+    replies = yield Execute(pipe)
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return [d for d in map(_decode, replies) if d is not None]

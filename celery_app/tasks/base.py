@@ -1,7 +1,7 @@
 """The base task: decode the event, cap redeliveries, retry by the route's policy, dead-letter.
 
 Every routed task is called as ``task(event_json, route=name)`` with id ``{event_id}:{route}``. Tasks
-are thin: ``@tradebus_task("tradebus.x.y")`` on ``def fn(self, event_json, route=...)``; inside,
+are thin: ``@routed_task(name="tradebus.x.y")`` on ``def fn(self, event_json, route=...)``; inside,
 ``self.event`` is the decoded TradeEvent and ``self.ctx`` the per-process resources (client, keys).
 
 An exception whose ``retryable`` attribute is False (and any EventValidationError) is not retried.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from celery import Task, shared_task
@@ -22,6 +22,8 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
+from bus.observability import metrics, tracing
+from bus.observability.logs import event_fields
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,25 @@ class TradebusTask(Task):
         """HINCRBY stats ``<what>:<task>`` (on ``pipe`` if given, to share its round trip)."""
         (pipe if pipe is not None else self.ctx.client).hincrby(self.ctx.keys.stats(), f"{what}:{self.name}", 1)
 
+    def observe(self, outcome: str, route: str | None) -> None:
+        """Prometheus: the attempt's ``outcome`` (run, retried, dead_lettered) and seconds, when metrics are on."""
+        recorder = metrics.RECORDER
+        if recorder is not None:
+            queue = (self.request.delivery_info or {}).get("routing_key") or ""
+            started = getattr(self.request, "tradebus_started", None) or perf_counter()
+            recorder.record_task(outcome, route or "", queue, perf_counter() - started)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._attempt(args, kwargs)
+        headers = {h: getattr(self.request, h, None) for h in tracing.TRACE_HEADERS}
+        with tracing.task_span(tracer, self.name, kwargs.get("route"), headers):
+            return self._attempt(args, kwargs)
+
+    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         req = self.request
+        req.tradebus_started = perf_counter()
         route = kwargs.get("route")
         raw = args[0] if args else kwargs.get("event_json")
         try:
@@ -71,6 +90,7 @@ class TradebusTask(Task):
             return self._on_failure(exc, raw, route)
         if not getattr(req, "tradebus_counted", False):
             self.count("run")
+        self.observe("run", route)
         return result
 
     def _over_redelivery_cap(self) -> bool:
@@ -79,7 +99,8 @@ class TradebusTask(Task):
         pipe.incr(key)
         pipe.expire(key, DELIVERY_COUNTER_TTL)
         redeliveries = pipe.execute()[0]
-        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries)
+        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries,
+                    extra=event_fields(self.event, self.request.kwargs.get("route")))  # fmt: skip
         return int(redeliveries) > self.ctx.redelivery_cap
 
     def retry_policy(self, route: str | None) -> RetryPolicy:
@@ -94,6 +115,7 @@ class TradebusTask(Task):
             countdown = min(policy.countdown(req.retries, random.random()), self.ctx.max_countdown)
             try:
                 self.count("retried")
+                self.observe("retried", route)
                 raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
             except Retry:
                 raise
@@ -113,7 +135,9 @@ class TradebusTask(Task):
                     attempts=attempts, reason=reason, task_id=self.request.id or "", queue=queue)  # fmt: skip
         self.count("dead_lettered", pipe)
         pipe.execute()
-        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)
+        self.observe("dead_lettered", route)
+        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason,
+                  extra=event_fields(getattr(self.request, "tradebus_event", None), route))  # fmt: skip
         return {"dead_lettered": True, "reason": reason, "attempts": attempts}
 
 
@@ -121,6 +145,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
-def tradebus_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Declare a routed task: a bound shared task on TradebusTask, registered on every tradebus app."""
-    return shared_task(name=name, base=TradebusTask, bind=True, **options)  # type: ignore[no-any-return]
+def routed_task(*args: Any, **options: Any) -> Any:
+    """Declare a task that routes call, with its route's retry policy and dead letters.
+
+    Use it as Celery's ``shared_task``: ``@routed_task`` or ``@routed_task(name="myapp.fills.record",
+    **task options)`` on ``def fn(self, event_json: str, route: str = "") -> ...``. The task is bound, on
+    TradebusTask (or a subclass given as ``base``) and registered on every Celery app: ``self.event`` is
+    the decoded TradeEvent, ``self.ctx`` the worker's Redis client, keys and routing; an exception is
+    retried with the backoff of the route named in the call, then dead-lettered (``tradebus deadletters``);
+    one whose ``retryable`` attribute is False is dead-lettered at once.
+    """
+    base = options.setdefault("base", TradebusTask)
+    if not (isinstance(base, type) and issubclass(base, TradebusTask)):
+        raise TypeError(f"routed_task(base=...) must be a TradebusTask subclass, not {base!r}")
+    options.setdefault("bind", True)
+    return shared_task(*args, **options)

@@ -9,10 +9,10 @@ from bus.core import state
 from bus.core.scripts import execute_pipeline
 from bus.dispatch.names import STATE_TASK
 
-from .base import tradebus_task
+from .base import routed_task
 
 
-@tradebus_task(STATE_TASK)
+@routed_task(name=STATE_TASK)
 def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     ctx = self.ctx
     pipe = ctx.client.pipeline(transaction=False)

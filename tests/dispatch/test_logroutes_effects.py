@@ -131,3 +131,21 @@ def test_beat_trim_keeps_what_a_log_route_has_not_acknowledged(bus) -> None:
     assert report["held_by_log_routes"] == ["XAUUSD"]
     # everything the routes have acknowledged goes; the 5 entries they have not read yet stay
     assert [log_id for log_id, _ in bus.read_log("XAUUSD")] == [r.log_id for r in unread]
+
+
+def test_events_an_executors_outbox_sends_wake_the_log_routes(bus, broker_url, settings) -> None:
+    from bus.core.sequenced import SequencedPublisher
+
+    sequenced = SequencedPublisher(bus.publisher, "executor-1", "outbox-a")
+    first = [TradeEvent.create_order_created("XAUUSD", f"s{i}", "BUY", 1.0, 1.0) for i in range(3)]
+    receipts = sequenced.publish(list(enumerate(first, start=1)))
+    assert all({"state", "risk"} <= set(r.dispatched) for r in receipts)
+    again = sequenced.publish([(3, first[2])])  # a resend: already logged, wakes nothing
+    assert again[0].already_logged
+    broker = redis.Redis.from_url(broker_url)
+    wakes = broker.lrange(redis_queue_key("tradebus.state", 0, f"{settings.key_prefix}:"), 0, -1)
+    broker.close()
+    assert len(wakes) == 1  # one wake-up for the run, by the script that logged it
+    state = bus.dispatcher.routing.get("state")
+    assert Drainer(bus.client, bus.keys, state, "XAUUSD", effect_for(state), config=FAST).run().status == DONE
+    assert all(bus.get_order("XAUUSD", f"s{i}") for i in range(3))
