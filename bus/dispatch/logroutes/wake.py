@@ -1,8 +1,9 @@
 """Wake-ups: what the publish scripts need to wake log routes, and the wake-up task messages.
 
-publish.lua / publish_many.lua take, after their own arguments, the symbol's wake-message hash and one
-wake flag key per log route the event wakes, and ``flag TTL, broker db, bus db`` plus ``group, queue key,
-message field, message`` per route. The script sets each flag with SET NX PX in the same atomic step as
+The publish scripts (publish.lua, publish_many.lua, and publish_sequenced.lua for an executor's outbox;
+their shared part is bus/core/wake.lua) take, after their own arguments, the symbol's wake-message hash
+and one wake flag key per log route the event wakes, and ``flag TTL, broker db, bus db`` plus ``group,
+queue key, message field, message`` per route. The script sets each flag with SET NX PX in the same atomic step as
 the XADD; for a flag it set it creates the route's group (at ``$`` before the XADD: a new route sees the
 log from its first woken event on) and, when the broker is a database of the bus's Redis (``broker db``
 given), LPUSHes the wake-up message with the log id in place of ``ID_PLACEHOLDER``, so the message is
