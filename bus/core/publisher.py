@@ -156,9 +156,10 @@ class Publisher:
         log_id = raw_id.decode()
         if item.tracked:
             names = (yield from self._send_steps([item], [log_id]))[0]
+        names = (_logged(item.wake) + names[0], names[1])
         if recorder is not None:
             recorder.record_publish([item.args[2]], perf_counter() - started, *names)
-        return PublishReceipt(event.event_id, log_id, int(n), _logged(item.wake) + names[0], names[1])
+        return PublishReceipt(event.event_id, log_id, int(n), *names)
 
     def publish_many_steps(self, events: Iterable[TradeEvent]) -> Steps[list[PublishReceipt]]:
         """``publish_many`` as steps (the whole batch is checked before the first request)."""
@@ -175,15 +176,17 @@ class Publisher:
             )
             for i, names in zip(to_send, outcome, strict=True):
                 results[i] = results[i]._replace(names=names)
+        for i, item in enumerate(batch):
+            if item.wake is not None:
+                results[i] = results[i]._replace(names=(_logged(item.wake) + results[i].names[0], results[i].names[1]))
         if recorder is not None:
             dispatched = [name for r in results for name in r.names[0]]
             refused = [name for r in results for name in r.names[1]]
             recorder.record_publish([item.args[2] for item in batch], perf_counter() - started, dispatched, refused)
         return [
-            PublishReceipt(item.event.event_id, r.log_id.decode(), int(r.subscribers),
-                           _logged(item.wake) + r.names[0], r.names[1])
+            PublishReceipt(item.event.event_id, r.log_id.decode(), int(r.subscribers), *r.names)
             for item, r in zip(batch, results, strict=True)
-        ]  # fmt: skip
+        ]
 
     # --- one event's script arguments ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ spent its time budget, or waits out an effect's backoff, re-enqueues itself with
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
 from celery import Task, shared_task
@@ -45,11 +46,15 @@ def check_risk(batch: Batch) -> None:
 
 
 class LogRouteTask(TradebusTask):
-    """No event envelope to decode: called with (route, symbol); keeps the per-process context."""
+    """No event envelope to decode: called with (route, ...); keeps the per-process context. Counted as a
+    run of its route in the stats and, when metrics are on, in Prometheus (one per drain, not per entry)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.request.tradebus_started = perf_counter()
         result = Task.__call__(self, *args, **kwargs)
         self.count("run")
+        route = args[0] if args else kwargs.get("route")
+        self.observe("run", route if isinstance(route, str) else None)
         return result
 
 

@@ -53,7 +53,8 @@ def test_worker_metrics_count_runs_retries_and_dead_letters_and_logs_json_lines(
     once = {"max_retries": 1, "backoff": 0.01, "backoff_max": 0.02}
     flaky = {"name": "flaky", "task": "tradebus_test.flaky", "queue": "tradebus.notify",
              "event_types": ["trade.failed"], "retry": once}  # fmt: skip
-    routes.write_text(json.dumps({"routes": [flaky]}))
+    # state and risk as event routes: a task per event and route, each counted under its route
+    routes.write_text(json.dumps({"routes": [flaky], "modes": {"state": "event", "risk": "event"}}))
     port = _free_port()
     env = {"TRADEBUS_ROUTES_FILE": str(routes), "TRADEBUS_METRICS_PORT": str(port),
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "TRADEBUS_LOG_FORMAT": "json"}  # fmt: skip
