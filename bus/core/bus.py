@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -84,6 +85,7 @@ class RedisEventBus(Publisher):
         self.log_maxlen = int(log_maxlen or s.log_maxlen)
         self.max_event_bytes = int(max_event_bytes or s.max_event_bytes)
         self.apply_state = apply_state
+        self.state_retention = s.state_retention
         self.dispatcher = dispatcher
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
         self._routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]] = {}  # channel, type
@@ -182,7 +184,7 @@ class RedisEventBus(Publisher):
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
-        return state.apply_event(self.client, self.keys, event)
+        return state.apply_event(self.client, self.keys, event, retention=self.state_retention, now=time.time())
 
     def get_order(self, symbol: str, order_id: str) -> dict[str, str] | None:
         return state.get_order(self.client, self.keys, symbol, order_id)

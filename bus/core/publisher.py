@@ -44,6 +44,7 @@ class Publisher:
     log_maxlen: int
     max_event_bytes: int
     apply_state: bool
+    state_retention: int
     dispatcher: Any
     _symbol_keys: dict[str, tuple[str, str, str]]
     _routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]]
@@ -179,7 +180,7 @@ class Publisher:
             at = len(pipe.command_stack) - 1
             for k, (event, payload, _, _, routes) in enumerate(batch[i:j]):
                 if self.apply_state:
-                    state.stage_apply(pipe, self.keys, event)
+                    state.stage_apply(pipe, self.keys, event, retention=self.state_retention)
                 staged: tuple[str, ...] = ()
                 if routes and self.dispatcher.stages_in_bus_pipeline:
                     staged = tuple(self.dispatcher.stage(pipe, event, payload, routes) or ())

@@ -1,9 +1,19 @@
 -- tradebus state projection: apply one order/position event to its hash, atomically and once.
--- KEYS[1] entity hash, KEYS[2] applied-event-id set, KEYS[3] index set (open orders / active positions)
+-- KEYS[1] entity hash, KEYS[2] idempotency window (sorted set), KEYS[3] index set (open orders / active positions)
 -- ARGV[1] event_id, ARGV[2] event type, ARGV[3] timestamp, ARGV[4] 'order'|'position',
--- ARGV[5] entity id, ARGV[6] symbol, ARGV[7..] data field/value pairs (strings; numbers as decimals)
--- Returns 1 when applied, 0 for a duplicate. Status only moves forward (rank), never back.
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+-- ARGV[5] entity id, ARGV[6] symbol, ARGV[7] event time (us since the epoch), ARGV[8] retention seconds
+-- (0: forever), ARGV[9] event ids remembered per entity, ARGV[10] '1' if the event may create the
+-- entity, '0' if it is older than the retention window (bus/core/state.py),
+-- ARGV[11..] data field/value pairs (strings; numbers as decimals)
+-- Returns 1 when applied, 0 for a duplicate, 2 when refused: too old to create an entity that does not
+-- exist. Status only moves forward (rank), never back.
+local WINDOW = tonumber(ARGV[9])
+local FLOOR = ''    -- member scored with the newest event time evicted from the window
+local seen, score = KEYS[2], tonumber(ARGV[7])
+if redis.call('ZSCORE', seen, ARGV[1]) then return 0 end
+local floor = redis.call('ZSCORE', seen, FLOOR)
+-- older than every event still remembered: it was applied before and evicted, or is hopelessly late
+if floor and score <= tonumber(floor) then return 0 end
 
 local SCALE = 100000000  -- amounts are summed as integer units of 1e-8 (exact below 9e7)
 local function units(s)
@@ -29,7 +39,7 @@ end
 
 local h, etype, ts, kind, eid = KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local data = {}
-for i = 7, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
+for i = 11, #ARGV, 2 do data[ARGV[i]] = ARGV[i + 1] end
 local RESERVED = {status = 1, symbol = 1, created_at = 1, updated_at = 1, last_event_id = 1,
   filled_volume = 1, closed_volume = 1, realized_pnl = 1, initial_volume = 1, opened_at = 1,
   closed_at = 1, filled_at = 1, order_id = 1, position_id = 1}
@@ -37,6 +47,7 @@ local cur = redis.call('HMGET', h, 'status', 'filled_volume', 'closed_volume', '
   'initial_volume', 'updated_at')
 local status = cur[1]
 if not status then status = nil end
+if ARGV[10] == '0' and status == nil and redis.call('EXISTS', h) == 0 then return 2 end
 local RANK = {pending = 1, partially_filled = 2, filled = 3, cancelled = 3, rejected = 3,
   active = 1, closed = 2}
 
@@ -133,5 +144,19 @@ end
 if not cur[6] or ts >= cur[6] then
   redis.call('HSET', h, 'updated_at', ts, 'last_event_id', ARGV[1])
 end
-redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', seen, ARGV[7], ARGV[1])
+if redis.call('ZCARD', seen) > WINDOW + (floor and 1 or 0) then
+  -- FLOOR ('' sorts first among equal scores) is rank 0 once it exists; evict the oldest event after it
+  local rank = floor and 1 or 0
+  local oldest = redis.call('ZRANGE', seen, rank, rank, 'WITHSCORES')
+  redis.call('ZREM', seen, oldest[1])
+  redis.call('ZADD', seen, oldest[2], FLOOR)
+end
+local TERMINAL = {filled = 1, cancelled = 1, rejected = 1, closed = 1}
+local retention = tonumber(ARGV[8])
+if retention > 0 and TERMINAL[status] then
+  -- counted from the last event applied, so a redelivery of any applied event finds it until then
+  redis.call('EXPIRE', h, retention)
+  redis.call('EXPIRE', seen, retention)
+end
 return 1

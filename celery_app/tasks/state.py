@@ -1,8 +1,9 @@
-"""State task: the projection of bus/state.py, run by a worker. Idempotent (G3): a redelivered or
-re-dispatched event changes nothing the second time."""
+"""State task: the projection of bus/core/state.py, run by a worker. Idempotent (effectively-once
+effects): a redelivered or re-dispatched event changes nothing the second time."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bus.core import state
@@ -15,11 +16,14 @@ from .base import tradebus_task
 def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     ctx = self.ctx
     pipe = ctx.client.pipeline(transaction=False)
-    if not state.stage_apply(pipe, ctx.keys, self.event):
+    # now: a task may run long after the publish (retries, re-dispatch, dead-letter replay)
+    if not state.stage_apply(pipe, ctx.keys, self.event, retention=ctx.settings.state_retention, now=time.time()):
         return {"changed": False, "reason": "not a state event"}
     self.count("run", pipe)  # the counter shares the projection's round trip
     self.request.tradebus_counted = True
     result = execute_pipeline(pipe, (state.SCRIPT,))[0]
     if isinstance(result, Exception):
         raise result
-    return {"changed": bool(result)}
+    if result == state.REFUSED_LATE:
+        return {"changed": False, "reason": "older than the state retention and its entity is unknown (expired)"}
+    return {"changed": result == state.APPLIED}
