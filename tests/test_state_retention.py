@@ -17,6 +17,7 @@ import redis
 from support_bus import wait_for
 from support_celery import celery_settings, client, test_app  # noqa: F401
 
+from bus.config import LoadEnvironmentVariables
 from bus.core import state
 from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
@@ -26,6 +27,7 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.messages import redis_queue_key
 from bus.domain.reconcile import rebuild
 from bus.domain.risk import RiskLimits, check_event
+from bus.errors import ConfigError
 from bus.events.model import TradeEvent as T
 
 pytestmark = pytest.mark.redis
@@ -338,3 +340,13 @@ def test_doctor_reports_memory_by_family(redis_url, broker_url, key_prefix, redi
     assert lines["risk breaches"].startswith("risk breaches: 1 keys, ") and "never expire" not in lines["risk breaches"]
     assert lines["dead letters"].startswith("dead letters: 1 keys, ")
     assert lines["broker queues"].startswith("broker queues: 1 keys, ")
+
+
+def test_retention_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("TRADEBUS_STATE_RETENTION", "0")
+    assert LoadEnvironmentVariables(None).state_retention == 0
+    monkeypatch.setenv("TRADEBUS_STATE_RETENTION", "-1")
+    with pytest.raises(ConfigError, match="TRADEBUS_STATE_RETENTION"):
+        LoadEnvironmentVariables(None)
+    monkeypatch.delenv("TRADEBUS_STATE_RETENTION")
+    assert LoadEnvironmentVariables(None).state_retention == WEEK

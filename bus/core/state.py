@@ -58,7 +58,7 @@ def _decimal_text(value: float | int, exact: bool) -> str:
     # repr is the shortest text that reads back as the same float: already the decimal we store,
     # unless it has an exponent or an exact amount has more than 8 decimals (Decimal is ~10x slower)
     text = float.__repr__(value)
-    if "e" not in text and not (exact and len(text) - text.index(".") > 9):
+    if "." in text and "e" not in text and not (exact and len(text) - text.index(".") > 9):
         return text
     d = Decimal(text)
     if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
