@@ -148,10 +148,10 @@ def bench_publish(n: int) -> dict[str, float]:
         _cleanup(s)
 
 
-def _worker(s, queues: str, app: str = "support_worker_app", stamps: str = ""):  # type: ignore[no-untyped-def]
+def _worker(s, queues: str, app: str = "celery_app", stamps: str = ""):  # type: ignore[no-untyped-def]
     env = dict(os.environ, REDIS_URL=s.bus_url, CELERY_BROKER_URL=s.broker_url, TRADEBUS_KEY_PREFIX=s.key_prefix,
-               TRADEBUS_TEST_GLOBAL_KEYPREFIX=f"{s.key_prefix}:", TRADEBUS_BENCH_STAMPS=stamps,
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO / "bench"), str(REPO)]))  # fmt: skip
+               TRADEBUS_BROKER_KEY_PREFIX=f"{s.key_prefix}:",
+               TRADEBUS_BENCH_STAMPS=stamps, PYTHONPATH=os.pathsep.join([str(REPO / "bench"), str(REPO)]))  # fmt: skip
     cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "solo", "-Q", queues,
            "--include", "bench_dispatch", "--without-gossip", "--without-mingle", "--without-heartbeat",
            "-l", "WARNING"]  # fmt: skip

@@ -127,13 +127,7 @@ class EmbeddedRedis:
         """Stop the server (SIGTERM: an AOF server flushes first) and wait for it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
         self.process = None
 
     def kill(self) -> None:
@@ -168,3 +162,14 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
         return False
     finally:
         client.close()
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus.config import LoadEnvironmentVariables, Settings
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
+from bus.events.registry import load_event_types
 
 from .config import REDELIVERY_CAP, VISIBILITY_TIMEOUT, celery_config
 
@@ -40,6 +41,7 @@ def make_celery(
     from .tasks import import_task_modules
 
     settings = settings if settings is not None else LoadEnvironmentVariables()
+    load_event_types(settings.event_types_module)  # before routes are checked and events decoded
     routing = routing if routing is not None else routing_from_settings(settings)
     import_task_modules()  # shared tasks: registered on every app, this one included
     app = Celery("tradebus", set_as_current=set_as_current)
@@ -47,7 +49,8 @@ def make_celery(
     beat = _beat_schedule(settings)
     if beat:
         app.conf.beat_schedule = beat
-    # Countdowns stay well inside the visibility timeout (see celery_app.config).
+    # Countdowns up to MAX_BACKOFF_SECONDS: held messages are refreshed (celery_app.heartbeat), and kombu's own
+    # transport (redis+socket://) keeps a visibility timeout of twice that (celery_app.config).
     app.tradebus = TaskContext(settings, routing, redelivery_cap, min(MAX_BACKOFF_SECONDS, VISIBILITY_TIMEOUT / 2))  # type: ignore[attr-defined]
     signals.worker_process_init.connect(on_worker_process_init, weak=False, dispatch_uid="tradebus-init")
     signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False, dispatch_uid="tradebus-shutdown")

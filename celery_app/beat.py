@@ -1,21 +1,18 @@
 """The beat schedule as data: one row per reconciliation job (name, task, interval).
 
 ``make_celery`` reads ``beat_schedule(settings)``; intervals can be changed with
-TRADEBUS_BEAT_<JOB>_INTERVAL (seconds), e.g. TRADEBUS_BEAT_REBUILD_INTERVAL=600.
+TRADEBUS_BEAT_<JOB>_INTERVAL (seconds, ``settings.beat``), e.g. TRADEBUS_BEAT_REBUILD_INTERVAL=600.
 Every entry expires after one interval: a backlog built while no worker ran is not replayed N times
 (and ``run_job`` would skip the extra runs anyway).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bus.errors import ConfigError
-
-RECONCILE_QUEUE = "tradebus.reconcile"
+from bus.config import BeatSettings, Settings
+from bus.dispatch.names import RECONCILE_QUEUE, RECONCILE_TASKS
 
 
 @dataclass(frozen=True)
@@ -31,34 +28,26 @@ class BeatJob:
 
 
 JOBS: tuple[BeatJob, ...] = (
-    BeatJob("redispatch", "tradebus.reconcile.redispatch", 30.0),
-    BeatJob("rebuild", "tradebus.reconcile.rebuild", 300.0),
-    BeatJob("stale_orders", "tradebus.reconcile.stale_orders", 60.0),
-    BeatJob("broker", "tradebus.reconcile.broker", 60.0),
-    BeatJob("trim", "tradebus.reconcile.trim", 3600.0),
+    BeatJob("redispatch", RECONCILE_TASKS["redispatch"], 30.0),
+    BeatJob("rebuild", RECONCILE_TASKS["rebuild"], 300.0),
+    BeatJob("stale_orders", RECONCILE_TASKS["stale_orders"], 60.0),
+    BeatJob("broker", RECONCILE_TASKS["broker"], 60.0),
+    BeatJob("trim", RECONCILE_TASKS["trim"], 3600.0),
 )
 
 
-def jobs(environ: Mapping[str, str] | None = None) -> tuple[BeatJob, ...]:
-    env = os.environ if environ is None else environ
+def jobs(beat: BeatSettings | None = None) -> tuple[BeatJob, ...]:
+    """JOBS with the intervals ``beat`` (``settings.beat``) sets."""
+    beat = beat if beat is not None else BeatSettings()
     out = []
     for job in JOBS:
-        var = f"TRADEBUS_BEAT_{job.name.upper()}_INTERVAL"
-        raw = env.get(var, "").strip()
-        if raw:
-            try:
-                interval = float(raw)
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r}: must be a number of seconds") from None
-            if interval <= 0:
-                raise ConfigError(f"{var}={raw!r}: must be > 0")
-            job = replace(job, interval=interval)
-        out.append(job)
+        interval = getattr(beat, f"{job.name}_interval")
+        out.append(job if interval is None else replace(job, interval=interval))
     return tuple(out)
 
 
-def job(name: str, environ: Mapping[str, str] | None = None) -> BeatJob:
-    for j in jobs(environ):
+def job(name: str, beat: BeatSettings | None = None) -> BeatJob:
+    for j in jobs(beat):
         if j.name == name:
             return j
     raise KeyError(name)
@@ -78,8 +67,6 @@ def schedule_of(rows: tuple[BeatJob, ...]) -> dict[str, dict[str, Any]]:
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = schedule_of(JOBS)
 
 
-def beat_schedule(settings: Any = None, environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """The schedule with interval overrides from the environment (and the settings' .env file)."""
-    if environ is None and settings is not None:
-        environ = settings.environ()
-    return schedule_of(jobs(environ))
+def beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
+    """The schedule with the intervals the settings set (TRADEBUS_BEAT_<JOB>_INTERVAL)."""
+    return schedule_of(jobs(settings.beat if settings is not None else None))

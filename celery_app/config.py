@@ -7,16 +7,38 @@ from urllib.parse import urlsplit
 
 from bus.config import Settings
 from bus.dispatch.messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
+from bus.dispatch.names import QUEUES, STATE_QUEUE
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
-# Redis transport: a message taken but not acked within this many seconds is handed to another worker.
-# It must exceed every retry countdown / ETA, or the waiting message is redelivered again and again
-# (celery#2599, kombu#337): routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that.
+# kombu's own Redis transport (redis+socket:// brokers, which name it in their URL): a message taken but
+# not acked within this many seconds is handed to another worker. With no heartbeat it must exceed every
+# retry countdown / ETA, or the waiting message is redelivered again and again (celery#2599, kombu#337):
+# routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that. Our transport needs no such wait
+# (recovery_options).
 VISIBILITY_TIMEOUT = int(2 * MAX_BACKOFF_SECONDS)
+# Broker URL schemes served by celery_app.transport (redis+socket:// selects kombu's transport itself).
+OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
+# A task message is refused unparsed past this many times TRADEBUS_MAX_EVENT_BYTES: an event becomes a
+# body JSON-escaped (at most ~6x for \uXXXX escapes) then base64'd (4/3), plus Celery's headers.
+MAX_MESSAGE_FACTOR = 16
 # A message redelivered more often than this (its worker died each time) is dead-lettered, not run.
 REDELIVERY_CAP = 3
 # Hard limit per task: a hung task is killed rather than holding its queue's only prefetch slot.
 TASK_TIME_LIMIT = 600
+
+
+def recovery_options(worker_lost_timeout: float) -> dict[str, float]:
+    """Transport options (celery_app.heartbeat) that run a dead worker's tasks again within
+    ``worker_lost_timeout`` seconds, in steps of a sixth of it:
+
+    - each live worker refreshes the messages it holds, and sweeps for stale ones, every step;
+    - a message is stale after 4 steps without a refresh: a live worker would have to miss three
+      heartbeats in a row to lose one (it would then run twice; effects are idempotent, G3);
+    - a worker killed just after a refresh: its messages go stale 4 steps later, the next sweep comes
+      within 1 step, and the sweep lock of a worker killed mid-sweep expires after 1 step: 6 steps.
+    """
+    step = worker_lost_timeout / 6
+    return {"visibility_timeout": 4 * step, "unacked_refresh_interval": step, "unacked_mutex_expire": step}
 
 
 def celery_config(settings: Settings, routing: RoutingTable | None = None) -> dict[str, Any]:
@@ -24,7 +46,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
 
     routing = routing if routing is not None else RoutingTable.default()
     broker = settings.broker_url
-    is_redis = urlsplit(broker).scheme in ("redis", "rediss", "redis+socket", "unix", "socket")
+    scheme = urlsplit(broker).scheme
+    is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket")
+    ours = scheme in OUR_TRANSPORT_SCHEMES
     timeouts = {
         # Half-open sockets must fail, not hang a worker forever (celery#10569).
         "socket_timeout": settings.redis_socket_timeout,
@@ -34,7 +58,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     }
     transport: dict[str, Any] = (
         {
-            "visibility_timeout": VISIBILITY_TIMEOUT,
+            **(recovery_options(settings.worker_lost_timeout) if ours else {"visibility_timeout": VISIBILITY_TIMEOUT}),
+            "max_message_bytes": MAX_MESSAGE_FACTOR * settings.max_event_bytes,
             "priority_steps": list(PRIORITY_STEPS),
             **timeouts,
             **broker_key_prefix_option(broker, settings),
@@ -50,20 +75,24 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
     conf: dict[str, Any] = {
         "broker_url": broker,
-        # kombu's Redis transport with one redis-py client per pool instead of one per ack / QoS step
-        # (celery_app.transport: ~40-65% more tasks/s on one solo worker here).
-        **({"broker_transport": "celery_app.transport:Transport"} if urlsplit(broker).scheme == "redis" else {}),
+        # kombu's Redis transport that survives any bytes on a queue, recovers a dead worker's tasks within
+        # TRADEBUS_WORKER_LOST_TIMEOUT, and keeps one redis-py client per pool instead of one per ack / QoS
+        # step (celery_app.transport: ~40-65% more tasks/s on one solo worker here).
+        **({"broker_transport": "celery_app.transport:Transport"} if ours else {}),
+        # A consumer that dead-letters every message it cannot run, and checks arguments before the pool.
+        "worker_consumer": "celery_app.consumer:Consumer",
         "broker_transport_options": transport,
-        # rediss:// broker: the same CA / client certificate settings as the bus (G6).
+        # rediss:// broker: the same CA / client certificate settings as the bus (safe by default).
         **({"broker_use_ssl": tls, "redis_backend_use_ssl": tls} if tls else {}),
-        # JSON only, in and out: a pickle message is refused, never unpickled (G6).
+        # JSON only, in and out: a pickle message is refused, never unpickled (safe by default).
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Ack after the task ran, not when it was received: a worker that dies mid-task leaves the
-        # message to be redelivered (G2). Tasks are idempotent, so running twice is safe (G3).
+        # message to be redelivered (at-least-once tasks). Tasks are idempotent, so running twice is
+        # safe (effectively-once effects).
         "task_acks_late": True,
         # ...and if the pool child is killed (SIGKILL, OOM), requeue instead of acking; the base task
         # counts redeliveries and dead-letters past REDELIVERY_CAP, so a poison task cannot loop.
@@ -92,9 +121,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "task_time_limit": TASK_TIME_LIMIT,
         # One queue per concern, so operators can scale state, risk, notify and reconcile apart.
         "task_queues": queues,
-        "task_default_queue": "tradebus.state",
-        "task_routes": {f"tradebus.{c}.*": {"queue": f"tradebus.{c}"}
-                        for c in ("state", "risk", "notify", "reconcile")},
+        "task_default_queue": STATE_QUEUE,
+        # tradebus.<concern>.* runs on queue tradebus.<concern> (bus.dispatch.names)
+        "task_routes": {f"{q}.*": {"queue": q} for q in QUEUES},
         "task_default_priority": 0,
         "timezone": "UTC",
         "enable_utc": True,

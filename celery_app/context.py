@@ -8,9 +8,12 @@ from typing import Any
 
 import redis
 
-from bus.config import Settings
+from bus.config import LoadEnvironmentVariables, Settings
+from bus.core.connection import make_client
 from bus.core.keys import Keys
 from bus.dispatch.routing import RoutingTable
+
+from .config import REDELIVERY_CAP
 
 _CONTEXTS: weakref.WeakSet[TaskContext] = weakref.WeakSet()
 
@@ -31,12 +34,7 @@ class TaskContext:
     @property
     def client(self) -> redis.Redis:
         if self._client is None or self._pid != os.getpid():
-            s = self.settings
-            self._client = redis.Redis.from_url(
-                s.bus_url, socket_connect_timeout=s.redis_connect_timeout,
-                socket_timeout=s.redis_socket_timeout, socket_keepalive=True,
-                health_check_interval=s.redis_health_check_interval, **s.ssl_options(),
-            )  # fmt: skip
+            self._client = make_client(self.settings.bus_url, self.settings)
             self._pid = os.getpid()
         return self._client
 
@@ -44,6 +42,14 @@ class TaskContext:
         if self._client is not None and self._pid == os.getpid():
             self._client.close()
         self._client = None
+
+
+def task_context(app: Any) -> TaskContext:
+    """``app.tradebus``; an app not built by make_celery gets one from the environment, once."""
+    ctx: TaskContext | None = getattr(app, "tradebus", None)
+    if ctx is None:
+        ctx = app.tradebus = TaskContext(LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900)
+    return ctx
 
 
 def on_worker_process_init(**_: Any) -> None:

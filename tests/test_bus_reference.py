@@ -8,10 +8,10 @@ import threading
 
 import pytest
 import redis
-from support_bus import wait_for
 
 from bus import EventBusFactory, LoadEnvironmentVariables, TradeEvent, TradeEventType
 from bus.embedded import EmbeddedRedis
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.redis
 

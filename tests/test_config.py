@@ -1,14 +1,20 @@
-"""Settings precedence (explicit > environment > .env file > defaults), errors, secrets."""
+"""Settings precedence (explicit > environment > .env file > defaults), errors, secrets; the groups
+(risk, notify, reconcile, beat) read from the file and the environment like the flat settings."""
 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from bus import ConfigError, LoadEnvironmentVariables
-from bus.config import safe_url
+from bus.config import BeatSettings, NotifySettings, ReconcileSettings, RiskSettings, safe_url
+from bus.domain.notify import NotifyConfig
+from bus.domain.reconcile import ReconcileConfig
+from bus.domain.risk import RiskLimits
+from celery_app.beat import beat_schedule
 
 VARS = [
     "REDIS_URL",
@@ -26,6 +32,11 @@ VARS = [
     "TRADEBUS_KEY_PREFIX",
     "TRADEBUS_LOG_MAXLEN",
     "TRADEBUS_MAX_EVENT_BYTES",
+    *(
+        var
+        for group in (RiskSettings, NotifySettings, ReconcileSettings, BeatSettings)
+        for var in group.variables().values()
+    ),
 ]
 
 
@@ -138,6 +149,10 @@ def test_passwords_never_show_in_repr_str_errors_or_logs(monkeypatch, caplog) ->
     with pytest.raises(ConfigError) as err:
         LoadEnvironmentVariables(None)
     assert "hunter2" not in str(err.value)
+    monkeypatch.setenv("REDIS_URL", "http://:hunter2@h:1/0")  # the refused URL itself
+    with pytest.raises(ConfigError, match="REDIS_URL") as err:
+        LoadEnvironmentVariables(None)
+    assert "hunter2" not in str(err.value)
 
 
 def test_safe_url_masks_only_the_password() -> None:
@@ -152,15 +167,94 @@ def test_loading_settings_opens_no_connection(monkeypatch) -> None:
     assert LoadEnvironmentVariables(None).redis_port == 1
 
 
-def test_environ_merges_the_env_file_under_the_real_environment(tmp_path, monkeypatch) -> None:
-    # Risk limits, webhooks and reconciliation read their own variables: a .env file must
-    # configure them for a worker exactly as it configures the bus.
-    env = write_env(tmp_path, "TRADEBUS_WEBHOOK_URL=http://hook.local/x\nTRADEBUS_RISK_MAX_OPEN_POSITIONS=3\n")
+GROUP_VARIABLES = {
+    "TRADEBUS_RISK_MAX_ORDER_VOLUME": "5",
+    "TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL": "XAUUSD=2, *=10",
+    "TRADEBUS_RISK_STOP_LOSS_REQUIRED": "true",
+    "TRADEBUS_WEBHOOK_URL": "http://a.example/h?token=t0ken, https://b.example/h",
+    "TRADEBUS_WEBHOOK_SECRET": "hook-secret",
+    "TRADEBUS_WEBHOOK_TIMEOUT": "2.5",
+    "TRADEBUS_NOTIFY_TYPES": "risk.*",
+    "TRADEBUS_NOTIFY_LOG": "false",
+    "TRADEBUS_RECONCILE_STALE_ORDER_AGE": "600",
+    "TRADEBUS_RECONCILE_LOG_MAXLEN": "5000",
+    "TRADEBUS_BROKER_FACTORY": "venue.module:connect",
+    "TRADEBUS_BEAT_REBUILD_INTERVAL": "900",
+}
+
+
+def test_a_env_file_configures_the_groups_exactly_as_the_environment_does(tmp_path, monkeypatch) -> None:
+    # Given the same variables once in a .env file, once in the environment
+    from_file = LoadEnvironmentVariables(write_env(tmp_path, "".join(f"{k}={v}\n" for k, v in GROUP_VARIABLES.items())))
+    for var, value in GROUP_VARIABLES.items():
+        monkeypatch.setenv(var, value)
+    from_environment = LoadEnvironmentVariables(None)
+    # Then both give the same settings, and the parts built from them are configured
+    assert from_file == from_environment
+    s = from_file
+    assert RiskLimits.from_settings(s.risk) == RiskLimits(
+        max_order_volume=Decimal(5),
+        max_volume_per_symbol=Decimal(10),
+        volume_per_symbol={"XAUUSD": Decimal(2)},
+        stop_loss_required=True,
+    )
+    assert NotifyConfig.from_settings(s.notify) == NotifyConfig(
+        webhook_urls=("http://a.example/h?token=t0ken", "https://b.example/h"),
+        secret="hook-secret",
+        timeout=2.5,
+        event_types=("risk.*",),
+        log_sink=False,
+    )
+    assert ReconcileConfig.from_settings(s.reconcile) == ReconcileConfig(stale_order_age=600, log_maxlen=5000)
+    assert s.reconcile.broker_factory == "venue.module:connect"
+    assert beat_schedule(s)["tradebus.reconcile.rebuild"]["schedule"] == 900.0
+    assert "hook-secret" not in repr(s) and "t0ken" not in repr(s)
+
+
+def test_in_the_groups_the_environment_wins_over_the_file_and_arguments_over_both(tmp_path, monkeypatch) -> None:
+    env = write_env(
+        tmp_path,
+        "TRADEBUS_RISK_MAX_OPEN_POSITIONS=3\nTRADEBUS_RISK_MAX_DAILY_LOSS=100\nTRADEBUS_WEBHOOK_URL=http://hook.local/x\n"
+        "TRADEBUS_RECONCILE_LOG_MAXLEN=10\nTRADEBUS_BEAT_TRIM_INTERVAL=10\nTRADEBUS_BEAT_BROKER_INTERVAL=10\n",
+    )
     monkeypatch.setenv("TRADEBUS_RISK_MAX_OPEN_POSITIONS", "7")
-    merged = LoadEnvironmentVariables(env).environ()
-    assert merged["TRADEBUS_WEBHOOK_URL"] == "http://hook.local/x"
-    assert merged["TRADEBUS_RISK_MAX_OPEN_POSITIONS"] == "7"
-    assert "TRADEBUS_WEBHOOK_URL" not in LoadEnvironmentVariables(None).environ()
+    monkeypatch.setenv("TRADEBUS_BEAT_TRIM_INTERVAL", "20")
+    monkeypatch.setenv("RISK", "not JSON")  # named like a group: not a setting
+    s = LoadEnvironmentVariables(env)
+    assert (s.risk.max_open_positions, s.risk.max_daily_loss) == (7, Decimal(100))
+    assert s.notify.webhook_url == ("http://hook.local/x",) and s.reconcile.log_maxlen == 10
+    assert (s.beat.trim_interval, s.beat.broker_interval) == (20.0, 10.0)
+    s = LoadEnvironmentVariables(env, risk={"max_open_positions": 9})
+    assert (s.risk.max_open_positions, s.risk.max_daily_loss) == (9, Decimal(100))
+    assert LoadEnvironmentVariables(None).notify.webhook_url == ()
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("TRADEBUS_RISK_MAX_ORDER_VOLUME", "lots"),
+        ("TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL", "XAUUSD=2,10"),
+        ("TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL", "XAUUSD=two"),
+        ("TRADEBUS_RISK_MAX_OPEN_POSITIONS", "2.5"),
+        ("TRADEBUS_RISK_STOP_LOSS_REQUIRED", "maybe"),
+        ("TRADEBUS_WEBHOOK_TIMEOUT", "soon"),
+        ("TRADEBUS_NOTIFY_LOG", "maybe"),
+        ("TRADEBUS_RECONCILE_LOG_MAXLEN", "lots"),
+        ("TRADEBUS_RECONCILE_STALE_ORDER_AGE", "0"),
+        ("TRADEBUS_BROKER_FACTORY", "module-without-callable"),
+        ("TRADEBUS_BEAT_REBUILD_INTERVAL", "-5"),
+    ],
+)
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_a_bad_value_in_a_group_names_the_variable(tmp_path, monkeypatch, source: str, var: str, value: str) -> None:
+    path = None
+    if source == "file":
+        path = write_env(tmp_path, f"{var}={value}\n")
+    else:
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        LoadEnvironmentVariables(path)
+    assert var in str(err.value)
 
 
 def test_tls_settings_serve_a_rediss_bus_and_a_rediss_broker(tmp_path) -> None:

@@ -7,7 +7,6 @@ code: 0 ok, 1 something is wrong, 2 bad usage.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +19,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx  # type: ignore[no-redef]
 
 from bus.cli.common import EXIT_PROBLEM, EXIT_USAGE, CliContext, err_console, error_message
+from bus.config import debug_requested
 
 app = typer.Typer(
     name="tradebus",
@@ -53,17 +53,15 @@ def _root(
     env_file: Annotated[Path, typer.Option("--env-file", help="Settings file read first.")] = Path(".env"),
 ) -> None:
     ctx.obj = CliContext(env_file=env_file, redis_url=redis_url, broker_url=broker_url, key_prefix=key_prefix)
+    ctx.obj.load_event_types()
 
 
 def _register() -> None:
-    from bus.cli import doctor, events, ops, replay
-    from bus.demo import run as demo
+    from bus.cli import deadletters, demo, doctor, events, replay, routes, schema, state
 
-    events.register(app)
-    replay.register(app)
-    ops.register(app)
-    doctor.register(app)
-    demo.register(app)
+    # the order `tradebus --help` lists them in
+    for command_group in (events, replay, state, routes, deadletters, doctor, schema, demo):
+        command_group.register(app)
 
 
 _register()
@@ -95,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         code = 0
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        if os.environ.get("TRADEBUS_DEBUG"):
+        if debug_requested():
             raise
         message, code = error_message(e)
         _error_line(message)

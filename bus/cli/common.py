@@ -7,16 +7,24 @@ Exit codes: 0 ok; 1 something is wrong (doctor found a problem, Redis unreachabl
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
+import typer
 from rich.console import Console
 
 from bus.config import LoadEnvironmentVariables, Settings, safe_url
+from bus.core.connection import make_client
+from bus.demo.errors import DemoError
 from bus.errors import BusConnectionError, ConfigError, EventValidationError
+
+if TYPE_CHECKING:
+    from bus.core.bus import RedisEventBus
+    from bus.events.types import EventType
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -28,6 +36,8 @@ CLI_CONNECT_TIMEOUT = 2.0
 # Not a terminal (a pipe, a log, CI): wide enough that tables are not cut at 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
 
 class CliError(Exception):
@@ -62,14 +72,26 @@ class CliContext:
             self._settings = LoadEnvironmentVariables(self.env_file, **overrides)
         return self._settings
 
-    def client(self, *, decode: bool = True, check: bool = True) -> redis.Redis:
-        """A redis-py client for the bus; ``check`` PINGs it and fails with a one-line error."""
-        return connect(self.settings, decode=decode, check=check)
+    def load_event_types(self) -> None:
+        """Register the custom event types of TRADEBUS_EVENT_TYPES_MODULE, so every command knows them.
+        Malformed settings are left to the command to report when it reads them."""
+        try:
+            modules = self.settings.event_types_module
+        except ConfigError:
+            return
+        if modules:
+            from bus.events.registry import load_event_types
 
-    def bus(self, *, dispatch: bool = False, **kw: Any) -> Any:
+            load_event_types(modules)
+
+    def client(self, *, check: bool = True) -> redis.Redis:
+        """A redis-py client for the bus (bytes replies); ``check`` PINGs it and fails with a one-line error."""
+        return connect(self.settings, check=check)
+
+    def bus(self, *, dispatch: bool = False, **kw: Any) -> RedisEventBus:
         """A RedisEventBus for these settings (connection checked); ``dispatch``: with a Dispatcher,
         so publishing enqueues the routed Celery tasks."""
-        from bus.core.bus import EventBusFactory
+        from bus.dispatch.factory import EventBusFactory
 
         self.client(check=True).close()
         if dispatch:
@@ -79,14 +101,15 @@ class CliContext:
         return EventBusFactory.create_from_env(self.settings, **kw)
 
 
-def connect(settings: Settings, *, decode: bool = True, check: bool = True) -> redis.Redis:
-    client = redis.Redis.from_url(
-        settings.bus_url,
-        decode_responses=decode,
-        socket_connect_timeout=min(settings.redis_connect_timeout, CLI_CONNECT_TIMEOUT),
-        socket_timeout=max(settings.redis_socket_timeout, CLI_CONNECT_TIMEOUT),
-        **settings.ssl_options(),
+def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
+    # A person is waiting: say "unreachable" within CLI_CONNECT_TIMEOUT, but give a slow command at least as long.
+    interactive = settings.model_copy(
+        update={
+            "redis_connect_timeout": min(settings.redis_connect_timeout, CLI_CONNECT_TIMEOUT),
+            "redis_socket_timeout": max(settings.redis_socket_timeout, CLI_CONNECT_TIMEOUT),
+        }
     )
+    client = make_client(settings.bus_url, interactive)
     if check:
         try:
             client.ping()
@@ -114,6 +137,8 @@ def error_message(exc: BaseException) -> tuple[str, int]:
     """The one line and the exit code an exception ends the command with."""
     if isinstance(exc, CliError):
         return str(exc), exc.code
+    if isinstance(exc, DemoError):
+        return str(exc), EXIT_PROBLEM
     if isinstance(exc, (EventValidationError, ConfigError)):
         return _first_line(exc), EXIT_USAGE
     if isinstance(exc, (BusConnectionError, redis.ConnectionError, redis.TimeoutError)):
@@ -128,13 +153,7 @@ def error_message(exc: BaseException) -> tuple[str, int]:
 
 def _scrub(text: str) -> str:
     """Redact anything that looks like a URL with a password."""
-    import re
-
     return re.sub(r"([a-z+]+://[^:/@\s]*:)[^@\s]+@", r"\1***@", text)
-
-
-def fail(message: str, code: int = EXIT_PROBLEM) -> CliError:
-    return CliError(message, code)
 
 
 def print_json(obj: Any) -> None:
@@ -142,19 +161,20 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def parse_type(value: str) -> Any:
+def parse_type(value: str) -> EventType:
     """An event type from its value or name, else a usage error listing the valid ones."""
-    from bus.events.model import TradeEventType
+    from bus.events.registry import SPECS
+    from bus.events.types import TradeEventType
 
     try:
         return TradeEventType.parse(value)
     except EventValidationError:
-        valid = ", ".join(t.value for t in TradeEventType)
+        valid = ", ".join(SPECS)
         raise CliError(f"unknown event type {value!r}; valid: {valid}", EXIT_USAGE) from None
 
 
 def parse_symbol(value: str) -> str:
-    from bus.core.keys import validate_symbol
+    from bus.events.rules import validate_symbol
 
     try:
         return validate_symbol(value)

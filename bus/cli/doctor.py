@@ -4,13 +4,13 @@ to fix it; the exit code is 1 when any check fails (warnings alone exit 0 unless
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal
 
 import redis
 import typer
 from rich.table import Table
 
-from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, connect, console, print_json, unreachable
+from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, JsonOption, connect, console, print_json, unreachable
 from bus.config import Settings, safe_url
 from bus.core.keyspace import broker_families, bus_families, memory_by_family
 
@@ -18,14 +18,13 @@ from bus.core.keyspace import broker_families, bus_families, memory_by_family
 PING_TIMEOUT = 1.0
 #: queued tasks above which a queue is reported as backed up
 QUEUE_BACKLOG_WARN = 1000
-FALLBACK_QUEUES = ("tradebus.state", "tradebus.risk", "tradebus.notify", "tradebus.reconcile")
-WORKER_CMD = "celery -A celery_app worker -Q " + ",".join(FALLBACK_QUEUES)
+AOF_FIX = "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)"
 
 
 @dataclass
 class Check:
     name: str
-    status: str  # ok | warn | fail
+    status: Literal["ok", "warn", "fail"]
     detail: str
     fix: str = ""
 
@@ -40,7 +39,7 @@ def doctor(
     ping_timeout: Annotated[
         float, typer.Option("--ping-timeout", min=0.1, help="Worker ping wait (s).")
     ] = PING_TIMEOUT,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Check Redis, persistence, the broker, workers, queues and dead letters."""
     obj: CliContext = ctx.obj
@@ -55,83 +54,59 @@ def doctor(
 
 
 def run_checks(settings: Settings, *, ping_timeout: float = PING_TIMEOUT) -> list[Check]:
-    checks: list[Check] = []
-    client = connect(settings, decode=True, check=False)
+    client = connect(settings, check=False)
     try:
-        info = _redis_checks(client, settings, checks)
-        if info is not None:
-            _bus_data_checks(client, settings, checks)
+        checks = _redis_checks(client, settings)
     finally:
         client.close()
-    broker_ok = _broker_check(settings, checks)
-    if broker_ok:
-        _worker_and_queue_checks(settings, checks, ping_timeout)
+    broker = _broker_check(settings)
+    checks.append(broker)
+    if broker.status == "ok":
+        checks.extend(_worker_and_queue_checks(settings, ping_timeout))
     else:
         checks.append(Check("workers", "fail", "not checked: the broker is unreachable", "fix the broker first"))
     return checks
 
 
-def _redis_checks(client: redis.Redis, settings: Settings, checks: list[Check]) -> dict[str, Any] | None:
+# --- Redis ----------------------------------------------------------------------------------------
+
+
+def _redis_checks(client: redis.Redis, settings: Settings) -> list[Check]:
     url = safe_url(settings.bus_url)
     try:
         info = client.info()
     except redis.AuthenticationError as e:
-        checks.append(
-            Check(
-                "redis",
-                "fail",
-                f"{url} refused the credentials ({e})",
-                "set REDIS_PASSWORD / REDIS_USERNAME, or the password in REDIS_URL",
-            )
-        )
-        return None
+        fix = "set REDIS_PASSWORD / REDIS_USERNAME, or the password in REDIS_URL"
+        return [Check("redis", "fail", f"{url} refused the credentials ({e})", fix)]
     except (redis.RedisError, OSError) as e:
-        checks.append(
-            Check(
-                "redis",
-                "fail",
-                unreachable(settings.bus_url, e, hint=False),
-                "start Redis (`redis-server`, or `docker compose up -d redis`), or point "
-                "REDIS_URL at yours; `tradebus demo` runs an embedded one",
-            )
+        fix = (
+            "start Redis (`redis-server`, or `docker compose up -d redis`), or point "
+            "REDIS_URL at yours; `tradebus demo` runs an embedded one"
         )
-        return None
+        return [Check("redis", "fail", unreachable(settings.bus_url, e, hint=False), fix)]
+    return [_version_check(info, url), _persistence_check(info, client), *_bus_data_checks(client, settings)]
+
+
+def _version_check(info: dict[str, Any], url: str) -> Check:
     version = str(info.get("redis_version", "?"))
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     if major and major < 6:
-        checks.append(
-            Check(
-                "redis",
-                "fail",
-                f"{url} answers, version {version}",
-                "tradebus needs Redis >= 6.2 (streams, XAUTOCLAIM)",
-            )
+        return Check(
+            "redis", "fail", f"{url} answers, version {version}", "tradebus needs Redis >= 6.2 (streams, XAUTOCLAIM)"
         )
-    else:
-        checks.append(Check("redis", "ok", f"{url} answers, version {version}"))
+    return Check("redis", "ok", f"{url} answers, version {version}")
+
+
+def _persistence_check(info: dict[str, Any], client: redis.Redis) -> Check:
     aof = str(info.get("aof_enabled", 0)) == "1"
     rdb = _rdb_enabled(client)
     if aof:
-        checks.append(Check("persistence", "ok", "AOF on" + (", RDB snapshots on" if rdb else "")))
-    elif rdb:
-        checks.append(
-            Check(
-                "persistence",
-                "warn",
-                "RDB snapshots only: a crash loses the writes since the last snapshot",
-                "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)",
-            )
+        return Check("persistence", "ok", "AOF on" + (", RDB snapshots on" if rdb else ""))
+    if rdb:
+        return Check(
+            "persistence", "warn", "RDB snapshots only: a crash loses the writes since the last snapshot", AOF_FIX
         )
-    else:
-        checks.append(
-            Check(
-                "persistence",
-                "warn",
-                "off: a Redis restart loses the event log and state",
-                "enable AOF: `redis-server --appendonly yes` (CONFIG SET appendonly yes)",
-            )
-        )
-    return info
+    return Check("persistence", "warn", "off: a Redis restart loses the event log and state", AOF_FIX)
 
 
 def _rdb_enabled(client: redis.Redis) -> bool:
@@ -142,50 +117,41 @@ def _rdb_enabled(client: redis.Redis) -> bool:
     return bool(str(save).strip())
 
 
-def _bus_data_checks(client: redis.Redis, settings: Settings, checks: list[Check]) -> None:
+def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
     from bus.core.keys import Keys
 
     keys = Keys(settings.key_prefix)
     try:
         dead = int(client.xlen(keys.dead_letters()))
-        symbols = cast("set[str]", client.smembers(keys.symbols()))  # connect(decode=True): str members
+        symbols = [_text(s) for s in client.smembers(keys.symbols())]
         pending = sum(int(client.zcard(keys.pending_dispatch_for(s))) for s in symbols)
     except redis.RedisError as e:
-        checks.append(Check("dead letters", "warn", f"could not read: {e}"))
-        return
+        return [Check("dead letters", "warn", f"could not read: {e}")]
+    checks = []
     if dead:
-        checks.append(
-            Check(
-                "dead letters",
-                "warn",
-                f"{dead} task(s) failed past their retries",
-                "see `tradebus deadletters list`, then `tradebus deadletters replay` or purge",
-            )
-        )
+        fix = "see `tradebus deadletters list`, then `tradebus deadletters replay` or purge"
+        checks.append(Check("dead letters", "warn", f"{dead} task(s) failed past their retries", fix))
     else:
         checks.append(Check("dead letters", "ok", "none"))
     if pending:
-        checks.append(
-            Check(
-                "dispatch backlog",
-                "warn",
-                f"{pending} logged event(s) whose tasks are not recorded as enqueued",
-                "they are re-dispatched by celery beat: run `celery -A celery_app beat`",
-            )
-        )
+        detail = f"{pending} logged event(s) whose tasks are not recorded as enqueued"
+        fix = "they are re-dispatched by celery beat: run `celery -A celery_app beat`"
+        checks.append(Check("dispatch backlog", "warn", detail, fix))
     checks.append(_memory_check(client, settings, keys.prefix))
+    return checks
 
 
 def _memory_check(client: redis.Redis, settings: Settings, prefix: str) -> Check:
     """Memory by key family (sampled, bounded: bus.core.keyspace), the broker's keys included when it is Redis."""
     from bus.dispatch.messages import PRIORITY_STEPS, broker_key_prefix_option, redis_client_kwargs, redis_queue_key
+    from bus.dispatch.routing import RoutingTable
 
     try:
         lines = memory_by_family(client, bus_families(prefix)).lines()
         broker_kw = redis_client_kwargs(settings.broker_url)
         if broker_kw is not None:
             gp = broker_key_prefix_option(settings.broker_url, settings).get("global_keyprefix", "")
-            queue_keys = [redis_queue_key(q, p, gp) for q in _queues() for p in PRIORITY_STEPS]
+            queue_keys = [redis_queue_key(q, p, gp) for q in RoutingTable.default().queues for p in PRIORITY_STEPS]
             broker = redis.Redis(**broker_kw, **settings.ssl_options(settings.broker_url), socket_timeout=5)
             try:
                 lines += memory_by_family(broker, broker_families(gp, queue_keys)).lines()
@@ -196,7 +162,14 @@ def _memory_check(client: redis.Redis, settings: Settings, prefix: str) -> Check
     return Check("memory", "ok", "\n".join(lines) or "no tradebus keys")
 
 
-def _broker_check(settings: Settings, checks: list[Check]) -> bool:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- the Celery broker and workers ----------------------------------------------------------------
+
+
+def _broker_check(settings: Settings) -> Check:
     url = settings.broker_url
     try:
         from kombu import Connection
@@ -206,76 +179,65 @@ def _broker_check(settings: Settings, checks: list[Check]) -> bool:
             if url.startswith(("redis", "rediss", "unix")):
                 conn.default_channel.client.ping()
     except Exception as e:  # noqa: BLE001 - any failure here means "broker unreachable"
-        checks.append(
-            Check(
-                "broker",
-                "fail",
-                f"cannot reach the Celery broker at {safe_url(url)} "
-                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                "start it, or set CELERY_BROKER_URL (default: the bus Redis, next database)",
-            )
+        return Check(
+            "broker",
+            "fail",
+            f"cannot reach the Celery broker at {safe_url(url)} "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            "start it, or set CELERY_BROKER_URL (default: the bus Redis, next database)",
         )
-        return False
-    checks.append(Check("broker", "ok", f"{safe_url(url)} answers"))
-    return True
+    return Check("broker", "ok", f"{safe_url(url)} answers")
 
 
-def _queues() -> list[str]:
-    try:
-        from bus.dispatch.routing import RoutingTable
+def _worker_and_queue_checks(settings: Settings, timeout: float) -> list[Check]:
+    from bus.dispatch.routing import RoutingTable
 
-        table = RoutingTable.default()
-        return list(table.queues)
-    except Exception:  # noqa: BLE001 - fall back to the documented queues
-        return list(FALLBACK_QUEUES)
-
-
-def _worker_and_queue_checks(settings: Settings, checks: list[Check], timeout: float) -> None:
-    queues = _queues()
+    queues = list(RoutingTable.default().queues)
     depths = _queue_depths(settings.broker_url, queues)
     try:
-        from celery_app import make_celery
-
-        app = make_celery(settings)
-        replies = app.control.ping(timeout=timeout) or []
-        consumed: set[str] = set()
-        if replies:
-            active = app.control.inspect(timeout=timeout).active_queues() or {}
-            consumed = {q["name"] for qs in active.values() for q in qs}
-    except Exception as e:  # noqa: BLE001
-        checks.append(Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL"))
-        return
-    workers = sorted(name for r in replies for name in r)
-    if not workers:
-        checks.append(
-            Check(
-                "workers",
-                "fail",
-                f"no Celery worker answered a ping within {timeout}s: events are logged but their tasks do not run",
-                f"start one: `{WORKER_CMD}`",
-            )
-        )
-    else:
-        missing = [q for q in queues if q not in consumed]
-        if missing:
-            checks.append(
-                Check(
-                    "workers",
-                    "fail",
-                    f"{len(workers)} worker(s) alive ({', '.join(workers)}) "
-                    f"but no worker consumes {', '.join(missing)}",
-                    f"start one: `{WORKER_CMD}`",
-                )
-            )
-        else:
-            checks.append(Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}"))
+        workers, consumed = _ask_workers(settings, timeout)
+    except Exception as e:  # noqa: BLE001 - whatever stops the question, the workers are not known to run
+        return [Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL")]
+    checks = [_workers_check(workers, consumed, queues, timeout)]
     for q in queues:
         depth = depths.get(q)
         if depth is None:
             continue
-        status = "warn" if depth > QUEUE_BACKLOG_WARN or (depth and not workers) else "ok"
+        backed_up = depth > QUEUE_BACKLOG_WARN or (depth and not workers)
+        status: Literal["ok", "warn"] = "warn" if backed_up else "ok"
         fix = "more workers, or find out why tasks are slow" if status == "warn" else ""
         checks.append(Check(f"queue {q}", status, f"{depth} task(s) waiting", fix))
+    return checks
+
+
+def _ask_workers(settings: Settings, timeout: float) -> tuple[list[str], set[str]]:
+    """The workers that answer a ping, and the queues they consume."""
+    from celery_app import make_celery
+
+    app = make_celery(settings)
+    replies = app.control.ping(timeout=timeout) or []
+    consumed: set[str] = set()
+    if replies:
+        active = app.control.inspect(timeout=timeout).active_queues() or {}
+        consumed = {q["name"] for qs in active.values() for q in qs}
+    return sorted(name for r in replies for name in r), consumed
+
+
+def _workers_check(workers: list[str], consumed: set[str], queues: list[str], timeout: float) -> Check:
+    start_one = f"start one: `celery -A celery_app worker -Q {','.join(queues)}`"
+    if not workers:
+        return Check(
+            "workers",
+            "fail",
+            f"no Celery worker answered a ping within {timeout}s: events are logged but their tasks do not run",
+            start_one,
+        )
+    alive = f"{len(workers)} worker(s) alive"
+    missing = [q for q in queues if q not in consumed]
+    if missing:
+        detail = f"{alive} ({', '.join(workers)}) but no worker consumes {', '.join(missing)}"
+        return Check("workers", "fail", detail, start_one)
+    return Check("workers", "ok", f"{alive}: {', '.join(workers)}")
 
 
 def _queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
@@ -291,6 +253,7 @@ def _queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
                     depths[q] = int(count)
                 except Exception:  # noqa: BLE001 - queue never declared: nothing waiting
                     depths[q] = 0
+                    # AMQP closes the channel after a failed passive declare; Redis has no such channel state
                     if not broker_url.startswith(("redis", "rediss", "unix")):
                         channel = conn.channel()
     except Exception:  # noqa: BLE001 - reported by the broker check already

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import queue
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,6 +17,7 @@ from bus.cli.common import (
     EXIT_USAGE,
     CliContext,
     CliError,
+    JsonOption,
     console,
     err_console,
     parse_symbol,
@@ -24,7 +26,13 @@ from bus.cli.common import (
 )
 from bus.errors import EventValidationError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
+if TYPE_CHECKING:
+    from bus.core.bus import RedisEventBus
+    from bus.core.subscriber import ListenerHandle
+    from bus.events.model import TradeEvent
+
+#: seconds `tail` waits for its subscription before giving up
+SUBSCRIBE_TIMEOUT = 10.0
 
 
 def register(app: typer.Typer) -> None:
@@ -73,7 +81,7 @@ def publish(
             help="Also update the state projection now (without waiting for a worker).",
         ),
     ] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Publish one event: log it, broadcast it, dispatch its tasks.
 
@@ -94,47 +102,82 @@ def publish(
         receipt = bus.publish(event)
     finally:
         bus.close()
-    out = {
-        "event_id": event.event_id,
-        "event_type": event.event_type.value,
-        "symbol": event.symbol,
-        "log_id": receipt.log_id,
-        "subscribers": receipt.subscribers,
-        "dispatched": list(getattr(receipt, "dispatched", ())),
-        "not_dispatched": list(getattr(receipt, "not_dispatched", ())),
-    }
+    dispatched, not_dispatched = list(receipt.dispatched), list(receipt.not_dispatched)
     if as_json:
-        print_json(out)
+        print_json(
+            {
+                "event_id": event.event_id,
+                "event_type": event.event_type.value,
+                "symbol": event.symbol,
+                "log_id": receipt.log_id,
+                "subscribers": receipt.subscribers,
+                "dispatched": dispatched,
+                "not_dispatched": not_dispatched,
+            }
+        )
         return
     console.print(
-        f"published [bold]{out['event_type']}[/] {sym} event_id={event.event_id} "
+        f"published [bold]{event.event_type.value}[/] {sym} event_id={event.event_id} "
         f"log_id={receipt.log_id} subscribers={receipt.subscribers}"
     )
-    if out["dispatched"] or out["not_dispatched"]:
+    if dispatched or not_dispatched:
         console.print(
-            f"  tasks: {', '.join(out['dispatched']) or '-'}"
-            + (f"  (not dispatched yet: {', '.join(out['not_dispatched'])})" if out["not_dispatched"] else "")
+            f"  tasks: {', '.join(dispatched) or '-'}"
+            + (f"  (not dispatched yet: {', '.join(not_dispatched)})" if not_dispatched else "")
         )
 
 
 # --- tail -----------------------------------------------------------------------------------------
 
 
-def _show(event: Any, as_json: bool, log_id: str | None = None) -> None:
-    if as_json:
-        d = event.to_dict()
-        if log_id is not None:
-            d["log_id"] = log_id
-        print_json(d)
-        return
-    data = escape(json.dumps(event.data, separators=(",", ":"), default=str))
-    console.print(
-        f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] [bold]{event.event_type.value:<26}[/] {data}",
-        soft_wrap=True,
-    )
+def tail(
+    ctx: typer.Context,
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")] = None,
+    event_type: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")] = None,
+    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the logged history first.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Follow events live, filtered by symbol and type; --from-log shows the logged history first.
+
+    Prints `listening` on stderr once subscribed. With --count, exits 1 if --timeout ends it first.
+    Live delivery survives a Redis restart: missed events are fetched from the log.
+    """
+    obj: CliContext = ctx.obj
+    symbols = [parse_symbol(s) for s in symbol or []]
+    types = [parse_type(t).value for t in event_type or []]
+    live: queue.Queue[TradeEvent] = queue.Queue()
+    bus = obj.bus()
+    _subscribe(bus, symbols, types, live.put)
+    handle = bus.listen_in_thread()
+    try:
+        if not handle.wait_ready(SUBSCRIBE_TIMEOUT):
+            raise CliError(f"could not subscribe within {SUBSCRIBE_TIMEOUT:.0f}s", EXIT_PROBLEM)
+        # subscribed before reading the log: an event published meanwhile is in both, shown once
+        seen: set[str] = set()
+        shown = 0
+        if from_log:
+            history = _history(bus, symbols, types)
+            for log_id, event in history if count is None else history[:count]:
+                _show(event, as_json, log_id)
+                seen.add(event.event_id)
+                shown += 1
+            if count is not None and shown >= count:
+                return
+        err_console.print(
+            f"listening (prefix {bus.keys.prefix}; symbols {', '.join(symbols) or 'all'}; "
+            f"types {', '.join(types) or 'all'})",
+            markup=False,
+        )
+        _follow(live, handle, seen, shown=shown, count=count, timeout=timeout, as_json=as_json)
+    finally:
+        handle.stop()
+        handle.join(5)
+        bus.close()
 
 
-def _subscribe(bus: Any, symbols: list[str], types: list[str], handler: Any) -> None:
+def _subscribe(bus: RedisEventBus, symbols: list[str], types: list[str], handler: Callable[[TradeEvent], Any]) -> None:
     if symbols and types:
         for sym in symbols:
             for t in types:
@@ -149,69 +192,8 @@ def _subscribe(bus: Any, symbols: list[str], types: list[str], handler: Any) -> 
         bus.subscribe_everything(handler)
 
 
-def tail(
-    ctx: typer.Context,
-    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Only this symbol (repeatable).")] = None,
-    event_type: Annotated[list[str] | None, typer.Option("--type", "-t", help="Only this type (repeatable).")] = None,
-    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the logged history first.")] = False,
-    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after N events.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Exit after this many seconds.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Follow events live, filtered by symbol and type; --from-log shows the logged history first.
-
-    Prints `listening` on stderr once subscribed. With --count, exits 1 if --timeout ends it first.
-    Live delivery survives a Redis restart: missed events are fetched from the log.
-    """
-    obj: CliContext = ctx.obj
-    symbols = [parse_symbol(s) for s in symbol or []]
-    types = [parse_type(t).value for t in event_type or []]
-    live: queue.Queue[Any] = queue.Queue()
-    bus = obj.bus()
-    _subscribe(bus, symbols, types, live.put)
-    handle = bus.listen_in_thread()
-    shown = 0
-    seen: set[str] = set()
-    try:
-        if not handle.wait_ready(10):
-            raise CliError("could not subscribe within 10s", EXIT_PROBLEM)
-        if from_log:
-            for log_id, event in _history(bus, symbols, types):
-                _show(event, as_json, log_id)
-                seen.add(event.event_id)
-                shown += 1
-                if count is not None and shown >= count:
-                    return
-        err_console.print(
-            f"listening (prefix {bus.keys.prefix}; symbols {', '.join(symbols) or 'all'}; "
-            f"types {', '.join(types) or 'all'})",
-            markup=False,
-        )
-        end = None if timeout is None else time.monotonic() + timeout
-        while count is None or shown < count:
-            wait = 1.0 if end is None else min(1.0, end - time.monotonic())
-            if wait <= 0:
-                if count is not None:
-                    raise CliError(f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM)
-                return
-            try:
-                event = live.get(timeout=wait)
-            except queue.Empty:
-                if not handle.is_alive():
-                    raise CliError("the listener stopped (lost Redis?)", EXIT_PROBLEM) from None
-                continue
-            if event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-            _show(event, as_json)
-            shown += 1
-    finally:
-        handle.stop()
-        handle.join(5)
-        bus.close()
-
-
-def _history(bus: Any, symbols: list[str], types: list[str]) -> list[tuple[str, Any]]:
+def _history(bus: RedisEventBus, symbols: list[str], types: list[str]) -> list[tuple[str, TradeEvent]]:
+    """The logged events of these symbols and types, in time order across symbols."""
     rows = []
     for s in symbols or bus.known_symbols():
         for log_id, event in bus.read_log(s):
@@ -219,3 +201,48 @@ def _history(bus: Any, symbols: list[str], types: list[str]) -> list[tuple[str, 
                 rows.append((event.timestamp, log_id, event))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [(log_id, event) for _, log_id, event in rows]
+
+
+def _follow(
+    live: queue.Queue[TradeEvent],
+    handle: ListenerHandle,
+    seen: set[str],
+    *,
+    shown: int,
+    count: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Show live events not ``seen`` yet until ``count`` in all were ``shown`` or ``timeout`` ends it."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while count is None or shown < count:
+        wait = 1.0 if end is None else min(1.0, end - time.monotonic())
+        if wait <= 0:
+            if count is not None:
+                raise CliError(f"timed out after {timeout}s with {shown} of {count} events", EXIT_PROBLEM)
+            return
+        try:
+            event = live.get(timeout=wait)
+        except queue.Empty:
+            if not handle.is_alive():
+                raise CliError("the listener stopped (lost Redis?)", EXIT_PROBLEM) from None
+            continue
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        _show(event, as_json)
+        shown += 1
+
+
+def _show(event: TradeEvent, as_json: bool, log_id: str | None = None) -> None:
+    if as_json:
+        d = event.to_dict()
+        if log_id is not None:
+            d["log_id"] = log_id
+        print_json(d)
+        return
+    data = escape(json.dumps(event.data, separators=(",", ":"), default=str))
+    console.print(
+        f"[dim]{event.timestamp}[/] [cyan]{escape(event.symbol):<10}[/] [bold]{event.event_type.value:<26}[/] {data}",
+        soft_wrap=True,
+    )

@@ -11,12 +11,11 @@ from bus.cli.common import (
     EXIT_USAGE,
     CliContext,
     CliError,
+    JsonOption,
     console,
     parse_symbol,
     print_json,
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +42,7 @@ def replay(
     start: Annotated[str, typer.Option("--from", help="First log id (inclusive), or '-'.")] = "-",
     end: Annotated[str, typer.Option("--to", help="Last log id (inclusive), or '+'.")] = "+",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be re-dispatched.")] = False,
-    as_json: JsonOpt = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-dispatch the routed tasks of a range of logged events (by log id). Tasks are idempotent."""
     from bus.dispatch.dispatcher import Dispatcher

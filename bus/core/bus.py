@@ -1,37 +1,16 @@
 """RedisEventBus: durable one-round-trip publish, self-healing subscriptions, state queries.
 
-Publish runs ``publish.lua``: XADD to the symbol's log (``MAXLEN ~``) + PUBLISH on
-``trades:{symbol}:{type}``, atomically. The broadcast is the event JSON with four leading fields,
-``{"log_id", "prev", "prev_t", "bus", ...event}``: the entry's log id, the previous log id of the
-symbol and of the symbol+type, and the key prefix. Subscribers use them to notice a gap and fetch
-exactly the missing entries from the log (see bus/subscriber.py). ``publish_many`` runs
-``publish_many.lua`` once per run of consecutive same-symbol events (at most ``publish_run_max``): the
-same steps and broadcast per event, in batch order, for the cost of one script call per run. Below,
-"EVALSHA publish" stands for one such call per run in a batch.
-
-Dispatch protocol (implemented by bus/dispatch.py's ``Dispatcher``; any object with these works):
-
-* ``__init__`` calls ``dispatcher.attach(client, keys)`` if it has ``attach``.
-* ``routes = dispatcher.routes_for(event)`` -> sequence of routes (each has ``.name``).
-* If ``routes`` and ``dispatcher.stages_in_bus_pipeline``: the bus builds a MULTI pipeline
-  ``[SCRIPT LOAD..., (SADD symbols), EVALSHA publish, (EVALSHA state), <dispatcher.stage(pipe, event,
-  payload, routes)>]`` and executes it once: log + broadcast + task messages commit together.
-  ``stage`` returns the route names it queued (-> ``receipt.dispatched``).
-* Else, if ``routes``: the publish script also ZADDs the log id to
-  ``keys.pending_dispatch_for(symbol)`` (score: ms), and after it the bus calls
-  ``dispatcher.send(event, payload, routes, log_id)`` -> ``(dispatched, not_dispatched)`` names
-  (``send_many(items, log_ids)`` for publish_many, items = ``[(event, payload, routes)]``). The
-  dispatcher ZREMs what it enqueued; what stays pending is re-dispatched by beat. A ``DispatchError``
-  from the dispatcher propagates (strict mode); any other error is logged and every route is
-  reported in ``not_dispatched`` (the event is logged either way: G1).
+The bus composes a ``Publisher`` (bus/core/publisher.py: publish.lua, inline effects, the dispatch
+protocol of bus/core/dispatching.py) and, on first use, a ``Subscriber`` (bus/core/subscriber.py:
+gap detection and catch-up from the log). A bus built from settings with its dispatcher comes from
+``EventBusFactory`` (bus/dispatch/factory.py).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
@@ -39,27 +18,23 @@ import redis
 from bus.config import Settings
 from bus.core import state
 from bus.core.connection import _client_where, describe_server, make_client, raw_connection
-from bus.core.keys import Keys, channel, validate_symbol
-from bus.core.publisher import PUBLISH, Publisher, PublishReceipt
-from bus.core.subscriber import Counters, ListenerHandle, Subscriber, decode_entry
-from bus.core.wire import LogEntries
+from bus.core.dispatching import TaskDispatcher
+from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
+from bus.core.publisher import Publisher, PublishReceipt
+from bus.core.subscriber import ListenerHandle, Subscriber
+from bus.core.subscription import Counters, Handler
+from bus.core.wire import LogEntries, decode_entry
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.rules import validate_symbol
 
-__all__ = ["PUBLISH", "EventBusFactory", "PublishReceipt", "RedisEventBus"]
+__all__ = ["PublishReceipt", "RedisEventBus"]
 
-log = logging.getLogger(__name__)
-
-#: stream entry fields written by publish.lua
-LOG_TYPE_FIELD = b"type"
-LOG_EVENT_FIELD = b"event"
 #: seconds ``is_connected`` waits for PONG
 PING_TIMEOUT = 0.5
 
-Handler = Callable[[TradeEvent], Any]
 
-
-class RedisEventBus(Publisher):
+class RedisEventBus:
     """Publish TradeEvents to Redis, subscribe to them, query the state projection."""
 
     def __init__(
@@ -72,8 +47,11 @@ class RedisEventBus(Publisher):
         log_maxlen: int | None = None,
         max_event_bytes: int | None = None,
         apply_state: bool = False,
-        dispatcher: Any = None,
+        dispatcher: TaskDispatcher[Any] | None = None,
+        connect: bool = True,
     ) -> None:
+        """``connect=False`` skips the start-up PING: the bus is built while Redis is down and connects on
+        first use (an executor that must start and trade during an outage, its events in its outbox)."""
         # Settings() would read the environment; a library class takes explicit arguments only.
         self.settings = settings if settings is not None else Settings.model_construct()
         s = self.settings
@@ -82,34 +60,77 @@ class RedisEventBus(Publisher):
         self.client: redis.Redis = client if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
         self.where = describe_server(self.url) if self.url else _client_where(self.client)
         self.keys = Keys(key_prefix or s.key_prefix)
-        self.log_maxlen = int(log_maxlen or s.log_maxlen)
-        self.max_event_bytes = int(max_event_bytes or s.max_event_bytes)
-        self.apply_state = apply_state
-        self.state_retention = s.state_retention
-        self.dispatcher = dispatcher
-        self._symbol_keys: dict[str, tuple[str, str, str]] = {}
-        self._routes_cache: dict[tuple[str, TradeEventType], tuple[str, str]] = {}  # channel, type
-        self._symbols_sent: set[str] = set()
+        self.publisher = Publisher(
+            self.client,
+            self.keys,
+            log_maxlen=int(log_maxlen or s.log_maxlen),
+            max_event_bytes=int(max_event_bytes or s.max_event_bytes),
+            dispatcher=dispatcher,
+            effects=self._effects(apply_state),
+        )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
-        try:
-            self.client.ping()
-        except redis.ConnectionError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
-        except redis.TimeoutError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
-        if dispatcher is not None and hasattr(dispatcher, "attach"):
+        if connect:
+            self._check_connection()
+        if dispatcher is not None:
             dispatcher.attach(self.client, self.keys)
 
     def __repr__(self) -> str:
         return f"RedisEventBus({self.where!r}, prefix={self.keys.prefix!r})"
 
+    def _check_connection(self) -> None:
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._close_client()
+            raise self._connection_error(e) from None
+
     def _connection_error(self, e: Exception) -> BusConnectionError:
         return BusConnectionError(
             f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). Is the Redis container running?"
         )
+
+    # --- publish ------------------------------------------------------------------------------------
+
+    def publish(self, event: TradeEvent) -> PublishReceipt:
+        """Log + broadcast ``event`` atomically in one round trip, then its routed tasks (durable publish)."""
+        try:
+            return self.publisher.publish(event)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise self._connection_error(e) from None
+
+    def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
+        """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
+        try:
+            return self.publisher.publish_many(events)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise self._connection_error(e) from None
+
+    @property
+    def dispatcher(self) -> TaskDispatcher[Any] | None:
+        """What enqueues the routed Celery tasks of each published event (None: no tasks)."""
+        return self.publisher.dispatcher
+
+    @property
+    def apply_state(self) -> bool:
+        """Whether publish also applies order/position events to the state projection, in its round trip."""
+        return bool(self.publisher.effects)
+
+    @apply_state.setter
+    def apply_state(self, on: bool) -> None:
+        self.publisher.effects = self._effects(on)
+
+    def _effects(self, apply_state: bool) -> tuple[state.StateEffect, ...]:
+        return (state.StateEffect(self.keys, self.settings.state_retention),) if apply_state else ()
+
+    @property
+    def publish_run_max(self) -> int:
+        """Events per publish_many.lua call; 1 publishes every event with its own publish.lua call."""
+        return self.publisher.run_max
+
+    @publish_run_max.setter
+    def publish_run_max(self, n: int) -> None:
+        self.publisher.run_max = n
 
     # --- subscribe / listen -------------------------------------------------------------------------
 
@@ -132,22 +153,16 @@ class RedisEventBus(Publisher):
 
     def subscribe_all(self, symbol: str, handler: Handler) -> None:
         """Every event type of one symbol."""
-        from bus.core.keys import symbol_pattern
-
         validate_symbol(symbol)
         self.subscriber.add(symbol_pattern(symbol), True, symbol, None, handler)
 
     def subscribe_type(self, event_type: TradeEventType | str, handler: Handler) -> None:
         """One event type, every symbol."""
-        from bus.core.keys import type_pattern
-
         t = TradeEventType.parse(event_type).value
         self.subscriber.add(type_pattern(t), True, None, t, handler)
 
     def subscribe_everything(self, handler: Handler) -> None:
         """Every event of every symbol (monitoring)."""
-        from bus.core.keys import ALL_PATTERN
-
         self.subscriber.add(ALL_PATTERN, True, None, None, handler)
 
     def listen(self) -> None:
@@ -184,7 +199,9 @@ class RedisEventBus(Publisher):
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
-        return state.apply_event(self.client, self.keys, event, retention=self.state_retention, now=time.time())
+        return state.apply_event(
+            self.client, self.keys, event, retention=self.settings.state_retention, now=time.time()
+        )
 
     def get_order(self, symbol: str, order_id: str) -> dict[str, str] | None:
         return state.get_order(self.client, self.keys, symbol, order_id)
@@ -217,7 +234,16 @@ class RedisEventBus(Publisher):
         """A bus on this one's client and key prefix with subscriptions and a listen loop of its own
         (no dispatcher; no I/O now). Closing it leaves this bus and its client alone."""
         other = copy.copy(self)
-        other._subscriber, other._ping_conn, other._own_client, other.dispatcher = None, None, False, None
+        other._subscriber, other._ping_conn, other._own_client = None, None, False
+        p = self.publisher
+        other.publisher = Publisher(
+            other.client,
+            other.keys,
+            log_maxlen=p.log_maxlen,
+            max_event_bytes=p.max_event_bytes,
+            effects=p.effects,
+            run_max=p.run_max,
+        )
         return other
 
     def close(self) -> None:
@@ -237,17 +263,3 @@ class RedisEventBus(Publisher):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class EventBusFactory:
-    """Build a bus from settings, as the reference README does."""
-
-    @staticmethod
-    def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
-        """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
-        publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
-        if "dispatcher" not in kw and env_config.dispatch:
-            from bus.dispatch.dispatcher import Dispatcher  # imports Celery: only when dispatching
-
-            kw["dispatcher"] = Dispatcher.from_settings(env_config)
-        return RedisEventBus(settings=env_config, **kw)

@@ -1,58 +1,72 @@
-"""Catch-up from the log for a Subscriber: the entries a subscription missed, in order, once each."""
+"""Catch-up from the log: the entries a subscription missed, in order, once each (self-healing subscribers)."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import cast
 
-from bus.core.wire import Id, LogEntries, decode_entry, format_id, parse_id
+import redis
 
-if TYPE_CHECKING:
-    from bus.core.subscriber import Subscriber, _Sub
+from bus.core.keys import Keys
+from bus.core.subscription import Counters, Subscription
+from bus.core.wire import TYPE_FIELD_B, Id, LogEntries, decode_entry, format_id, parse_id, text
+from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
 #: log entries fetched per XRANGE while catching up
 RECOVER_BATCH = 1000
 
 
-def catch_up(subscriber: Subscriber, sub: _Sub) -> None:
-    """After a (re)subscribe: deliver what the log holds past each symbol's last delivered id."""
-    if sub.symbol is not None:
-        symbols = {sub.symbol}
-    else:
-        symbols = {s.decode() for s in subscriber._client.smembers(subscriber._keys.symbols())}  # type: ignore[union-attr]
-        symbols |= set(sub.last)
-    for symbol in sorted(symbols):
-        start = sub.last.get(symbol) or sub.baseline
-        if start is not None:
-            recover(subscriber, sub, symbol, start, None)
+class CatchUp:
+    """Reads what a subscription missed from the log and hands each event to ``deliver``."""
 
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        counters: Counters,
+        deliver: Callable[[Subscription, TradeEvent], None],
+    ) -> None:
+        self._client, self._keys, self._counters, self._deliver = client, keys, counters, deliver
 
-def recover(subscriber: Subscriber, sub: _Sub, symbol: str, last: Id, upto: str | None) -> None:
-    """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) this sub wants."""
-    real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
-    start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
-    key, first = subscriber._keys.log(symbol), True
-    while True:
-        entries = cast(LogEntries, subscriber._client.xrange(key, start, end, count=RECOVER_BATCH))
-        if first and real:
-            if entries and parse_id(entries[0][0]) == last:
-                entries = entries[1:]
-            else:
-                subscriber.counters.gaps_lost += 1
-                log.error("log of %s no longer holds %s: events between it and the next entry are "
-                          "lost for %s", symbol, format_id(last), sub.name)  # fmt: skip
-        first = False
-        for raw_id, fields in entries:
-            if sub.type_b is not None and fields.get(b"type") != sub.type_b:
-                continue
-            event = decode_entry(fields)
-            if event is None:
-                subscriber.counters.malformed += 1
-                continue
-            subscriber._deliver(sub, event)
-            subscriber.counters.recovered_from_log += 1
-            sub.last[symbol] = parse_id(raw_id)
-        if len(entries) < RECOVER_BATCH - 1:
-            return
-        start = f"({entries[-1][0].decode()}"
+    def after_subscribe(self, sub: Subscription) -> None:
+        """After a (re)subscribe: deliver what the log holds past each symbol's last delivered id."""
+        if sub.symbol is not None:
+            symbols = {sub.symbol}
+        else:
+            symbols = {text(s) for s in self._client.smembers(self._keys.symbols())}  # type: ignore[union-attr]
+            symbols |= set(sub.last)
+        for symbol in sorted(symbols):
+            start = sub.last.get(symbol) or sub.baseline
+            if start is not None:
+                self.fill_gap(sub, symbol, start, None)
+
+    def fill_gap(self, sub: Subscription, symbol: str, last: Id, upto: str | None) -> None:
+        """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) ``sub`` wants."""
+        real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
+        start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
+        key, first = self._keys.log(symbol), True
+        while True:
+            entries = cast(LogEntries, self._client.xrange(key, start, end, count=RECOVER_BATCH))
+            if first and real:
+                if entries and parse_id(entries[0][0]) == last:
+                    entries = entries[1:]
+                else:
+                    self._counters.gaps_lost += 1
+                    log.error("log of %s no longer holds %s: events between it and the next entry are "
+                              "lost for %s", symbol, format_id(last), sub.name)  # fmt: skip
+            first = False
+            for raw_id, fields in entries:
+                if sub.event_type is not None and fields.get(TYPE_FIELD_B) != sub.event_type:
+                    continue
+                event = decode_entry(fields)
+                if event is None:
+                    self._counters.malformed += 1
+                    continue
+                self._deliver(sub, event)
+                self._counters.recovered_from_log += 1
+                sub.last[symbol] = parse_id(raw_id)
+            if len(entries) < RECOVER_BATCH - 1:
+                return
+            start = f"({entries[-1][0].decode()}"

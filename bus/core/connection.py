@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,19 +21,38 @@ def describe_server(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
-def make_client(url: str, settings: Settings) -> redis.Redis:
-    """A redis-py client with the settings' timeouts, keepalive, health checks and TLS options."""
+#: retries of a failed command on the bus's clients, 50 ms apart, doubling up to 0.5 s: a blip is ridden
+#: out, a long outage surfaces as an error, not a hang (durable publish)
+BUS_RETRIES = 2
+#: a publish's task messages to a separate broker: fail at once, beat re-dispatches what stays pending
+NO_RETRIES = 0
+
+
+def make_client(
+    url: str,
+    settings: Settings,
+    *,
+    retries: int = BUS_RETRIES,
+    connection: Mapping[str, Any] | None = None,
+) -> redis.Redis:
+    """A redis-py client with the settings' timeouts, keepalive, health checks and TLS options.
+
+    ``retries``: how often a command that failed on a broken connection is re-sent (short exponential
+    backoff). ``connection``: host, port, db... already parsed from ``url``, for a Celery broker URL
+    that redis-py cannot read (``redis+socket://``, ``virtual_host``); ``url`` still selects TLS.
+    """
     kw: dict[str, Any] = {
         "socket_connect_timeout": settings.redis_connect_timeout,
         "socket_timeout": settings.redis_socket_timeout,
         "health_check_interval": settings.redis_health_check_interval,
-        # few, fast retries: a long outage must surface as an error, not a hang (G1)
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         "decode_responses": False,
     }
     if urlsplit(url).scheme != "unix":
         kw["socket_keepalive"] = True
-    kw.update(settings.ssl_options())
+    kw.update(settings.ssl_options(url))
+    if connection is not None:
+        return redis.Redis(**connection, **kw)
     return redis.Redis.from_url(url, **kw)
 
 

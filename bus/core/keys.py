@@ -7,44 +7,13 @@ one Redis Cluster slot and one Lua script may touch them together.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-from bus.defaults import CHANNEL_PREFIX, DEFAULT_KEY_PREFIX, MAX_SYMBOL_LENGTH
+from bus.defaults import CHANNEL_PREFIX, DEFAULT_KEY_PREFIX
 from bus.errors import EventValidationError
+from bus.events.types import TradeEventType
 
-if TYPE_CHECKING:
-    from bus.events.model import TradeEventType
-
-# Characters that would break a channel, a glob pattern or a hash tag: ':' '*' '?' '[' ']' '{' '}',
-# backslash, whitespace and control characters.
 # Key prefixes also travel inside every broadcast's JSON (publish.lua), so they stay plain.
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-_BAD_SYMBOL_CHAR = re.compile(r"[:*?\[\]{}\\\s\x00-\x1f\x7f]")
-
-
-def validate_symbol(symbol: object, field: str = "symbol") -> str:
-    """Return ``symbol`` if it is safe in a channel and key name, else raise EventValidationError."""
-    if not isinstance(symbol, str):
-        raise EventValidationError(
-            f"{field} must be a string, got {type(symbol).__name__} {symbol!r}", field=field, value=symbol
-        )
-    if not symbol:
-        raise EventValidationError(f"{field} must not be empty", field=field, value=symbol)
-    if len(symbol) > MAX_SYMBOL_LENGTH:
-        raise EventValidationError(
-            f"{field} {symbol[:20]!r}... is {len(symbol)} characters; at most {MAX_SYMBOL_LENGTH} allowed",
-            field=field,
-            value=symbol,
-        )
-    bad = _BAD_SYMBOL_CHAR.search(symbol)
-    if bad:
-        raise EventValidationError(
-            f"{field} {symbol!r} contains {bad.group()!r}; symbols may not contain ':' '*' '?' '[' ']' "
-            "'{' '}' '\\', whitespace or control characters",
-            field=field,
-            value=symbol,
-        )
-    return symbol
 
 
 def _type_value(event_type: TradeEventType | str) -> str:
@@ -134,6 +103,11 @@ class Keys:
         """Sorted set: log ids of ``symbol`` whose routed tasks are not yet recorded as enqueued
         (score: ms time of publish). The bus adds them; beat re-dispatches the stale ones."""
         return f"{self._sym(symbol)}:dispatch:pending"
+
+    def outbox_mark(self, symbol: str, source: str) -> str:
+        """String 'origin|seq|log_id': the highest outbox sequence number of ``source`` logged for
+        ``symbol`` (publish_sequenced.lua: a resent outbox row is not logged twice). One per (source, symbol)."""
+        return f"{self._sym(symbol)}:outbox:{source}"
 
     def risk(self, symbol: str) -> str:
         """Hash: per-symbol risk counters."""

@@ -1,4 +1,4 @@
-"""Lua scripts shipped beside this module: loaded once, called by SHA, re-sent when the server lost them.
+"""Lua scripts shipped as package files: read once, called by SHA, re-sent when the server lost them.
 
 A pipeline must not use redis-py's Script objects (they add a SCRIPT EXISTS round trip per execute);
 `stage` queues EVALSHA and `execute_pipeline` re-runs a NOSCRIPT failure with EVAL.
@@ -15,13 +15,16 @@ from redis.exceptions import NoScriptError
 
 
 class LuaScript:
-    """One script: ``call`` (single command) or ``stage`` (queued on a pipeline)."""
+    """One script file of ``package``: ``call`` (single command) or ``stage`` (queued on a pipeline).
+
+    Build each one once, as a module constant beside the code that runs it (``LuaScript("bus.core",
+    "publish.lua")``); every file starts with a comment naming its KEYS and ARGV."""
 
     __slots__ = ("name", "body", "sha")
 
-    def __init__(self, filename: str) -> None:
+    def __init__(self, package: str, filename: str) -> None:
         self.name = filename
-        self.body = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+        self.body = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
         self.sha = hashlib.sha1(self.body.encode()).hexdigest()
 
     def call(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:

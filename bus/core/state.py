@@ -1,7 +1,8 @@
 """The state projection: order and position events -> Redis hashes, one atomic Lua step per event.
 
-Used inline by ``RedisEventBus(apply_state=True)``, by the Celery state task and by rebuild; all call
-the same script, so all produce identical hashes. Guarantees (effectively-once effects):
+Used inline by ``RedisEventBus(apply_state=True)`` (``StateEffect``, staged in the publish pipeline,
+also by the sequenced publish), by the Celery state task and by rebuild; all call the same script, so
+all produce identical hashes. Guarantees (effectively-once effects):
 
 * idempotent: each entity remembers the ids of its last ``WINDOW`` applied events (a sorted set scored
   by event time) and a floor, the newest time it forgot; a repeat, or any event at or below the floor,
@@ -39,10 +40,12 @@ import redis
 
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
+from bus.core.wire import text
 from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
+from bus.events.registry import SPECS, CustomEffect
 
-SCRIPT = LuaScript("state.lua")
+SCRIPT = LuaScript("bus.core", "state.lua")
 #: what the script returns
 DUPLICATE, APPLIED, REFUSED_LATE = 0, 1, 2
 #: event ids remembered per entity (state.lua's WINDOW): its sorted set stays a compact listpack
@@ -57,16 +60,17 @@ def _decimal_text(value: float | int, exact: bool) -> str:
         return int.__repr__(value)
     # repr is the shortest text that reads back as the same float: already the decimal we store,
     # unless it has an exponent or an exact amount has more than 8 decimals (Decimal is ~10x slower)
-    text = float.__repr__(value)
-    if "." in text and "e" not in text and not (exact and len(text) - text.index(".") > 9):
-        return text
-    d = Decimal(text)
+    shortest = float.__repr__(value)
+    if "." in shortest and "e" not in shortest and not (exact and len(shortest) - shortest.index(".") > 9):
+        return shortest
+    d = Decimal(shortest)
     if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
         d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
     return format(d, "f")
 
 
 def _text(field: str, value: Any) -> str:
+    """A data value as the hash stores it: strings as is, numbers as exact decimals, the rest as JSON."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -112,9 +116,20 @@ def _call(keys: Keys, event: TradeEvent, retention: int, now: float | None) -> t
     return [hash_key, keys.seen(symbol, kind, entity_id), index], args
 
 
-def is_state_event(event: TradeEvent) -> bool:
-    """True for order.* and position.* events (the only ones the projection reads)."""
+def _effect(event: TradeEvent) -> CustomEffect | None:
+    """The state effect a custom event type was registered with (bus.events.register_event_type)."""
+    return SPECS[event.event_type.value].effect
+
+
+def is_entity_event(event: TradeEvent) -> bool:
+    """True for order.* and position.* events: state.lua's reply is APPLIED, DUPLICATE or REFUSED_LATE
+    (a custom effect's first reply is its own)."""
     return _entity(event) is not None
+
+
+def is_state_event(event: TradeEvent) -> bool:
+    """True for order.* and position.* events, and custom types with a state effect."""
+    return _entity(event) is not None or _effect(event) is not None
 
 
 def apply_event(
@@ -130,7 +145,13 @@ def apply_event(
     terminal entity is kept (0: forever); ``now``: epoch seconds of a late application (a worker)."""
     call = _call(keys, event, retention, now)
     if call is None:
-        return False
+        effect = _effect(event)
+        if effect is None:
+            return False
+        pipe = client.pipeline(transaction=True)
+        effect(pipe, keys, event)
+        pipe.execute()
+        return True
     return bool(SCRIPT.call(client, *call) == APPLIED)
 
 
@@ -146,9 +167,28 @@ def stage_apply(
     whether a command was queued."""
     call = _call(keys, event, retention, now)
     if call is None:
-        return False
+        effect = _effect(event)
+        if effect is None:
+            return False
+        effect(pipe, keys, event)
+        return True
     SCRIPT.stage(pipe, *call)
     return True
+
+
+class StateEffect:
+    """The projection as an inline effect of publish: each order/position event is applied in the
+    publish pipeline, right after it is logged (``RedisEventBus(apply_state=True)``). No ``now``: an
+    event being logged is never late. ``retention``: seconds a terminal entity is kept (0: forever)."""
+
+    scripts = (SCRIPT,)
+
+    def __init__(self, keys: Keys, retention: int = DEFAULT_STATE_RETENTION) -> None:
+        self.keys = keys
+        self.retention = retention
+
+    def stage(self, pipe: Any, event: TradeEvent) -> bool:
+        return stage_apply(pipe, self.keys, event, retention=self.retention)
 
 
 # --- queries -------------------------------------------------------------------------------------
@@ -157,9 +197,7 @@ def stage_apply(
 def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str] | None:
     if not raw:
         return None
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def get_order(client: redis.Redis, keys: Keys, symbol: str, order_id: str) -> dict[str, str] | None:
@@ -171,7 +209,7 @@ def get_position(client: redis.Redis, keys: Keys, symbol: str, position_id: str)
 
 
 def _members(client: redis.Redis, index: str, key_of: Any) -> list[dict[str, str]]:
-    ids = sorted(m.decode() if isinstance(m, bytes) else m for m in client.smembers(index))  # type: ignore[union-attr]
+    ids = sorted(text(m) for m in client.smembers(index))  # type: ignore[union-attr]
     if not ids:
         return []
     pipe = client.pipeline(transaction=False)

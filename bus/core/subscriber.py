@@ -1,4 +1,4 @@
-"""Subscriber: pub/sub delivery that heals itself from the log (G4).
+"""Subscriber: pub/sub delivery that heals itself from the log (self-healing subscribers).
 
 One unpooled connection (no silent reconnects inside redis-py's PubSub: FACTS.md). Every Redis
 subscription (a channel or a pattern) remembers, per symbol, the last log id it delivered. A
@@ -17,53 +17,27 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 import redis
 
 from bus.config import Settings
-from bus.core.catchup import catch_up, recover
+from bus.core.catchup import CatchUp
 from bus.core.connection import raw_connection
 from bus.core.keys import Keys
-from bus.core.wire import MAX_SEQ, Id, _trusted, decode_broadcast, decode_entry, parse_id
+from bus.core.subscription import Counters, Handler, Subscription
+from bus.core.wire import MAX_SEQ, parse_id
 from bus.errors import BusPermissionError, EventValidationError
 from bus.events.model import TradeEvent
 
-__all__ = ["Counters", "ListenerHandle", "Subscriber", "decode_broadcast", "decode_entry"]
+__all__ = ["ListenerHandle", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
 #: seconds the loop waits for data before checking stop() and health
 POLL_SECONDS = 0.1
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
-
-
-@dataclass
-class Counters:
-    delivered: int = 0  # handler calls that returned
-    handler_errors: int = 0  # handler calls that raised
-    malformed: int = 0  # messages / log entries that were not a valid event
-    recovered_from_log: int = 0  # events delivered from the log after a gap or reconnect
-    gaps_lost: int = 0  # gaps the log could no longer cover (trimmed past the last delivered id)
-    reconnects: int = 0
-    foreign: int = 0  # broadcasts of another key prefix, ignored
-
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class _Sub:
-    __slots__ = ("name", "pattern", "symbol", "type_b", "handlers", "last", "baseline")
-
-    def __init__(self, name: str, pattern: bool, symbol: str | None, type_value: str | None) -> None:
-        self.name, self.pattern, self.symbol = name, pattern, symbol
-        self.type_b = type_value.encode() if type_value else None
-        self.handlers: list[Callable[[TradeEvent], Any]] = []
-        self.last: dict[str, Id] = {}  # symbol -> last delivered log id
-        self.baseline: Id | None = None  # just before the subscription was first made
 
 
 class ListenerHandle:
@@ -94,8 +68,8 @@ class Subscriber:
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
         self._client, self._keys, self._settings = client, keys, settings
         self._prefix = keys.prefix
-        self._subs: dict[bytes, _Sub] = {}
-        self._unsent: list[_Sub] = []
+        self._subs: dict[bytes, Subscription] = {}
+        self._unsent: list[Subscription] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.ready = threading.Event()
@@ -103,18 +77,19 @@ class Subscriber:
         self._idle = threading.Event()  # set while no listen() loop runs
         self._idle.set()
         self.counters = Counters()
+        self._catch_up = CatchUp(client, keys, self.counters, self._deliver)
         self.error: BusPermissionError | None = None  # why the last loop stopped by itself
 
     # --- registration ----------------------------------------------------------------------------
 
     def add(self, name: str, pattern: bool, symbol: str | None, type_value: str | None,
-            handler: Callable[[TradeEvent], Any]) -> None:  # fmt: skip
+            handler: Handler) -> None:  # fmt: skip
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         with self._lock:
             sub = self._subs.get(name.encode())
             if sub is None:
-                sub = self._subs[name.encode()] = _Sub(name, pattern, symbol, type_value)
+                sub = self._subs[name.encode()] = Subscription(name, pattern, symbol, type_value)
                 self._unsent.append(sub)
             sub.handlers.append(handler)
 
@@ -202,7 +177,7 @@ class Subscriber:
             f"allchannels) and read access to ~{self._prefix}:*"
         )
 
-    def _take_unsent(self) -> list[_Sub]:
+    def _take_unsent(self) -> list[Subscription]:
         with self._lock:
             subs, self._unsent = self._unsent, []
         return subs
@@ -230,7 +205,7 @@ class Subscriber:
             subs = list(self._subs.values())
         self._subscribe(subs)
 
-    def _subscribe(self, subs: list[_Sub]) -> None:
+    def _subscribe(self, subs: list[Subscription]) -> None:
         """SUBSCRIBE/PSUBSCRIBE, wait for the confirmations, catch up from the log, then go on."""
         if not subs:
             self.ready.set() if self._subs else None
@@ -259,7 +234,7 @@ class Subscriber:
             else:
                 early.append(reply)
         for s in subs:
-            catch_up(self, s)
+            self._catch_up.after_subscribe(s)
         for reply in early:
             self._on_reply(reply)
         self.ready.set()
@@ -302,7 +277,7 @@ class Subscriber:
                 self._on_message(sub, reply[2])
         # pong and (p)subscribe confirmations need nothing
 
-    def _on_message(self, sub: _Sub, data: bytes) -> None:
+    def _on_message(self, sub: Subscription, data: bytes) -> None:
         try:
             obj = orjson.loads(data)
             if type(obj) is not dict:
@@ -315,7 +290,7 @@ class Subscriber:
             if bus != self._prefix:
                 self.counters.foreign += 1
                 return
-            event = _trusted(obj)
+            event = TradeEvent.from_trusted_dict(obj)
             lid = parse_id(log_id)
         except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
             self.counters.malformed += 1
@@ -326,13 +301,13 @@ class Subscriber:
         if last is not None:
             if lid <= last:
                 return  # already delivered (from the log)
-            before = prev_t if sub.type_b else prev
+            before = prev_t if sub.event_type else prev
             if before and parse_id(before) > last:
-                recover(self, sub, symbol, last, log_id)
+                self._catch_up.fill_gap(sub, symbol, last, log_id)
         self._deliver(sub, event)
         sub.last[symbol] = lid
 
-    def _deliver(self, sub: _Sub, event: TradeEvent) -> None:
+    def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
         for handler in sub.handlers:
             try:
                 handler(event)

@@ -1,14 +1,19 @@
 """The wire format: stream ids, log entries and broadcasts as publish.lua (and publish_many.lua) write them.
 
-Log entry fields: ``type`` (event type value) and ``event`` (the event JSON). A broadcast is the event
-JSON with leading ``log_id``, ``prev`` (previous log id of the symbol), ``prev_t`` (previous log id of
-the symbol + type) and ``bus`` (the key prefix) fields. Readers of the channels should use
-``decode_broadcast``: ``TradeEvent.from_json`` refuses the extra fields.
+Log entry fields: ``TYPE_FIELD`` (the event type value) and ``EVENT_FIELD`` (the event JSON). A
+broadcast is the event JSON with leading ``log_id``, ``prev`` (previous log id of the symbol),
+``prev_t`` (previous log id of the symbol + type) and ``bus`` (the key prefix) fields. Readers of the
+channels should use ``decode_broadcast``: ``TradeEvent.from_json`` refuses the extra fields.
+
+Log entries come back as bytes from the bus's own client and as str from a decoding one (the CLI's,
+some tests'); the readers here take either.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -17,16 +22,29 @@ from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
 
-_trusted = TradeEvent._from_trusted_dict  # type: ignore[attr-defined]
+#: log entry field holding the event type value (publish.lua: XADD ... type <value> event <json>)
+TYPE_FIELD = "type"
+#: log entry field holding the event JSON
+EVENT_FIELD = "event"
+#: the same names as the bus client (decode_responses=False) returns them
+TYPE_FIELD_B = TYPE_FIELD.encode()
+EVENT_FIELD_B = EVENT_FIELD.encode()
+#: broadcast fields publish.lua puts before the event's own
+BROADCAST_META = ("log_id", "prev", "prev_t", "bus")
+
 Id = tuple[int, int]
 #: what XRANGE returns on the bus client (decode_responses=False): [(log id, {field: value})]
 LogEntries = list[tuple[bytes, dict[bytes, bytes]]]
 MAX_SEQ = 2**64 - 1
 
 
+def text(value: Any) -> str:
+    """A Redis reply as str: bytes are UTF-8 decoded, anything else goes through ``str``."""
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
 def parse_id(raw: str | bytes) -> Id:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
+    ms, _, seq = text(raw).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -34,12 +52,33 @@ def format_id(i: Id) -> str:
     return f"{i[0]}-{i[1]}"
 
 
-def decode_entry(fields: dict[bytes, bytes]) -> TradeEvent | None:
-    """The event of a log entry, or None (logged) when it is unreadable."""
-    raw = fields.get(b"event") or fields.get(b"e")
+def entry_payload(fields: Mapping[Any, Any]) -> bytes:
+    """The event JSON of a log entry, as bytes; EventValidationError when the entry has none."""
+    raw = fields.get(EVENT_FIELD_B)
+    if raw is None:
+        raw = fields.get(EVENT_FIELD)
+    if raw is None:
+        raise EventValidationError(
+            f"log entry without an {EVENT_FIELD!r} field: {sorted(map(text, fields))}", field=EVENT_FIELD
+        )
+    return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
+def entry_event(fields: Mapping[Any, Any]) -> TradeEvent:
+    """The event of a log entry; EventValidationError when it is missing or unreadable."""
+    payload = entry_payload(fields)
     try:
-        return _trusted(orjson.loads(raw))  # type: ignore[arg-type]
-    except (orjson.JSONDecodeError, EventValidationError, TypeError) as e:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise EventValidationError(f"not valid JSON: {e}", field="json", value=payload[:80]) from None
+    return TradeEvent.from_trusted_dict(obj)
+
+
+def decode_entry(fields: Mapping[Any, Any]) -> TradeEvent | None:
+    """The event of a log entry, or None (logged) when it is unreadable."""
+    try:
+        return entry_event(fields)
+    except (EventValidationError, TypeError) as e:  # TypeError: a field of an unexpected JSON type
         log.error("unreadable log entry skipped: %s", e)
         return None
 
@@ -49,5 +88,5 @@ def decode_broadcast(raw: bytes | str) -> tuple[TradeEvent, dict[str, str]]:
     obj = orjson.loads(raw)
     if type(obj) is not dict:
         raise EventValidationError("a broadcast must be a JSON object", field="json")
-    meta = {k: obj.pop(k) for k in ("log_id", "prev", "prev_t", "bus") if k in obj}
-    return (_trusted(obj) if meta else TradeEvent.from_dict(obj)), meta
+    meta = {k: obj.pop(k) for k in BROADCAST_META if k in obj}
+    return (TradeEvent.from_trusted_dict(obj) if meta else TradeEvent.from_dict(obj)), meta

@@ -5,20 +5,26 @@ shared Redis every key under its prefix is deleted, when it ends."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import redis
 
-from bus.cli.common import CliError
 from bus.config import LoadEnvironmentVariables, Settings, safe_url
+from bus.core.connection import make_client
 from bus.core.keyspace import delete_matching
-from bus.embedded import EmbeddedRedis, redis_answers
+from bus.demo.errors import DemoError
+from bus.embedded import EmbeddedRedis, redis_answers, stop_process
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 #: seconds the worker has to answer a ping after it is started
 WORKER_START_TIMEOUT = 45.0
@@ -36,7 +42,7 @@ class DemoEnvironment:
         embedded: bool = False,
         pool: str = "prefork",
         concurrency: int = 2,
-        log: Any = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.base = base
         self.force_embedded = embedded
@@ -49,10 +55,11 @@ class DemoEnvironment:
         self.shared = False
         self.worker: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tradebus-demo-{self.run_id}-"))
+        self.worker_log = self.workdir / "worker.log"
         self.worker_name = f"demo-{self.run_id}@%h"
         self.settings: Settings = base
         self.redis_desc = ""
-        self.app: Any = None
+        self.app: Celery | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -95,11 +102,14 @@ class DemoEnvironment:
         try:
             server = EmbeddedRedis(directory=directory).start()
         except FileNotFoundError as e:
-            raise CliError(f"no Redis answers and none can be started: {e}") from None
+            raise DemoError(f"no Redis answers and none can be started: {e}") from None
         self.servers.append(server)
         return server
 
     def worker_env(self) -> dict[str, str]:
+        """The worker subprocess's environment: this process's own (PATH, the virtualenv, the locale:
+        what starting Python needs), passed on as a whole, with the demo's settings on top. Nothing here
+        is read as configuration: the worker reads these variables through bus.config."""
         env = dict(os.environ)
         env.update(
             {
@@ -116,9 +126,26 @@ class DemoEnvironment:
 
     def _start_worker(self) -> None:
         from bus.dispatch.routing import RoutingTable
+        from celery_app import make_celery
 
         queues = ",".join(RoutingTable.default().queues)
-        cmd = [
+        self.log(
+            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} -c {self.concurrency} -Q {queues}"
+        )
+        with open(self.worker_log, "wb") as out:
+            self.worker = subprocess.Popen(
+                self._worker_command(queues),
+                env=self.worker_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
+        self.app = make_celery(self.settings)
+        self._wait_for_worker(self.worker, self.app)
+
+    def _worker_command(self, queues: str) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "celery",
@@ -133,36 +160,22 @@ class DemoEnvironment:
             str(self.concurrency),
             "-n",
             self.worker_name,
-            "-E",
+            "-E",  # task events: the demo measures publish -> task start from them
             "--without-gossip",
             "--without-mingle",
             "-l",
             "WARNING",
         ]
-        self.worker_log = self.workdir / "worker.log"
-        self.log(
-            f"starting a Celery worker: celery -A celery_app worker -P {self.pool} -c {self.concurrency} -Q {queues}"
-        )
-        with open(self.worker_log, "wb") as out:
-            self.worker = subprocess.Popen(
-                cmd,
-                env=self.worker_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-            )
-        from celery_app import make_celery
 
-        self.app = make_celery(self.settings)
+    def _wait_for_worker(self, worker: subprocess.Popen[bytes], app: Celery) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.worker.poll() is not None:
-                raise CliError(f"the Celery worker exited with {self.worker.returncode}: {self.worker_tail()}")
-            replies = self.app.control.ping(timeout=0.5) or []
+            if worker.poll() is not None:
+                raise DemoError(f"the Celery worker exited with {worker.returncode}: {self.worker_tail()}")
+            replies = app.control.ping(timeout=0.5) or []
             if any(name.startswith(f"demo-{self.run_id}@") for r in replies for name in r):
                 return
-        raise CliError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: {self.worker_tail()}")
+        raise DemoError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: {self.worker_tail()}")
 
     def worker_tail(self, lines: int = 3) -> str:
         try:
@@ -172,17 +185,11 @@ class DemoEnvironment:
         return "\n".join(text[-lines:]) or "(empty log)"
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.bus_url, **self.settings.ssl_options())
+        return make_client(self.settings.bus_url, self.settings)
 
     def close(self) -> None:
         if self.worker is not None:
-            if self.worker.poll() is None:
-                self.worker.terminate()  # warm shutdown: finishes the tasks in hand
-                try:
-                    self.worker.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.worker.kill()
-                    self.worker.wait()
+            stop_process(self.worker, timeout=15)  # SIGTERM: a warm shutdown finishes the tasks in hand
             self.worker = None
         if self.app is not None:
             self.app.close()
@@ -192,8 +199,6 @@ class DemoEnvironment:
         for server in reversed(self.servers):
             server.close()
         self.servers.clear()
-        import shutil
-
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _delete_prefix(self) -> None:

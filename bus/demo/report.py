@@ -4,12 +4,17 @@ task events and the paper account) into one summary, and show it."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from bus.demo.environment import DemoEnvironment
+from bus.demo.session import Session
+from bus.executor.paper import PaperVenue
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -23,28 +28,62 @@ def percentiles(values: list[float]) -> dict[str, Any]:
     return {"n": len(s), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(s[-1] * 1000, 3)}
 
 
-def collect(
-    *,
-    bus: Any,
-    client: Any,
-    keys: Any,
-    broker: Any,
-    symbols: list[str],
-    timed: Any,
-    monitor: Any,
-    strategy: Any,
-    env: Any,
-    runtime: float,
-    drained: bool,
-) -> dict[str, Any]:
-    events: Counter[str] = Counter()
-    breaches: list[dict[str, Any]] = []
-    realized: dict[str, float] = {s: 0.0 for s in symbols}
-    for s in symbols:
-        for _, ev in bus.read_log(s):
-            events[ev.event_type.value] += 1
-            if ev.event_type.value == "risk.limit_breached":
-                breaches.append(
+def collect(session: Session, env: DemoEnvironment, *, runtime: float, drained: bool) -> dict[str, Any]:
+    """The summary of a finished session: what the logs, the worker's counters, the task events and the
+    paper account say happened, and the problems found (``ok`` when there are none)."""
+    logged = _read_logs(session)
+    positions, matches = _positions(session, logged.realized)
+    summary = {
+        "runtime_seconds": round(runtime, 2),
+        "redis": env.redis_desc,
+        "key_prefix": env.prefix,
+        "worker": {
+            "name": env.worker_name.replace("%h", "<host>"),
+            "pool": env.pool,
+            "concurrency": env.concurrency,
+        },
+        "symbols": session.symbols,
+        "events_total": sum(logged.events.values()),
+        "events_by_type": dict(sorted(logged.events.items())),
+        "tasks": _tasks(session, drained),
+        "risk_breaches": logged.breaches,
+        "kill_switch_refusals": session.strategy.refusals,
+        "positions": positions,
+        "pnl": {
+            "realized": round(sum(logged.realized.values()), 2),
+            "unrealized": round(sum(p["unrealized_pnl"] for p in positions.values()), 2),
+            "equity": str(session.venue.equity().quantize(Decimal("0.01"))),
+        },
+        "state_projection_matches_broker": matches,
+        "latency": {
+            "publish": percentiles(session.timed.publish_seconds),
+            "publish_to_task_start": percentiles(session.monitor.started_latency),
+        },
+    }
+    summary["problems"] = problems(summary)
+    summary["ok"] = not summary["problems"]
+    if not summary["ok"]:
+        summary["worker_log_tail"] = env.worker_tail(15)
+    return summary
+
+
+@dataclass
+class _Logged:
+    """What the symbols' event logs say: events by type, risk breaches, realized PnL per symbol."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    realized: dict[str, float] = field(default_factory=dict)
+
+
+def _read_logs(session: Session) -> _Logged:
+    logged = _Logged(realized={s: 0.0 for s in session.symbols})
+    for s in session.symbols:
+        for _, ev in session.bus.read_log(s):
+            kind = ev.event_type.value
+            logged.events[kind] += 1
+            if kind == "risk.limit_breached":
+                logged.breaches.append(
                     {
                         "symbol": s,
                         "rule": ev.data.get("rule"),
@@ -53,28 +92,50 @@ def collect(
                         "source": ev.source,
                     }
                 )
-            if ev.event_type.value in ("position.closed", "position.partially_closed"):
-                realized[s] += float(ev.data.get("pnl", 0) or 0)
-    stats = {_s(k): int(v) for k, v in client.hgetall(keys.stats()).items()}
+            if kind in ("position.closed", "position.partially_closed"):
+                logged.realized[s] += float(ev.data.get("pnl", 0) or 0)
+    return logged
+
+
+def _tasks(session: Session, drained: bool) -> dict[str, Any]:
+    """The worker's task counters (the stats hash: ``run:<task>``, ``retried:<task>``...) and the task events."""
+    client, keys = session.bus.client, session.bus.keys
+    stats = {_text(k): int(v) for k, v in client.hgetall(keys.stats()).items()}
 
     def total(what: str) -> int:
         return sum(v for k, v in stats.items() if k.startswith(f"{what}:"))
 
-    by_task = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("run:")}
+    return {
+        "dispatched": len(session.timed.expected_tasks),
+        "not_dispatched": session.timed.not_dispatched,
+        "run": total("run"),
+        "retried": total("retried"),
+        "dead_lettered": total("dead_lettered"),
+        "dead_letters_stream": int(client.xlen(keys.dead_letters())),
+        "by_task": {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("run:")},
+        "task_events": dict(session.monitor.counts),
+        "all_finished": drained,
+    }
+
+
+def _positions(session: Session, realized: dict[str, float]) -> tuple[dict[str, Any], bool]:
+    """Per symbol: the paper account's open positions and PnL; and whether the Redis state projection
+    holds exactly the account's positions."""
+    venue, strategy = session.venue, session.strategy
     positions: dict[str, Any] = {}
     matches = True
-    broker_positions = broker.positions()
-    for s in symbols:
-        mine = [p for p in broker_positions if p["symbol"] == s]
-        projected = bus.get_active_positions(s)
-        matches &= sorted(p["position_id"] for p in mine) == sorted(_s(p.get("position_id")) for p in projected)
+    venue_positions = venue.positions()
+    for s in session.symbols:
+        mine = [p for p in venue_positions if p["symbol"] == s]
+        projected = session.bus.get_active_positions(s)
+        matches &= sorted(p["position_id"] for p in mine) == sorted(str(p.get("position_id")) for p in projected)
         unreal = Decimal(0)
         for p in mine:
-            full = broker.position(p["position_id"])
+            full = venue.position(p["position_id"])
             if full is not None:
-                unreal += _pnl(broker, full)
+                unreal += _pnl(venue, full)
         positions[s] = {
-            "price": str(broker.prices.get(s)),
+            "price": str(venue.prices.get(s)),
             "open": [
                 {
                     "position_id": p["position_id"],
@@ -90,60 +151,18 @@ def collect(
             "realized_pnl": round(realized[s], 2),
             "unrealized_pnl": round(float(unreal), 2),
         }
-    dead = int(client.xlen(keys.dead_letters()))
-    summary = {
-        "runtime_seconds": round(runtime, 2),
-        "redis": env.redis_desc,
-        "key_prefix": env.prefix,
-        "worker": {
-            "name": env.worker_name.replace("%h", "<host>"),
-            "pool": env.pool,
-            "concurrency": env.concurrency,
-        },
-        "symbols": symbols,
-        "events_total": sum(events.values()),
-        "events_by_type": dict(sorted(events.items())),
-        "tasks": {
-            "dispatched": len(timed.expected_tasks),
-            "not_dispatched": timed.not_dispatched,
-            "run": total("run"),
-            "retried": total("retried"),
-            "dead_lettered": total("dead_lettered"),
-            "dead_letters_stream": dead,
-            "by_task": by_task,
-            "task_events": dict(monitor.counts),
-            "all_finished": drained,
-        },
-        "risk_breaches": breaches,
-        "kill_switch_refusals": strategy.refusals,
-        "positions": positions,
-        "pnl": {
-            "realized": round(sum(realized.values()), 2),
-            "unrealized": round(sum(p["unrealized_pnl"] for p in positions.values()), 2),
-            "equity": str(broker.equity().quantize(Decimal("0.01"))),
-        },
-        "state_projection_matches_broker": matches,
-        "latency": {
-            "publish": percentiles(timed.publish_seconds),
-            "publish_to_task_start": percentiles(monitor.started_latency),
-        },
-    }
-    summary["problems"] = problems(summary)
-    summary["ok"] = not summary["problems"]
-    if not summary["ok"]:
-        summary["worker_log_tail"] = env.worker_tail(15)
-    return summary
+    return positions, matches
 
 
-def _pnl(broker: Any, pos: dict[str, Any]) -> Decimal:
-    px = broker.prices[pos["symbol"]]
+def _pnl(venue: PaperVenue, pos: dict[str, Any]) -> Decimal:
+    px = venue.prices[pos["symbol"]]
     sign = 1 if pos["direction"] == "LONG" else -1
-    size = broker.contract_sizes.get(pos["symbol"], Decimal(1))
+    size = venue.contract_sizes.get(pos["symbol"], Decimal(1))
     return sign * (px - pos["entry_price"]) * pos["volume"] * size
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def problems(summary: dict[str, Any]) -> list[str]:
@@ -174,7 +193,12 @@ def render(summary: dict[str, Any], console: Console) -> None:
     for k, v in summary["events_by_type"].items():
         ev.add_row(k, str(v))
     console.print(ev)
-    t = summary["tasks"]
+    _render_tasks(summary["tasks"], console)
+    _render_positions(summary, console)
+    _render_findings(summary, console)
+
+
+def _render_tasks(t: dict[str, Any], console: Console) -> None:
     tasks = Table(title="Celery tasks", title_justify="left")
     for c in ("dispatched", "run", "retried", "dead-lettered", "not dispatched (beat re-sends)"):
         tasks.add_column(c, justify="right")
@@ -188,6 +212,9 @@ def render(summary: dict[str, Any], console: Console) -> None:
     console.print(tasks)
     if t["by_task"]:
         console.print("  run by task: " + ", ".join(f"{k} {v}" for k, v in sorted(t["by_task"].items())))
+
+
+def _render_positions(summary: dict[str, Any], console: Console) -> None:
     pos = Table(title="positions and PnL", title_justify="left")
     for c in (
         "symbol",
@@ -215,6 +242,10 @@ def render(summary: dict[str, Any], console: Console) -> None:
     console.print(pos)
     pnl = summary["pnl"]
     console.print(f"PnL: realized {pnl['realized']:.2f}, unrealized {pnl['unrealized']:.2f}, equity {pnl['equity']}")
+
+
+def _render_findings(summary: dict[str, Any], console: Console) -> None:
+    """Breaches, refusals, latency, and the verdict."""
     for b in summary["risk_breaches"]:
         console.print(f"[yellow]risk breach[/] {b['symbol']}: {b['rule']} ({b['value']} > {b['limit']})")
     refusals = summary["kill_switch_refusals"]

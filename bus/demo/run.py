@@ -4,130 +4,79 @@ Redis: the configured one if it answers (under a key prefix of its own, deleted 
 embedded redis-server. A real Celery worker subprocess (``celery -A celery_app worker``) with a private
 broker. A paper-traded session on three symbols: random-walk prices, a moving-average strategy trading
 through the executor, one oversized order that the risk task flags, and the kill switch refusing the
-next order. Ends with a summary; exit 0 when everything the demo shows happened, 1 otherwise.
+next order. Ends with a summary whose ``ok`` says whether everything the demo shows happened.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bus.cli.common import (
-    EXIT_PROBLEM,
-    EXIT_USAGE,
-    CliContext,
-    CliError,
-    console,
-    err_console,
-    print_json,
-)
-from bus.demo.environment import DemoEnvironment
-from bus.demo.session import DEMO_SYMBOLS, LOT, OVERSIZED_LOT, Strategy, TaskMonitor, TimedBus
+from bus.config import Settings
+from bus.demo.environment import DEMO_MAX_ORDER_VOLUME, DemoEnvironment
+from bus.demo.report import collect
+from bus.demo.session import DEMO_SYMBOLS, LOT, OVERSIZED_LOT, Session, Strategy, TaskMonitor, TimedBus
 
 #: seconds between price ticks
 TICK_SECONDS = 0.1
 #: seconds to wait for the breach to come back from the risk task, and for the tasks to finish
 BREACH_TIMEOUT = 15.0
 DRAIN_TIMEOUT = 20.0
+EXECUTOR_LOGGER = f"{__name__}.executor"
 
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
-
-
-def demo(
-    ctx: typer.Context,
-    seconds: Annotated[float, typer.Option("--seconds", min=3, max=45, help="Length of the trading session.")] = 10.0,
-    symbols: Annotated[int, typer.Option("--symbols", min=2, max=3, help="How many symbols to trade.")] = 3,
-    embedded: Annotated[bool, typer.Option("--embedded", help="Always start an embedded Redis.")] = False,
-    pool: Annotated[str, typer.Option("--pool", help="Worker pool: prefork, threads or solo.")] = "prefork",
-    seed: Annotated[int | None, typer.Option("--seed", help="Random-walk seed (repeatable runs).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
-) -> None:
-    """Run the whole bridge: Redis, a Celery worker, a paper-traded session, and a summary."""
-    obj: CliContext = ctx.obj
-    if pool not in ("prefork", "threads", "solo"):
-        raise CliError(f"--pool must be prefork, threads or solo, not {pool!r}", EXIT_USAGE)
-    summary = run_demo(
-        obj.settings,
-        seconds=seconds,
-        n_symbols=symbols,
-        embedded=embedded,
-        pool=pool,
-        seed=seed,
-        as_json=as_json,
-    )
-    if as_json:
-        print_json(summary)
-    else:
-        from bus.demo.report import render
-
-        render(summary, console)
-    if not summary["ok"]:
-        raise typer.Exit(EXIT_PROBLEM)
+Say = Callable[[str], None]
 
 
 def run_demo(
-    base: Any,
+    base: Settings,
     *,
     seconds: float = 10.0,
     n_symbols: int = 3,
     embedded: bool = False,
     pool: str = "prefork",
     seed: int | None = None,
-    as_json: bool = False,
+    say: Say = lambda msg: None,
+    live_console: Console | None = None,
 ) -> dict[str, Any]:
-    out = err_console if as_json else console
-    quiet = as_json
-
-    def say(msg: str) -> None:
-        if not quiet:
-            out.print(f"[dim]demo:[/] {msg}", soft_wrap=True)
-
-    logging.getLogger("tradebus.demo.executor").setLevel(logging.ERROR)
+    """Run one demo session and return its summary. ``say`` hears progress; ``live_console``, when
+    given, shows a live table of the session."""
+    logging.getLogger(EXECUTOR_LOGGER).setLevel(logging.ERROR)
     started = time.monotonic()
     with DemoEnvironment(base, embedded=embedded, pool=pool, log=say) as env:
         say(f"worker ready after {time.monotonic() - started:.1f}s; trading for {seconds:.0f}s")
-        return _session(
-            env,
-            seconds=seconds,
-            n_symbols=n_symbols,
-            seed=seed,
-            live=not quiet,
-            say=say,
-            started=started,
-        )
+        session = _open_session(env, n_symbols=n_symbols, seed=seed)
+        try:
+            _trade(session, seconds=seconds, say=say, live_console=live_console)
+            session.executor.flush()
+            say("session over; waiting for the worker to finish the dispatched tasks")
+            drained = _drain(session.timed, session.monitor)
+            return collect(session, env, runtime=time.monotonic() - started, drained=drained)
+        finally:
+            session.close()
 
 
-def _session(
-    env: DemoEnvironment,
-    *,
-    seconds: float,
-    n_symbols: int,
-    seed: int | None,
-    live: bool,
-    say: Any,
-    started: float,
-) -> dict[str, Any]:
-    from bus.core.bus import EventBusFactory
-    from bus.demo.report import collect
+def _open_session(env: DemoEnvironment, *, n_symbols: int, seed: int | None) -> Session:
     from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.factory import EventBusFactory
     from bus.executor.builder import ExecutorBuilder
-    from bus.executor.paper import PaperBroker, RandomWalkFeed
+    from bus.executor.paper import PaperVenue, RandomWalkFeed
 
     names = list(DEMO_SYMBOLS)[:n_symbols]
     # channels are not prefixed: on a shared server keep clear of real symbols' channels
     symbols = [f"DEMO-{s}" for s in names] if env.shared else names
     bus = EventBusFactory.create_from_env(env.settings, dispatcher=Dispatcher.from_settings(env.settings))
     timed = TimedBus(bus)
+    assert env.app is not None  # started by DemoEnvironment.__enter__
     monitor = TaskMonitor(env.app, timed).start()
-    broker = PaperBroker(
+    venue = PaperVenue(
         balance=100_000,
         leverage=100,
         symbols=symbols,
@@ -135,7 +84,7 @@ def _session(
         contract_sizes={s: DEMO_SYMBOLS[n][1] for s, n in zip(symbols, names, strict=True)},
     )
     feed = RandomWalkFeed(
-        broker,
+        venue,
         {s: DEMO_SYMBOLS[n][0] for s, n in zip(symbols, names, strict=True)},
         seed=seed,
         volatility=0.0015,
@@ -147,91 +96,79 @@ def _session(
             "symbols": symbols,
             "outbox_path": str(env.workdir / "outbox.sqlite3"),
         },
-        client=broker,
+        client=venue,
         event_bus=timed,
-        logger=logging.getLogger("tradebus.demo.executor"),
+        logger=logging.getLogger(EXECUTOR_LOGGER),
     )
-    strategy = Strategy(executor, broker, symbols)
-    target = symbols[0]
-    ticks = max(30, int(seconds / TICK_SECONDS))
-    breach_tick = ticks // 3
-    phase = "trading"
-    client = env.client()
-    try:
-        view = (
-            Live(
-                _view(broker, strategy, timed, monitor, 0, ticks, phase),
-                console=console,
-                refresh_per_second=6,
-                transient=False,
+    strategy = Strategy(executor, venue, symbols)
+    return Session(
+        symbols=symbols,
+        bus=bus,
+        timed=timed,
+        monitor=monitor,
+        venue=venue,
+        feed=feed,
+        executor=executor,
+        strategy=strategy,
+    )
+
+
+class _Breach:
+    """The scripted part of the session on one symbol: an oversized order at ``at_tick``; the risk task
+    flags it and the kill switch engages; the strategy's next order there is refused."""
+
+    def __init__(self, session: Session, target: str, at_tick: int, say: Say) -> None:
+        self.session, self.target, self.at_tick, self.say = session, target, at_tick, say
+        self.phase = "trading"  # -> "breach sent" -> "refused"
+        self.deadline = 0.0
+
+    def step(self, tick: int) -> bool:
+        """Advance the script at this tick; False when the breach never came back (give up)."""
+        strategy, executor = self.session.strategy, self.session.executor
+        if tick == self.at_tick:
+            self.say(
+                f"placing an oversized order: {OVERSIZED_LOT} lots of {self.target} (risk limit "
+                f"max_order_volume is {DEMO_MAX_ORDER_VOLUME})"
             )
-            if live and console.is_terminal
-            else None
-        )
-        if view is not None:
-            view.start()
+            strategy.open(tick, self.target, "BUY", OVERSIZED_LOT)
+            self.phase, self.deadline = "breach sent", time.monotonic() + BREACH_TIMEOUT
+        elif self.phase == "breach sent" and (reason := executor.kill_switch_reason(self.target)):
+            self.say(f"risk task flagged it; kill switch engaged on {self.target}: {reason}")
+            ticket = strategy.open(tick, self.target, "BUY", LOT)
+            self.say(f"the strategy's next order on {self.target}: {ticket.status} ({ticket.reason})")
+            self.phase = "refused"
+        elif self.phase == "breach sent" and time.monotonic() > self.deadline:
+            self.say(f"no risk breach came back within {BREACH_TIMEOUT:.0f}s (is the risk task running?)")
+            return False
+        return True
+
+
+def _trade(session: Session, *, seconds: float, say: Say, live_console: Console | None) -> None:
+    """Tick the prices and the strategy for ``seconds`` (at least 30 ticks), and until the breach script is done."""
+    ticks = max(30, int(seconds / TICK_SECONDS))
+    breach = _Breach(session, session.symbols[0], ticks // 3, say)
+    view = None
+    if live_console is not None:
+        view = Live(_view(session, 0, ticks, breach.phase), console=live_console, refresh_per_second=6)
+    with view or nullcontext():
         next_at = time.monotonic()
         tick = 0
-        breach_deadline = None
-        while tick < ticks or phase != "refused":
-            prices = feed.step()
-            strategy.sync_positions()
-            strategy.on_tick(tick, prices)
-            if tick == breach_tick:
-                say(
-                    f"placing an oversized order: {OVERSIZED_LOT} lots of {target} (risk limit "
-                    f"max_order_volume is {env_limit()})"
-                )
-                strategy.open(tick, target, "BUY", OVERSIZED_LOT)
-                phase, breach_deadline = "breach sent", time.monotonic() + BREACH_TIMEOUT
-            elif phase == "breach sent" and executor.kill_switch_reason(target):
-                say(f"risk task flagged it; kill switch engaged on {target}: {executor.kill_switch_reason(target)}")
-                ticket = strategy.open(tick, target, "BUY", LOT)
-                say(f"the strategy's next order on {target}: {ticket.status} ({ticket.reason})")
-                phase = "refused"
-            elif phase == "breach sent" and breach_deadline is not None and time.monotonic() > breach_deadline:
-                say(f"no risk breach came back within {BREACH_TIMEOUT:.0f}s (is the risk task running?)")
+        while tick < ticks or breach.phase != "refused":
+            prices = session.feed.step()
+            session.strategy.sync_positions()
+            session.strategy.on_tick(tick, prices)
+            if not breach.step(tick):
                 break
             tick += 1
             if view is not None:
-                view.update(_view(broker, strategy, timed, monitor, tick, ticks, phase))
+                view.update(_view(session, tick, ticks, breach.phase))
             elif tick % max(1, ticks // 4) == 0:
                 say(
-                    f"tick {tick}/{ticks}: {len(timed.publish_seconds)} events published, "
-                    f"{len(monitor.finished)} tasks done"
+                    f"tick {tick}/{ticks}: {len(session.timed.publish_seconds)} events published, "
+                    f"{len(session.monitor.finished)} tasks done"
                 )
             next_at += TICK_SECONDS
             time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the price feed, not waiting on work
-        if view is not None:
-            view.stop()
-        executor.flush()
-        say("session over; waiting for the worker to finish the dispatched tasks")
-        drained = _drain(timed, monitor)
-        summary = collect(
-            bus=bus,
-            client=client,
-            keys=bus.keys,
-            broker=broker,
-            symbols=symbols,
-            timed=timed,
-            monitor=monitor,
-            strategy=strategy,
-            env=env,
-            runtime=time.monotonic() - started,
-            drained=drained,
-        )
-    finally:
-        executor.close()
-        monitor.stop()
-        bus.close()
-        client.close()
-    return summary
-
-
-def env_limit() -> int:
-    from bus.demo.environment import DEMO_MAX_ORDER_VOLUME
-
-    return DEMO_MAX_ORDER_VOLUME
 
 
 def _drain(timed: TimedBus, monitor: TaskMonitor) -> bool:
@@ -244,15 +181,8 @@ def _drain(timed: TimedBus, monitor: TaskMonitor) -> bool:
     return timed.expected_tasks <= monitor.finished
 
 
-def _view(
-    broker: Any,
-    strategy: Strategy,
-    timed: TimedBus,
-    monitor: TaskMonitor,
-    tick: int,
-    ticks: int,
-    phase: str,
-) -> Table:
+def _view(session: Session, tick: int, ticks: int, phase: str) -> Table:
+    timed, monitor, venue = session.timed, session.monitor, session.venue
     t = Table(
         title=f"tradebus demo: tick {tick}/{ticks} | events published {len(timed.publish_seconds)} | "
         f"tasks done {len(monitor.finished)}/{len(timed.expected_tasks)} | {phase}",
@@ -260,14 +190,8 @@ def _view(
     )
     for c in ("symbol", "price", "position", "orders", "refused"):
         t.add_column(c)
-    positions = broker.positions()
-    for s, book in strategy.books.items():
+    positions = venue.positions()
+    for s, book in session.strategy.books.items():
         mine = [f"{p['direction']} {Decimal(p['volume'])}" for p in positions if p["symbol"] == s]
-        t.add_row(
-            s,
-            str(broker.prices.get(s)),
-            ", ".join(mine) or "-",
-            str(book.orders),
-            str(book.refused),
-        )
+        t.add_row(s, str(venue.prices.get(s)), ", ".join(mine) or "-", str(book.orders), str(book.refused))
     return t

@@ -10,9 +10,18 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bus.core.bus import RedisEventBus
+from bus.core.publisher import PublishReceipt
 from bus.events.model import TradeEvent
+from bus.executor.builder import TradeExecutor
+from bus.executor.orders import OrderTicket
+from bus.executor.paper import PaperVenue
+from bus.executor.venue import RandomWalkFeed
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 #: symbol -> starting price, contract size
 DEMO_SYMBOLS: dict[str, tuple[str, int]] = {
@@ -27,7 +36,7 @@ OVERSIZED_LOT = Decimal("8.0")
 class TimedBus:
     """Wraps the RedisEventBus: times every publish and remembers when each event went out."""
 
-    def __init__(self, bus: Any) -> None:
+    def __init__(self, bus: RedisEventBus) -> None:
         self._bus = bus
         self.publish_seconds: list[float] = []
         self.published_at: dict[str, float] = {}  # event_id -> wall clock after publish returned
@@ -35,26 +44,26 @@ class TimedBus:
         self.not_dispatched = 0
         self._lock = threading.Lock()
 
-    def publish(self, event: TradeEvent) -> Any:
+    def publish(self, event: TradeEvent) -> PublishReceipt:
         t0 = time.perf_counter()
         receipt = self._bus.publish(event)
         dt = time.perf_counter() - t0
         with self._lock:
             self.publish_seconds.append(dt)
             self.published_at[event.event_id] = time.time()
-            for route in getattr(receipt, "dispatched", ()):
+            for route in receipt.dispatched:
                 self.expected_tasks.add(f"{event.event_id}:{route}")
-            self.not_dispatched += len(getattr(receipt, "not_dispatched", ()))
+            self.not_dispatched += len(receipt.not_dispatched)
         return receipt
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # the executor reaches the bus's client and keys through it
         return getattr(self._bus, name)
 
 
 class TaskMonitor:
     """Celery task events (the worker runs with -E): counts and publish -> task-start latency."""
 
-    def __init__(self, app: Any, bus: TimedBus) -> None:
+    def __init__(self, app: Celery, bus: TimedBus) -> None:
         self.app, self.bus = app, bus
         self.counts: Counter[str] = Counter()
         self.started_latency: list[float] = []
@@ -82,7 +91,6 @@ class TaskMonitor:
                 self.finished.add(uuid)
 
     def _run(self) -> None:
-
         try:
             with self.app.connection_for_read() as conn:
                 recv = self.app.events.Receiver(conn, handlers={"*": self._on})
@@ -121,8 +129,8 @@ class SymbolBook:
 class Strategy:
     """Moving-average crossover (3 vs 8 ticks) with stop-loss / take-profit, one position per symbol."""
 
-    def __init__(self, executor: Any, broker: Any, symbols: list[str]) -> None:
-        self.executor, self.broker = executor, broker
+    def __init__(self, executor: TradeExecutor, venue: PaperVenue, symbols: list[str]) -> None:
+        self.executor, self.venue = executor, venue
         self.books = {s: SymbolBook() for s in symbols}
         self.refusals: list[dict[str, Any]] = []
 
@@ -130,7 +138,7 @@ class Strategy:
         for symbol, px in prices.items():
             book = self.books[symbol]
             book.prices.append(px)
-            if book.position is not None and self.broker.position(book.position) is None:
+            if book.position is not None and self.venue.position(book.position) is None:
                 book.position = None  # closed by stop-loss / take-profit
             if len(book.prices) < 8:
                 continue
@@ -144,21 +152,21 @@ class Strategy:
                 self.executor.close_position(book.position)
                 book.position = None
             elif not book.halved and self._profit(symbol, px) > Decimal("0.001"):
-                pos = self.broker.position(book.position)
+                pos = self.venue.position(book.position)
                 if pos is not None and pos["volume"] >= Decimal("0.2"):
                     self.executor.close_position(book.position, (pos["volume"] / 2).quantize(Decimal("0.01")))
                     book.halved = True
 
     def _profit(self, symbol: str, px: Decimal) -> Decimal:
-        pos = self.broker.position(self.books[symbol].position or "")
+        pos = self.venue.position(self.books[symbol].position or "")
         if pos is None:
             return Decimal(0)
         move = (px - pos["entry_price"]) / pos["entry_price"]
         return move if pos["direction"] == "LONG" else -move
 
-    def open(self, tick: int, symbol: str, side: str, volume: Decimal) -> Any:
+    def open(self, tick: int, symbol: str, side: str, volume: Decimal) -> OrderTicket:
         book = self.books[symbol]
-        px = book.prices[-1] if book.prices else self.broker.prices[symbol]
+        px = book.prices[-1] if book.prices else self.venue.prices[symbol]
         step = px * Decimal("0.004")
         sl = px - step if side == "BUY" else px + step
         tp = px + step if side == "BUY" else px - step
@@ -169,29 +177,44 @@ class Strategy:
             book.refused += 1
             self.refusals.append({"symbol": symbol, "order_id": ticket.order_id, "reason": ticket.reason})
             return ticket
-        info = self.broker.order(ticket.order_id) or {}
+        info = self.venue.order(ticket.order_id) or {}
         if info.get("status") in ("filled", "partially_filled"):
-            pid = next(
-                (
-                    p["position_id"]
-                    for p in self.broker.positions()
-                    if p["symbol"] == symbol and self.broker.position(p["position_id"])["order_id"] == ticket.order_id
-                ),
-                None,
-            )
-            book.position, book.direction, book.halved = (
-                pid,
-                "LONG" if side == "BUY" else "SHORT",
-                False,
-            )
+            book.position = self._position_opened_by(ticket.order_id, symbol)
+            book.direction = "LONG" if side == "BUY" else "SHORT"
+            book.halved = False
         return ticket
+
+    def _position_opened_by(self, order_id: str, symbol: str) -> str | None:
+        for p in self.venue.positions():
+            if p["symbol"] == symbol and (self.venue.position(p["position_id"]) or {}).get("order_id") == order_id:
+                return p["position_id"]
+        return None
 
     def sync_positions(self) -> None:
         """Pick up positions opened by later chunks of a partially filled order."""
         for symbol, book in self.books.items():
             if book.position is None:
-                for p in self.broker.positions():
+                for p in self.venue.positions():
                     if p["symbol"] == symbol:
                         book.position = p["position_id"]
                         book.direction = p["direction"]
                         break
+
+
+@dataclass
+class Session:
+    """One demo run's trading parts: what the loop drives and what the summary reads."""
+
+    symbols: list[str]
+    bus: RedisEventBus
+    timed: TimedBus
+    monitor: TaskMonitor
+    venue: PaperVenue
+    feed: RandomWalkFeed
+    executor: TradeExecutor
+    strategy: Strategy
+
+    def close(self) -> None:
+        self.executor.close()
+        self.monitor.stop()
+        self.bus.close()

@@ -1,11 +1,13 @@
-"""Dead letters: tasks that failed past their retries, and malformed task messages (G5).
+"""Dead letters: tasks that failed past their retries, and malformed task messages (bad input).
 
-One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON, route, task,
-attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge it.
+One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON (or the raw message
+a worker refused), route, task, queue, attempts and reason, so an operator can list it, replay it
+(re-enqueue through a Dispatcher) or purge it.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 
 from bus.core.keys import Keys
+from bus.core.wire import text
 from bus.dispatch.routing import Route
 from bus.errors import BusError
 from bus.events.model import TradeEvent
@@ -24,6 +27,11 @@ if TYPE_CHECKING:
 
 # Dead letters kept (approximately); the oldest go first.
 DEAD_LETTER_MAXLEN = 100_000
+# Bytes of a refused message's content kept in its dead letter: enough to see what it was, while a
+# stream of huge hostile messages cannot grow the stream by more than this per entry.
+MAX_CONTENT_BYTES = 64 * 1024
+# ``encoding`` of content that is not UTF-8 text (garbage bytes, a binary body): base64 of the bytes.
+BASE64 = "base64"
 # XRANGE of the dead-letter stream: bytes from the bus client, str from a decoding (CLI) one
 _Rows = list[tuple[bytes | str, dict[Any, Any]]]
 
@@ -38,10 +46,26 @@ class DeadLetter:
     reason: str
     task_id: str
     at: float
+    queue: str = ""
+    encoding: str = ""  # "" when ``event_json`` is the text itself, BASE64 when it encodes bytes
+    size: int = 0  # bytes of the original content; more than ``len(raw)`` when it was cut
+
+    @property
+    def raw(self) -> bytes:
+        """The content as received (its first MAX_CONTENT_BYTES)."""
+        if self.encoding == BASE64:
+            return base64.b64decode(self.event_json)
+        return self.event_json.encode()
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.raw)
 
     @property
     def event(self) -> TradeEvent | None:
         """The event, or None if the dead letter is a malformed message."""
+        if self.encoding or self.truncated:
+            return None
         try:
             return TradeEvent.from_json(self.event_json)
         except (ValueError, TypeError):
@@ -58,21 +82,32 @@ def dead_letter(
     attempts: int,
     reason: str,
     task_id: str = "",
+    queue: str = "",
 ) -> str:
-    """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute())."""
-    if isinstance(event_json, bytes):
-        event_json = event_json.decode("utf-8", "replace")
+    """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute()).
+
+    ``event_json`` may be any bytes a worker refused: kept as text when it is UTF-8, else base64 (with
+    ``encoding`` saying so), either way cut to MAX_CONTENT_BYTES (``size`` keeps the full length).
+    """
+    content = event_json.encode("utf-8", "surrogatepass") if isinstance(event_json, str) else bytes(event_json)
+    kept = content[:MAX_CONTENT_BYTES]
+    body, encoding = _utf8(kept, cut=len(kept) < len(content)), ""
+    if body is None:
+        body, encoding = base64.b64encode(kept).decode("ascii"), BASE64
     fields: dict[FieldT, EncodableT] = {
-        "event": event_json,
+        "event": body,
         "route": route or "",
         "task": task or "",
         "attempts": int(attempts),
         "reason": reason[:2000],
         "task_id": task_id or "",
         "at": f"{time.time():.3f}",
+        "queue": queue or "",
+        "encoding": encoding,
+        "size": len(content),
     }
     result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-    return _text(result) if isinstance(result, bytes | str) else ""
+    return text(result) if isinstance(result, bytes | str) else ""
 
 
 def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
@@ -104,11 +139,7 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Dispatcher, ids: list[st
         if d is None or d.event is None:
             continue
         route = dispatcher.routing.get(d.route) or Route(d.route or "replay", d.task, _queue_of(d.task))
-        strict, dispatcher.strict = dispatcher.strict, True
-        try:
-            dispatcher.send(d.event, d.event_json, [route])
-        finally:
-            dispatcher.strict = strict
+        dispatcher.send(d.event, d.event_json, [route], strict=True)
         client.xdel(keys.dead_letters(), d.id)
         replayed.append(d.id)
     return replayed
@@ -130,14 +161,20 @@ def _queue_of(task: str) -> str:
     raise BusError(f"cannot replay task {task!r}: its route is gone and its queue is unknown")
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _utf8(data: bytes, *, cut: bool) -> str | None:
+    """``data`` as text, or None if it is not UTF-8; a cut may have split its last character (<= 3 bytes)."""
+    for drop in range(4 if cut else 1):
+        try:
+            return data[: len(data) - drop].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {text(k): text(v) for k, v in fields.items()}
     return DeadLetter(
-        id=_text(entry_id),
+        id=text(entry_id),
         event_json=f.get("event", ""),
         route=f.get("route", ""),
         task=f.get("task", ""),
@@ -145,4 +182,8 @@ def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
         reason=f.get("reason", ""),
         task_id=f.get("task_id", ""),
         at=float(f.get("at", 0) or 0),
+        queue=f.get("queue", ""),
+        encoding=f.get("encoding", ""),
+        # entries written before sizes were recorded: the content is all there is
+        size=int(f.get("size", 0) or 0) or len(f.get("event", "").encode()),
     )

@@ -1,18 +1,18 @@
 """Dispatcher: turns a logged event into the Celery tasks its routes name, cheaply and at least once.
 
-Protocol with RedisEventBus.publish (see bus/redis_bus.py):
+The bus's side of it is the ``TaskDispatcher`` protocol (bus/core/dispatching.py); this implements it:
 
-* ``bus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
+* ``RedisEventBus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
 * ``routes = dispatcher.routes_for(event)`` (cached per type and symbol).
 * If ``dispatcher.stages_in_bus_pipeline`` (the broker is a Redis database on the bus's own server):
   ``dispatcher.stage(pipe, event, payload, routes)`` appends ``SELECT <broker db>; LPUSH ...;
   SELECT <bus db>`` to the bus's MULTI pipeline, so log + broadcast + task messages commit in one
   atomic round trip and nothing needs recording.
 * Otherwise the publish script also ZADDs ``log_id`` to ``keys.pending_dispatch_for(symbol)`` (score:
-  server time in ms), and after EXEC the bus calls ``dispatcher.send(event, payload, routes, log_id)``:
-  one pipeline (Redis broker) or one producer session (AMQP) for all routes, then ZREM of the pending
-  entry. If the broker refuses, ``send`` returns the routes as not dispatched (or raises DispatchError
-  when ``strict``) and the pending entry stays for ``redispatch_missed`` (beat) to pick up.
+  server time in ms), and after EXEC the bus calls ``dispatcher.send_many(items, log_ids)``: one
+  pipeline (Redis broker) or one producer session (AMQP) for all routes, then ZREM of the pending
+  entries. If the broker refuses, ``send_many`` returns the routes as not dispatched (or raises
+  DispatchError when strict) and the pending entries stay for ``redispatch_missed`` (beat) to pick up.
 
 Task call convention: ``send_task(route.task, args=[event_json], kwargs={"route": route.name},
 task_id=f"{event_id}:{route.name}", queue=route.queue, priority=route.priority)``.
@@ -26,11 +26,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from bus.config import Settings, safe_url
+from bus.core.connection import NO_RETRIES, make_client
+from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
+from bus.core.wire import entry_event, entry_payload, text
 from bus.dispatch.messages import (
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
@@ -41,6 +42,7 @@ from bus.dispatch.messages import (
 from bus.dispatch.routing import Route, RoutingTable
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
+from bus.events.registry import load_event_types
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Dispatcher:
         self.broker_url = broker_url
         self.routing = routing if routing is not None else RoutingTable.default()
         self.settings = settings or Settings()
+        #: raise DispatchError when the broker refuses a publish's tasks (else report them not dispatched)
         self.strict = strict
         self.app = app if app is not None else publisher_app(broker_url, self.settings)
         self.messages = MessageBuilder(self.app)
@@ -108,6 +111,7 @@ class Dispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
+        load_event_types(settings.event_types_module)  # routes may name custom types
         if routing is None:
             routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
         kw.setdefault("strict", settings.dispatch_strict)
@@ -149,7 +153,7 @@ class Dispatcher:
         if self._select is None:
             raise DispatchError("stage() needs a broker on the bus's Redis server (see attach())")
         broker_db, bus_db = self._select
-        msgs = self._messages(event.event_id, _text(payload), routes)
+        msgs = self._messages(event.event_id, text(payload), routes)
         if broker_db != bus_db:
             pipe.execute_command("SELECT", broker_db)
         for key, raw in msgs:
@@ -161,15 +165,23 @@ class Dispatcher:
     # --- separate broker ----------------------------------------------------------------------------
 
     def send(
-        self, event: TradeEvent, payload: bytes | str, routes: Sequence[Route], log_id: str | None = None
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        self,
+        event: TradeEvent,
+        payload: bytes | str,
+        routes: Sequence[Route],
+        log_id: str | None = None,
+        *,
+        strict: bool | None = None,
+    ) -> RouteNames:
         """Enqueue ``routes`` for one event; returns ``(dispatched, not_dispatched)`` route names."""
-        return self.send_many([(event, payload, routes)], [log_id])[0]
+        return self.send_many([(event, payload, routes)], [log_id], strict=strict)[0]
 
     def send_many(
-        self, items: Sequence[Item], log_ids: Sequence[str | None] | None = None
-    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-        """Enqueue several events' tasks in one broker round trip; ZREM their pending entries."""
+        self, items: Sequence[Item], log_ids: Sequence[str | None] | None = None, *, strict: bool | None = None
+    ) -> list[RouteNames]:
+        """Enqueue several events' tasks in one broker round trip; ZREM their pending entries.
+
+        ``strict`` (default: the dispatcher's own) raises DispatchError when the broker refuses."""
         names = [tuple(r.name for r in routes) for _, _, routes in items]
         if not any(names):
             self._forget_pending(items, log_ids)
@@ -186,7 +198,7 @@ class Dispatcher:
         if error is not None:
             log.warning("dispatch to %s failed (%s); %d event(s) left pending for re-dispatch",
                         safe_url(self.broker_url), type(error).__name__, len(items))  # fmt: skip
-            if self.strict:
+            if self.strict if strict is None else strict:
                 raise DispatchError(f"could not enqueue tasks on {safe_url(self.broker_url)}: {error}") from error
             return [((), n) for n in names]
         self._forget_pending(items, log_ids)
@@ -196,7 +208,7 @@ class Dispatcher:
         if self._redis_kw is not None:
             with self._broker_client().pipeline(transaction=False) as pipe:
                 for event, payload, routes in items:
-                    for key, raw in self._messages(event.event_id, _text(payload), routes):
+                    for key, raw in self._messages(event.event_id, text(payload), routes):
                         pipe.lpush(key, raw)
                 pipe.execute()
             return
@@ -205,7 +217,7 @@ class Dispatcher:
             for event, payload, routes in items:
                 for r in routes:
                     self.app.send_task(
-                        r.task, args=[_text(payload)], kwargs={"route": r.name},
+                        r.task, args=[text(payload)], kwargs={"route": r.name},
                         task_id=task_id(event.event_id, r), queue=r.queue, priority=r.priority,
                         producer=producer, retry=True, retry_policy=PUBLISH_RETRY_POLICY,
                         argsrepr=f"[<event {event.event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}",
@@ -213,25 +225,13 @@ class Dispatcher:
 
     def _broker_client(self) -> redis.Redis:
         if self._broker is None:
-            s = self.settings
-            self._broker = redis.Redis(
-                **self._redis_kw,  # type: ignore[arg-type]
-                **s.ssl_options(self.broker_url),
-                socket_connect_timeout=s.redis_connect_timeout, socket_timeout=s.redis_socket_timeout,
-                socket_keepalive=True, health_check_interval=s.redis_health_check_interval,
-                # fail fast: a publish must not wait out retries; beat re-dispatches what failed
-                retry=Retry(NoBackoff(), 0),
-            )  # fmt: skip
+            # fail fast: a publish must not wait out retries; beat re-dispatches what failed
+            self._broker = make_client(self.broker_url, self.settings, retries=NO_RETRIES, connection=self._redis_kw)
         return self._broker
 
     def _forget_pending(self, items: Sequence[Item], log_ids: Sequence[str | None] | None) -> None:
-        if not log_ids or self.client is None or self.keys is None or not any(log_ids):
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for (event, _, _), log_id in zip(items, log_ids, strict=True):
-            if log_id:
-                pipe.zrem(self.keys.pending_dispatch_for(event.symbol), log_id)
-        pipe.execute()
+        if log_ids and self.client is not None and self.keys is not None:
+            forget_pending(self.client, self.keys, items, log_ids)
 
     # --- recovery (beat, CLI) ---------------------------------------------------------------------
 
@@ -245,11 +245,11 @@ class Dispatcher:
         cutoff = int(secs) * 1000 + int(micros) // 1000 - int(grace_seconds * 1000)
         total = 0
         for raw_symbol in client.smembers(keys.symbols()):
-            symbol = _text(raw_symbol)
+            symbol = text(raw_symbol)
             key = keys.pending_dispatch_for(symbol)
             while True:
                 members = client.zrangebyscore(key, "-inf", cutoff, start=0, num=REDISPATCH_BATCH)
-                ids = [_text(m) for m in cast("list[bytes | str]", members)]  # no scores asked for: members only
+                ids = [text(m) for m in cast("list[bytes | str]", members)]  # no scores asked for: members only
                 if not ids:
                     break
                 total += self._resend(symbol, ids, strict=True)
@@ -269,7 +269,7 @@ class Dispatcher:
         for log_id in log_ids:
             pipe.xrange(keys.log(symbol), log_id, log_id)
         found = [e[0] for e in pipe.execute() if e]
-        gone = set(log_ids) - {_text(i) for i, _ in found}
+        gone = set(log_ids) - {text(i) for i, _ in found}
         if gone:  # trimmed from the log before re-dispatch: nothing left to send
             log.error("%d pending event(s) of %s are no longer in the log: %s", len(gone), symbol, sorted(gone)[:5])
             client.zrem(keys.pending_dispatch_for(symbol), *gone)
@@ -279,45 +279,25 @@ class Dispatcher:
         items: list[Item] = []
         ids: list[str | None] = []
         for log_id, fields in entries:
-            payload = event_payload(fields)
-            event = TradeEvent.from_json(payload)
-            items.append((event, payload, self.routes_for(event)))
-            ids.append(_text(log_id) if forget else None)
+            event = entry_event(fields)
+            items.append((event, entry_payload(fields), self.routes_for(event)))
+            ids.append(text(log_id) if forget else None)
         if not items:
             return 0
-        strict_before, self.strict = self.strict, strict
-        self._down_until = 0.0
-        try:
-            self.send_many(items, ids)
-        finally:
-            self.strict = strict_before
+        self._down_until = 0.0  # a re-dispatch tries the broker even right after a failed publish
+        self.send_many(items, ids, strict=strict)
         return len(items)
 
     def _bus(self) -> tuple[redis.Redis, Keys]:
         if self.client is None or self.keys is None:
             s = self.settings
-            client = redis.Redis.from_url(s.bus_url, socket_connect_timeout=s.redis_connect_timeout,
-                                          socket_timeout=s.redis_socket_timeout, **s.ssl_options())  # fmt: skip
-            self.attach(client, Keys(s.key_prefix))
+            self.attach(make_client(s.bus_url, s), Keys(s.key_prefix))
         return self.client, self.keys  # type: ignore[return-value]
 
     def close(self) -> None:
         if self._broker is not None:
             self._broker.close()
             self._broker = None
-
-
-def event_payload(fields: dict[Any, Any]) -> bytes:
-    """The event JSON of a log entry (field ``e``, or ``event``)."""
-    for name in (b"e", "e", b"event", "event"):
-        if name in fields:
-            value = fields[name]
-            return value if isinstance(value, bytes) else str(value).encode()
-    raise DispatchError(f"log entry without an event field: {sorted(map(str, fields))}")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes | bytearray) else value
 
 
 def _norm(client: redis.Redis) -> dict[str, Any]:
@@ -327,3 +307,16 @@ def _norm(client: redis.Redis) -> dict[str, Any]:
     ssl = True if issubclass(pool.connection_class, redis.SSLConnection) else None
     return {"host": kw.get("host"), "port": kw.get("port"), "unix_socket_path": kw.get("path"),
             "username": kw.get("username"), "password": kw.get("password"), "ssl": ssl}  # fmt: skip
+
+
+def forget_pending(
+    client: redis.Redis, keys: Keys, items: Sequence[tuple[TradeEvent, Any, Any]], log_ids: Sequence[str | None]
+) -> None:
+    """ZREM the pending-dispatch entries of events whose tasks were enqueued (one round trip)."""
+    if not any(log_ids):
+        return
+    pipe = client.pipeline(transaction=False)
+    for (event, _, _), log_id in zip(items, log_ids, strict=True):
+        if log_id:
+            pipe.zrem(keys.pending_dispatch_for(event.symbol), log_id)
+    pipe.execute()

@@ -12,20 +12,30 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from bus.dispatch.names import (
+    NOTIFY_QUEUE,
+    NOTIFY_TASK,
+    QUEUES,
+    RISK_QUEUE,
+    RISK_TASK,
+    STATE_QUEUE,
+    STATE_TASK,
+)
 from bus.errors import RoutingError
-from bus.events.model import TradeEvent, TradeEventType
+from bus.events.model import TradeEvent
+from bus.events.registry import SPECS, custom_specs
 
-# A retry countdown must stay below the broker's visibility timeout, or Redis redelivers the message
-# while it waits (celery#2599, kombu#337). celery_app.config sets the timeout above this bound.
+# Longest retry countdown. On kombu's own Redis transport (redis+socket://) it must stay below the visibility
+# timeout, or Redis redelivers the message while it waits (celery#2599, kombu#337): celery_app.config sets
+# that timeout above this bound; celery_app's transport refreshes held messages instead (celery_app.heartbeat).
 MAX_BACKOFF_SECONDS = 1800.0
 # Route names become part of task ids ("{event_id}:{route}") and stats fields.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_EVENT_TYPES = tuple(t.value for t in TradeEventType)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ def _check_route(r: Route) -> None:
         if not isinstance(value, tuple) or not value or not all(isinstance(p, str) and p for p in value):
             raise _fail(name, fld, f"must be a non-empty list of non-empty strings, got {value!r}")
     for pattern in r.event_types:
-        if not any(fnmatchcase(t, pattern) for t in _EVENT_TYPES):
+        if not any(fnmatchcase(t, pattern) for t in SPECS):  # built-in and registered types
             raise _fail(name, "event_types", f"pattern {pattern!r} matches no event type")
     if isinstance(r.priority, bool) or not isinstance(r.priority, int) or not 0 <= r.priority <= 9:
         raise _fail(name, "priority", f"must be an integer 0-9, got {r.priority!r}")
@@ -100,17 +110,15 @@ def _check_route(r: Route) -> None:
 
 ORDER_AND_POSITION = ("order.*", "position.*")
 DEFAULT_ROUTES: tuple[Route, ...] = (
-    Route("state", "tradebus.state.apply", "tradebus.state", ORDER_AND_POSITION,
+    Route("state", STATE_TASK, STATE_QUEUE, ORDER_AND_POSITION,
           retry=RetryPolicy(max_retries=8, backoff=0.5, backoff_max=30.0)),
-    Route("risk", "tradebus.risk.check", "tradebus.risk",
+    Route("risk", RISK_TASK, RISK_QUEUE,
           ("order.created", "order.modified", "order.filled", "order.partially_filled",
            "position.opened", "position.modified", "position.partially_closed", "position.closed")),
-    Route("notify", "tradebus.notify.send", "tradebus.notify",
+    Route("notify", NOTIFY_TASK, NOTIFY_QUEUE,
           ("risk.*", "order.rejected", "trade.failed", "position.closed"),
           retry=RetryPolicy(max_retries=5, backoff=2.0, backoff_max=300.0)),
 )  # fmt: skip
-# Reconciliation runs from beat, not from events; its queue is declared with the others.
-QUEUES = ("tradebus.state", "tradebus.risk", "tradebus.notify", "tradebus.reconcile")
 
 
 class RoutingTable:
@@ -124,7 +132,11 @@ class RoutingTable:
 
     @classmethod
     def default(cls) -> RoutingTable:
-        return cls(DEFAULT_ROUTES)
+        """The default routes; the state task's route also takes the registered types with a state effect."""
+        effects = tuple(spec.event_type.value for spec in custom_specs() if spec.effect is not None)
+        return cls(
+            replace(r, event_types=r.event_types + effects) if r.task == STATE_TASK else r for r in DEFAULT_ROUTES
+        )
 
     def add(self, route: Route) -> RoutingTable:
         if not isinstance(route, Route):

@@ -20,23 +20,23 @@ import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 
+from bus.config import NotifySettings
 from bus.core.keys import Keys
 from bus.errors import BusError, ConfigError
 from bus.events.model import TradeEvent
 
-log = logging.getLogger("tradebus.notify")
+log = logging.getLogger(__name__)
 
 # Seconds a webhook may take to answer before the attempt counts as failed (and is retried).
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
@@ -195,9 +195,9 @@ class WebhookSink:
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    """Which events notify and where. ``from_env`` reads TRADEBUS_WEBHOOK_URL (comma-separated for
-    several), TRADEBUS_WEBHOOK_SECRET, TRADEBUS_WEBHOOK_TIMEOUT, TRADEBUS_NOTIFY_TYPES (comma-separated
-    patterns such as ``risk.*``) and TRADEBUS_NOTIFY_LOG (default true)."""
+    """Which events notify and where. ``from_settings`` takes TRADEBUS_WEBHOOK_URL (several, comma-
+    separated), TRADEBUS_WEBHOOK_SECRET, TRADEBUS_WEBHOOK_TIMEOUT, TRADEBUS_NOTIFY_TYPES (patterns such
+    as ``risk.*``) and TRADEBUS_NOTIFY_LOG (default true) from ``settings.notify``."""
 
     webhook_urls: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
@@ -206,21 +206,14 @@ class NotifyConfig:
     log_sink: bool = True
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> NotifyConfig:
-        env = os.environ if environ is None else environ
-        urls = tuple(u.strip() for u in env.get("TRADEBUS_WEBHOOK_URL", "").split(",") if u.strip())
-        types = tuple(t.strip() for t in env.get("TRADEBUS_NOTIFY_TYPES", "").split(",") if t.strip())
-        try:
-            timeout = float(env.get("TRADEBUS_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT))
-        except ValueError:
-            raise ConfigError("TRADEBUS_WEBHOOK_TIMEOUT must be a number of seconds") from None
-        log_flag = env.get("TRADEBUS_NOTIFY_LOG", "true").strip().lower() not in ("0", "false", "no", "off")
+    def from_settings(cls, notify: NotifySettings) -> NotifyConfig:
+        secret = notify.webhook_secret.get_secret_value() if notify.webhook_secret is not None else None
         return cls(
-            webhook_urls=urls,
-            secret=env.get("TRADEBUS_WEBHOOK_SECRET") or None,
-            timeout=timeout,
-            event_types=types or DEFAULT_NOTIFY_TYPES,
-            log_sink=log_flag,
+            webhook_urls=notify.webhook_url,
+            secret=secret or None,
+            timeout=notify.webhook_timeout if notify.webhook_timeout is not None else DEFAULT_WEBHOOK_TIMEOUT,
+            event_types=notify.notify_types or DEFAULT_NOTIFY_TYPES,
+            log_sink=notify.notify_log,
         )
 
     def sinks(self) -> list[Sink]:

@@ -27,9 +27,11 @@ from bus.core.keyspace import delete_matching
 from bus.core.scripts import execute_pipeline
 from bus.core.state import SCRIPT as STATE_SCRIPT
 from bus.core.state import stage_apply
+from bus.core.wire import decode_entry, parse_id, text
 from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.domain.lease import fenced_script
 from bus.events.model import TradeEvent, TradeEventType
+from bus.events.types import EventType
 
 # Log entries read per XRANGE call.
 READ_BATCH = 1000
@@ -56,22 +58,8 @@ return redis.call('SREM', KEYS[3], ARGV[2])
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
-
-
 def _decoded(h: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in h.items()}
-
-
-def _entry_event(fields: dict[Any, Any]) -> TradeEvent | None:
-    for name in (b"event", "event", b"e", "e"):
-        if name in fields:
-            try:
-                return TradeEvent.from_json(fields[name])
-            except ValueError:
-                return None
-    return None
+    return {text(k): text(v) for k, v in h.items()}
 
 
 def _entity(event: TradeEvent) -> tuple[str, str] | None:
@@ -105,7 +93,7 @@ def rebuild_symbol(
     "expired", ...}``."""
     scratch = keys.scratch(uuid.uuid4().hex[:12])
     cutoff = now_ms - grace_ms
-    first_type: dict[tuple[str, str], TradeEventType] = {}
+    first_type: dict[tuple[str, str], EventType] = {}
     last_ms: dict[tuple[str, str], int] = {}
     recent: set[tuple[str, str]] = set()
     STATE_SCRIPT.load(client)
@@ -117,11 +105,11 @@ def rebuild_symbol(
                 break
             pipe = client.pipeline(transaction=False)
             for log_id, fields in entries:
-                event = _entry_event(fields)
+                event = decode_entry(fields)
                 entity = _entity(event) if event is not None and event.symbol == symbol else None
                 if entity is None or event is None:  # entity is None whenever event is
                     continue
-                logged_ms = int(_text(log_id).split("-")[0])
+                logged_ms = parse_id(log_id)[0]
                 if logged_ms > cutoff:
                     recent.add(entity)
                     continue
@@ -131,7 +119,7 @@ def rebuild_symbol(
             execute_pipeline(pipe, (STATE_SCRIPT,))
             if len(entries) < READ_BATCH:
                 break
-            start = "(" + _text(entries[-1][0])
+            start = "(" + text(entries[-1][0])
         expired_before = now_ms - retention * 1000 if retention else None
         expired = {e for e, ms in last_ms.items() if expired_before is not None and ms < expired_before}
         return _compare_and_repair(client, keys, scratch, symbol, first_type, recent, expired, token, repair)
@@ -144,7 +132,7 @@ def _compare_and_repair(
     keys: Keys,
     scratch: Keys,
     symbol: str,
-    first_type: dict[tuple[str, str], TradeEventType],
+    first_type: dict[tuple[str, str], EventType],
     recent: set[tuple[str, str]],
     expired: set[tuple[str, str]],
     token: int,
@@ -216,7 +204,7 @@ def _drop_dangling(client: redis.Redis, keys: Keys, symbol: str, token: int) -> 
     for kind in ("order", "position"):
         index = _index_key(keys, symbol, kind)
         for raw in client.smembers(index):
-            entity_id = _text(raw)
+            entity_id = text(raw)
             key = _hash_key(keys, symbol, kind, entity_id)
             if not client.exists(key) and drop(keys=[keys.symbol_fence(symbol), key, index], args=[token, entity_id]):
                 removed.append(f"{kind}:{entity_id}")

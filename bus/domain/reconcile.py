@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -23,14 +22,14 @@ from typing import Any, Protocol
 
 import redis
 
+from bus.config import ReconcileSettings
 from bus.core.keys import Keys
 from bus.core.state import active_positions, open_orders
 from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.domain.lease import DEFAULT_LEASE_TTL_MS, Lease, StaleTokenError, fenced_script
 from bus.domain.rebuild import rebuild_state
-from bus.errors import ConfigError
 
-log = logging.getLogger("tradebus.reconcile")
+log = logging.getLogger(__name__)
 
 
 class LeaseLostError(StaleTokenError):
@@ -38,7 +37,7 @@ class LeaseLostError(StaleTokenError):
 
 
 class PositionsSource(Protocol):
-    """What reconciliation needs from a broker (bus.broker.BrokerClient has it)."""
+    """What reconciliation needs from a broker (bus.broker.TradingVenue has it)."""
 
     def positions(self) -> list[dict[str, str]]:
         """[{"symbol", "position_id", "direction", "volume" (decimal str), "entry_price"}]"""
@@ -47,7 +46,7 @@ class PositionsSource(Protocol):
 
 @dataclass(frozen=True)
 class ReconcileConfig:
-    """Ages in seconds. ``from_env`` reads TRADEBUS_RECONCILE_<FIELD> (e.g. _STALE_ORDER_AGE)."""
+    """Ages in seconds. ``from_settings`` takes TRADEBUS_RECONCILE_<FIELD> (e.g. _STALE_ORDER_AGE)."""
 
     redispatch_grace: float = 30.0  # a dispatch not recorded after this long is missed
     rebuild_grace: float = 30.0  # entities with younger log entries may still be in flight
@@ -57,28 +56,9 @@ class ReconcileConfig:
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ReconcileConfig:
-        env = os.environ if environ is None else environ
-        kw: dict[str, Any] = {}
-        for name, kind in (
-            ("redispatch_grace", float),
-            ("rebuild_grace", float),
-            ("stale_order_age", float),
-            ("log_retention", float),
-            ("log_maxlen", int),
-            ("lease_ttl_ms", int),
-        ):
-            var = f"TRADEBUS_RECONCILE_{name.upper()}"
-            raw = env.get(var, "").strip()
-            if raw:
-                try:
-                    value = kind(raw)
-                except ValueError:
-                    raise ConfigError(f"{var}={raw!r}: must be a number") from None
-                if value <= 0:
-                    raise ConfigError(f"{var}={raw!r}: must be > 0")
-                kw[name] = value
-        return cls(**kw)
+    def from_settings(cls, reconcile: ReconcileSettings) -> ReconcileConfig:
+        """``settings.reconcile``'s values; unset ones keep the defaults above."""
+        return cls(**reconcile.model_dump(exclude_none=True, exclude={"broker_factory"}))
 
 
 def _text(value: Any) -> str:

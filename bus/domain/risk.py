@@ -20,7 +20,6 @@ event yet; the rules exclude the event's own entity so both orders give the same
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,13 +28,14 @@ from typing import Any
 
 import redis
 
+from bus.config import RiskSettings
 from bus.core.keys import Keys
 from bus.core.state import active_positions
 from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.errors import ConfigError
 from bus.events.model import TradeEvent, TradeEventType
 
-log = logging.getLogger("tradebus.risk")
+log = logging.getLogger(__name__)
 
 T = TradeEventType
 # Money is counted in 1e-8 units: exact for any price with up to 8 decimals, and HINCRBY stays in 64 bits.
@@ -107,31 +107,9 @@ class RiskLimits:
         return cls(**kw)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RiskLimits:
-        """TRADEBUS_RISK_MAX_ORDER_VOLUME, TRADEBUS_RISK_MAX_VOLUME_PER_SYMBOL (``10`` or
-        ``XAUUSD=2,*=10``), TRADEBUS_RISK_MAX_OPEN_POSITIONS, TRADEBUS_RISK_MAX_DAILY_LOSS,
-        TRADEBUS_RISK_STOP_LOSS_REQUIRED."""
-        env = os.environ if environ is None else environ
-        data: dict[str, Any] = {}
-        for name in (
-            "max_order_volume",
-            "max_volume_per_symbol",
-            "max_open_positions",
-            "max_daily_loss",
-            "stop_loss_required",
-        ):
-            raw = env.get(f"TRADEBUS_RISK_{name.upper()}")
-            if raw is None or not raw.strip():
-                continue
-            if name == "max_volume_per_symbol" and "=" in raw:
-                pairs = [p.partition("=") for p in raw.split(",") if p.strip()]
-                data[name] = {k.strip(): v.strip() for k, _, v in pairs}
-            else:
-                data[name] = raw
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"TRADEBUS_RISK_*: {e}") from None
+    def from_settings(cls, risk: RiskSettings) -> RiskLimits:
+        """The limits TRADEBUS_RISK_* configure (``settings.risk``, validated when the settings loaded)."""
+        return cls.from_dict(risk.model_dump(exclude_none=True))
 
 
 @dataclass(frozen=True)

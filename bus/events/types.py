@@ -1,10 +1,22 @@
-"""TradeEventType: the 18 event types; values are the channel suffix."""
+"""Event types: the 18 built-in ones (TradeEventType) and the ones users register (CustomEventType).
+
+Values are the channel suffix (``trades:{symbol}:{value}``). Wherever a TradeEventType is accepted, a
+registered custom type is too: ``EventType`` is their union, and ``TradeEventType.parse`` resolves both.
+"""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from bus.errors import EventValidationError
+
+# A custom type's value: dotted lower-case words, like the built-ins (safe in channels, keys and globs).
+CUSTOM_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){1,3}")
 
 
 class TradeEventType(StrEnum):
@@ -30,15 +42,21 @@ class TradeEventType(StrEnum):
     SIGNAL_REJECTED = "signal.rejected"
 
     @classmethod
-    def parse(cls, value: object) -> TradeEventType:
-        """Accept a member, its value (``order.created``) or its name (``ORDER_CREATED``)."""
+    def parse(cls, value: object) -> EventType:
+        """Accept a member, its value (``order.created``) or its name (``ORDER_CREATED``), or a
+        registered custom type (object, value or name)."""
         if isinstance(value, cls):
             return value
         if isinstance(value, str):
-            found = cls._value2member_map_.get(value) or cls.__members__.get(value.upper())
+            found = (
+                cls._value2member_map_.get(value)
+                or cls.__members__.get(value.upper())
+                or CUSTOM_TYPES.get(value)
+                or next((t for t in CUSTOM_TYPES.values() if t.name == value.upper()), None)
+            )
             if found is not None:
                 return found  # type: ignore[return-value]
-        valid = ", ".join(m.value for m in cls)
+        valid = ", ".join([*(m.value for m in cls), *CUSTOM_TYPES])
         raise EventValidationError(
             f"event_type {value!r} is not a known event type; valid: {valid}",
             field="event_type",
@@ -53,6 +71,46 @@ class TradeEventType(StrEnum):
     def is_position(self) -> bool:
         return self in POSITION_TYPES
 
+
+class CustomEventType(str):
+    """A user-registered event type (``bus.events.register_event_type``); its value is the string itself.
+
+    Behaves like a TradeEventType member where the bus reads one (``.value``, ``.name``, ``.is_order``).
+    Custom types never project onto orders or positions; a registered state effect does their state.
+    """
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @property
+    def name(self) -> str:
+        """``funding.rate_changed`` -> ``FUNDING_RATE_CHANGED`` (the built-ins' naming)."""
+        return self.upper().replace(".", "_")
+
+    @property
+    def is_order(self) -> bool:
+        return False
+
+    @property
+    def is_position(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"<CustomEventType {str(self)!r}>"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # TradeEvent resolves the type before field validation; here only the instance is checked
+        return core_schema.is_instance_schema(cls)
+
+
+EventType = TradeEventType | CustomEventType
+
+#: value -> the registered custom type (filled by bus.events.registry.register_event_type)
+CUSTOM_TYPES: dict[str, CustomEventType] = {}
 
 ORDER_TYPES = frozenset(t for t in TradeEventType if t.value.startswith("order."))
 POSITION_TYPES = frozenset(t for t in TradeEventType if t.value.startswith("position."))

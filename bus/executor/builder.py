@@ -1,6 +1,6 @@
 """The executor side of the bus: ``ExecutorBuilder.build_from_config`` as in the reference README.
 
-``OrderExecutor`` sends orders to a ``BrokerClient`` and turns every broker update into a TradeEvent,
+``OrderExecutor`` sends orders to a ``TradingVenue`` and turns every venue update into a TradeEvent,
 published through an ``OutboxPublisher`` (a bus failure is logged and the event waits on local disk;
 trading goes on). The events of one trade share a correlation id; each event's ``causation_id`` is the
 event that caused it (order.created <- order.partially_filled <- order.filled <- position.opened ...).
@@ -13,18 +13,17 @@ publishing ORDER_REJECTED with reason ``kill switch: ...``, until ``reset_kill_s
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
 
+from bus.config import state_home
 from bus.core.bus import RedisEventBus
 from bus.errors import ConfigError
 from bus.events.model import TradeEventType as T
-from bus.executor.killswitch import engage_kill_switch, kill_switch_reason, kill_switches, release_kill_switch
-from bus.executor.orders import NullBus, OrderExecutor, OrderTicket
+from bus.executor.orders import NullBus, OrderExecutor
 from bus.executor.outbox import (
     DEFAULT_OUTBOX_MAX_BYTES,
     DEFAULT_OUTBOX_MAX_EVENTS,
@@ -32,28 +31,15 @@ from bus.executor.outbox import (
     Outbox,
     OutboxPublisher,
 )
-from bus.executor.paper import PaperBroker
-from bus.executor.venue import BrokerClient
-
-__all__ = [
-    "ExecutorBuilder",
-    "ExecutorConfig",
-    "OrderExecutor",
-    "OrderTicket",
-    "TradeExecutor",
-    "engage_kill_switch",
-    "kill_switch_reason",
-    "kill_switches",
-    "release_kill_switch",
-]
-
+from bus.executor.paper import PaperVenue
+from bus.executor.venue import TradingVenue
 
 # --- configuration ------------------------------------------------------------------------------
 
 
 @dataclass
 class ExecutorConfig:
-    source: str = "executor"
+    source: str = "executor"  # its events' source; also names its outbox's numbering on the bus: one per executor
     symbols: tuple[str, ...] = ()  # symbols this executor trades (breach subscription); () = all
     outbox_path: str | None = None  # default: $XDG_STATE_HOME/tradebus/outbox-{source}.sqlite3
     outbox_max_events: int = DEFAULT_OUTBOX_MAX_EVENTS
@@ -78,20 +64,19 @@ class ExecutorConfig:
     def resolved_outbox_path(self) -> Path:
         if self.outbox_path:
             return Path(self.outbox_path)
-        state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-        return Path(state) / "tradebus" / f"outbox-{self.source}.sqlite3"
+        return state_home() / "tradebus" / f"outbox-{self.source}.sqlite3"
 
 
 # --- the trade executor: an OrderExecutor plus its outbox flusher and breach listener -------
 
 
 class TradeExecutor:
-    """What ``ExecutorBuilder.build_from_config`` returns: the broker, the OrderExecutor and the outbox."""
+    """What ``ExecutorBuilder.build_from_config`` returns: the trading venue, the OrderExecutor and the outbox."""
 
     def __init__(
         self,
         config: ExecutorConfig,
-        client: BrokerClient,
+        client: TradingVenue,
         order_executor: OrderExecutor,
         publisher: OutboxPublisher,
         event_bus: Any,
@@ -184,18 +169,23 @@ class ExecutorBuilder:
     @staticmethod
     def build_from_config(
         config: ExecutorConfig | Mapping[str, Any] | None = None,
-        client: BrokerClient | None = None,
+        client: TradingVenue | None = None,
         event_bus: Any = None,
         logger: logging.Logger | None = None,
     ) -> TradeExecutor:
-        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
+        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish).
+
+        Redis may be down: with a bus built by ``EventBusFactory.create_from_env(settings, connect=False)``
+        (or ``RedisEventBus(..., connect=False)``) the executor starts and trades, its events wait in its
+        outbox and go out, each logged once, when Redis answers."""
         cfg = ExecutorConfig.coerce(config)
-        log = logger or logging.getLogger(f"tradebus.executor.{cfg.source}")
-        broker = client if client is not None else PaperBroker(symbols=cfg.symbols or None)
+        log = logger or logging.getLogger(f"{__name__}.{cfg.source}")
+        venue = client if client is not None else PaperVenue(symbols=cfg.symbols or None)
         outbox = Outbox(cfg.resolved_outbox_path(), max_events=cfg.outbox_max_events, max_bytes=cfg.outbox_max_bytes)
         publisher = OutboxPublisher(
             event_bus if event_bus is not None else NullBus(),
             outbox,
+            source=cfg.source,
             logger=log,
             retry_interval=cfg.outbox_retry_interval,
         )
@@ -203,11 +193,11 @@ class ExecutorBuilder:
             log.warning("outbox %s holds %d events from before; flushing", outbox.path, len(outbox))
             publisher.flush()
         executor = OrderExecutor(
-            broker,
+            venue,
             publisher,
             source=cfg.source,
             logger=log,
             redis_client=getattr(event_bus, "client", None),
             keys=getattr(event_bus, "keys", None),
         )
-        return TradeExecutor(cfg, broker, executor, publisher, event_bus, log).start()
+        return TradeExecutor(cfg, venue, executor, publisher, event_bus, log).start()

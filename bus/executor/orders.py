@@ -1,4 +1,4 @@
-"""OrderExecutor: sends orders to a ``BrokerClient`` and turns every broker update into a TradeEvent.
+"""OrderExecutor: sends orders to a ``TradingVenue`` and turns every venue update into a TradeEvent.
 
 Events go out through an ``OutboxPublisher`` (a bus failure is logged and the event waits on local
 disk; trading goes on). The events of one trade share a correlation id; each event's ``causation_id``
@@ -22,7 +22,7 @@ from bus.events.model import TradeEvent
 from bus.events.model import TradeEventType as T
 from bus.executor.killswitch import engage_kill_switch, kill_switch_reason, release_kill_switch
 from bus.executor.outbox import OutboxPublisher
-from bus.executor.venue import BrokerClient, BrokerUpdate, Number
+from bus.executor.venue import Number, TradingVenue, VenueUpdate
 
 KILL_SWITCH_PREFIX = "kill switch: "
 
@@ -46,11 +46,11 @@ class NullBus:
 
 
 class OrderExecutor:
-    """Places orders through ``broker`` and publishes what happens (see the module docstring)."""
+    """Places orders through ``venue`` and publishes what happens (see the module docstring)."""
 
     def __init__(
         self,
-        broker: BrokerClient,
+        venue: TradingVenue,
         publisher: OutboxPublisher,
         *,
         source: str = "executor",
@@ -58,7 +58,7 @@ class OrderExecutor:
         redis_client: redis.Redis | None = None,
         keys: Keys | None = None,
     ) -> None:
-        self.broker = broker
+        self.venue = venue
         self.publisher = publisher
         self.source = source
         self.log = logger or logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class OrderExecutor:
         self._unsynced: set[str] = set()  # symbols whose kill-switch change Redis has not seen yet
         self._chain: dict[str, tuple[str, str]] = {}  # "O:id"/"P:id" -> (correlation_id, last event id)
         self._ctx = threading.local()  # the correlation/causation of the order being placed
-        broker.add_listener(self._on_update)
+        venue.add_listener(self._on_update)
 
     # orders and positions
     def place_order(
@@ -107,10 +107,10 @@ class OrderExecutor:
             return OrderTicket(oid, "rejected", corr, why)
         self._ctx.pending = (corr, causation_id)
         try:
-            oid = self.broker.place_order(symbol, side, volume, order_type=order_type, price=price, sl=sl, tp=tp)
+            oid = self.venue.place_order(symbol, side, volume, order_type=order_type, price=price, sl=sl, tp=tp)
         finally:
             self._ctx.pending = None
-        info = self.broker.order(oid) or {}
+        info = self.venue.order(oid) or {}
         return OrderTicket(oid, info.get("status", "unknown"), corr, info.get("reason"))
 
     def buy(self, symbol: str, volume: Number, **kw: Any) -> OrderTicket:
@@ -120,16 +120,16 @@ class OrderExecutor:
         return self.place_order(symbol, "SELL", volume, **kw)
 
     def cancel_order(self, order_id: str, reason: str | None = None) -> None:
-        self.broker.cancel_order(order_id, reason)
+        self.venue.cancel_order(order_id, reason)
 
     def modify_order(self, order_id: str, **changes: Number) -> None:
-        self.broker.modify_order(order_id, **changes)
+        self.venue.modify_order(order_id, **changes)
 
     def close_position(self, position_id: str, volume: Number | None = None) -> None:
-        self.broker.close_position(position_id, volume)
+        self.venue.close_position(position_id, volume)
 
     def modify_position(self, position_id: str, **changes: Number) -> None:
-        self.broker.modify_position(position_id, **changes)
+        self.venue.modify_position(position_id, **changes)
 
     # publishing
     def publish(self, event: TradeEvent) -> TradeEvent:
@@ -148,7 +148,7 @@ class OrderExecutor:
         self.publisher.publish(event)
         return event
 
-    def _on_update(self, u: BrokerUpdate) -> None:
+    def _on_update(self, u: VenueUpdate) -> None:
         data = {k: float(v) if isinstance(v, Decimal) else v for k, v in u.data.items()}
         oid, pid = u.data.get("order_id") or u.data.get("trade_id"), u.data.get("position_id")
         okey, pkey = f"O:{oid}", f"P:{pid}"

@@ -1,6 +1,6 @@
-"""A simulated broker account for the demo, tests and paper trading.
+"""A simulated trading venue (an account at a broker or exchange) for the demo, tests and paper trading.
 
-PaperBroker (a ``BrokerClient``, see bus/broker.py): market and limit orders against prices set
+PaperVenue (a ``TradingVenue``, see bus/executor/venue.py): market and limit orders against prices set
 with ``set_price`` (or ``RandomWalkFeed``); orders larger than ``max_fill_volume`` fill in chunks,
 one chunk now and one per price update; rejects for an unknown symbol, an invalid volume or price,
 and insufficient margin; stop-loss / take-profit checked on every price update; one position per
@@ -19,9 +19,9 @@ from decimal import Decimal
 from typing import Any
 
 from bus.events.model import TradeEventType as T
-from bus.executor.venue import BrokerClient, BrokerUpdate, Number, RandomWalkFeed, dec
+from bus.executor.venue import Number, RandomWalkFeed, TradingVenue, VenueUpdate, dec
 
-__all__ = ["BrokerClient", "BrokerUpdate", "Number", "PaperBroker", "RandomWalkFeed", "dec"]
+__all__ = ["TradingVenue", "VenueUpdate", "Number", "PaperVenue", "RandomWalkFeed", "dec"]
 log = logging.getLogger(__name__)
 
 
@@ -53,8 +53,8 @@ class _Position:
     realized: Decimal = field(default=Decimal(0))
 
 
-class PaperBroker:
-    """A simulated broker account (see the module docstring). Thread-safe; updates are delivered in order."""
+class PaperVenue:
+    """A simulated venue account (see the module docstring). Thread-safe; updates are delivered in order."""
 
     def __init__(
         self,
@@ -80,21 +80,21 @@ class PaperBroker:
         self._orders: dict[str, _Order] = {}
         self._positions: dict[str, _Position] = {}
         self._ids = itertools.count(1)
-        self._listeners: list[Callable[[BrokerUpdate], None]] = []
+        self._listeners: list[Callable[[VenueUpdate], None]] = []
         self._lock = threading.RLock()
 
     # --- listeners and snapshots ---------------------------------------------------------------
 
-    def add_listener(self, listener: Callable[[BrokerUpdate], None]) -> None:
+    def add_listener(self, listener: Callable[[VenueUpdate], None]) -> None:
         self._listeners.append(listener)
 
     def _emit(self, kind: T, symbol: str, **data: Any) -> None:
-        update = BrokerUpdate(kind, symbol, {k: v for k, v in data.items() if v is not None})
+        update = VenueUpdate(kind, symbol, {k: v for k, v in data.items() if v is not None})
         for listener in self._listeners:
             try:
                 listener(update)
             except Exception:  # a listener's bug must not break the account
-                log.exception("broker listener failed on %s", kind.value)
+                log.exception("venue listener failed on %s", kind.value)
 
     def positions(self) -> list[dict[str, str]]:
         with self._lock:

@@ -1,7 +1,8 @@
-"""What the executor needs from a broker (``BrokerClient``), what a broker reports (``BrokerUpdate``),
+"""What the executor needs from a trading venue (``TradingVenue``: a broker account or an exchange), what
+a venue reports (``VenueUpdate``),
 and a seeded random-walk price feed.
 
-A broker reports what happened as ``BrokerUpdate`` records, in order, to its listeners; the executor
+A venue reports what happened as ``VenueUpdate`` records, in order, to its listeners; the executor
 turns them into TradeEvents. Money and volumes are ``Decimal``; floats appear only in events.
 """
 
@@ -19,8 +20,8 @@ Number = Decimal | int | float | str
 
 
 @dataclass(frozen=True)
-class BrokerUpdate:
-    """One thing that happened at the broker. ``data`` holds the event fields (Decimals for numbers)."""
+class VenueUpdate:
+    """One thing that happened at the venue. ``data`` holds the event fields (Decimals for numbers)."""
 
     kind: T
     symbol: str
@@ -28,8 +29,8 @@ class BrokerUpdate:
 
 
 @runtime_checkable
-class BrokerClient(Protocol):
-    def add_listener(self, listener: Callable[[BrokerUpdate], None]) -> None: ...
+class TradingVenue(Protocol):
+    def add_listener(self, listener: Callable[[VenueUpdate], None]) -> None: ...
     def place_order(
         self,
         symbol: str,
@@ -60,30 +61,30 @@ class PriceSink(Protocol):
 
 
 class RandomWalkFeed:
-    """Seeded random-walk prices pushed into a broker with ``set_price``."""
+    """Seeded random-walk prices pushed into a venue with ``set_price``."""
 
     def __init__(
         self,
-        broker: PriceSink,
+        venue: PriceSink,
         prices: Mapping[str, Number],
         *,
         seed: int | None = None,
         volatility: float = 0.001,
         tick: Number = "0.01",
     ) -> None:
-        self.broker = broker
+        self.venue = venue
         self.prices = {s: dec(p) for s, p in prices.items()}
         self.rng = random.Random(seed)
         self.volatility = volatility
         self.tick = dec(tick)
         for symbol, px in self.prices.items():
-            broker.set_price(symbol, px)
+            venue.set_price(symbol, px)
 
     def step(self) -> dict[str, Decimal]:
         for symbol, px in self.prices.items():
             moved = px * dec(1 + self.rng.gauss(0.0, self.volatility))
             self.prices[symbol] = max(self.tick, moved.quantize(self.tick))
-            self.broker.set_price(symbol, self.prices[symbol])
+            self.venue.set_price(symbol, self.prices[symbol])
         return dict(self.prices)
 
     def run(self, steps: int) -> None:

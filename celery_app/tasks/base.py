@@ -20,8 +20,9 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
-from bus.errors import EventValidationError
+from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
+from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
 # Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
@@ -37,17 +38,7 @@ class TradebusTask(Task):
 
     @property
     def ctx(self) -> Any:
-        ctx = getattr(self.app, "tradebus", None)
-        if ctx is None:  # an app not built by make_celery: attach the environment's context
-            from bus.config import LoadEnvironmentVariables
-            from bus.dispatch.routing import RoutingTable
-            from celery_app.config import REDELIVERY_CAP
-            from celery_app.context import TaskContext
-
-            ctx = self.app.tradebus = TaskContext(
-                LoadEnvironmentVariables(), RoutingTable.default(), REDELIVERY_CAP, 900
-            )
-        return ctx
+        return task_context(self.app)
 
     @property
     def event(self) -> TradeEvent:
@@ -65,6 +56,8 @@ class TradebusTask(Task):
             if not isinstance(raw, str | bytes) or (route is not None and not isinstance(route, str)):
                 raise EventValidationError(f"expected (event_json: str, route=str), got args={args!r:.200}")
             req.tradebus_event = TradeEvent.from_json(raw)
+        except SchemaVersionError as e:  # a producer on another major version: not a broken message
+            return self._dead_letter(raw, route, 1, f"unsupported schema version: {e}")
         except (EventValidationError, ValueError, TypeError) as e:
             return self._dead_letter(raw, route, 1, f"malformed task payload: {e}")
         if (req.delivery_info or {}).get("redelivered") and self._over_redelivery_cap():
@@ -115,8 +108,9 @@ class TradebusTask(Task):
         event_json = raw if isinstance(raw, str | bytes) else repr(raw)
         client = self.ctx.client
         pipe = client.pipeline(transaction=False)
+        queue = (self.request.delivery_info or {}).get("routing_key") or ""
         dead_letter(pipe, self.ctx.keys, event_json=event_json, route=route or "", task=self.name,
-                    attempts=attempts, reason=reason, task_id=self.request.id or "")  # fmt: skip
+                    attempts=attempts, reason=reason, task_id=self.request.id or "", queue=queue)  # fmt: skip
         self.count("dead_lettered", pipe)
         pipe.execute()
         log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)

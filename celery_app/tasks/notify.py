@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.dispatch.names import NOTIFY_TASK
 from bus.domain.notify import NotifyConfig, notify_event
 
 from .base import tradebus_task
@@ -17,11 +18,11 @@ def notify_config(ctx: Any) -> NotifyConfig:
     """``ctx.notify_config`` if the app set one, else TRADEBUS_WEBHOOK_* read once per process."""
     config = getattr(ctx, "notify_config", None)
     if config is None:
-        config = ctx.notify_config = NotifyConfig.from_env(ctx.settings.environ())
+        config = ctx.notify_config = NotifyConfig.from_settings(ctx.settings.notify)
     return config
 
 
-@tradebus_task("tradebus.notify.send")
+@tradebus_task(NOTIFY_TASK)
 def send(self: Any, event_json: str, route: str = "notify") -> dict[str, Any]:
     ctx = self.ctx
     return notify_event(self.event, notify_config(ctx), client=ctx.client, keys=ctx.keys)

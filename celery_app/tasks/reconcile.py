@@ -28,7 +28,7 @@ class ReconcileTask(TradebusTask):
 def reconcile_config(ctx: Any) -> reconcile.ReconcileConfig:
     config = getattr(ctx, "reconcile_config", None)
     if config is None:
-        config = ctx.reconcile_config = reconcile.ReconcileConfig.from_env(ctx.settings.environ())
+        config = ctx.reconcile_config = reconcile.ReconcileConfig.from_settings(ctx.settings.reconcile)
     return config
 
 
@@ -36,7 +36,7 @@ def positions_source(ctx: Any) -> Any:
     """``ctx.broker`` if set, else TRADEBUS_BROKER_FACTORY=``module:callable`` returning one (or None)."""
     broker = getattr(ctx, "broker", None)
     if broker is None:
-        spec = ctx.settings.environ().get("TRADEBUS_BROKER_FACTORY", "").strip()
+        spec = ctx.settings.reconcile.broker_factory
         if spec:
             module, _, name = spec.partition(":")
             broker = ctx.broker = getattr(importlib.import_module(module), name)()
@@ -47,7 +47,12 @@ def _run(task: Any, name: str, fn: Any) -> dict[str, Any]:
     ctx = task.ctx
     cfg = reconcile_config(ctx)
     return reconcile.run_job(
-        ctx.client, ctx.keys, name, fn, min_interval_s=beat.job(name).min_gap, ttl_ms=cfg.lease_ttl_ms
+        ctx.client,
+        ctx.keys,
+        name,
+        fn,
+        min_interval_s=beat.job(name, ctx.settings.beat).min_gap,
+        ttl_ms=cfg.lease_ttl_ms,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bus.dispatch.names import RISK_TASK
 from bus.domain.risk import RiskLimits, check_event
 
 from .base import tradebus_task
@@ -14,7 +15,7 @@ def risk_limits(ctx: Any) -> RiskLimits:
     """``ctx.risk_limits`` if the app set one, else TRADEBUS_RISK_* read once per process."""
     limits = getattr(ctx, "risk_limits", None)
     if limits is None:
-        limits = ctx.risk_limits = RiskLimits.from_env(ctx.settings.environ())
+        limits = ctx.risk_limits = RiskLimits.from_settings(ctx.settings.risk)
     return limits
 
 
@@ -34,7 +35,7 @@ def event_bus(task: Any) -> Any:
     return bus
 
 
-@tradebus_task("tradebus.risk.check")
+@tradebus_task(RISK_TASK)
 def check(self: Any, event_json: str, route: str = "risk") -> dict[str, Any]:
     ctx = self.ctx
     breaches = check_event(

@@ -8,11 +8,12 @@ from typing import Any
 
 from bus.core import state
 from bus.core.scripts import execute_pipeline
+from bus.dispatch.names import STATE_TASK
 
 from .base import tradebus_task
 
 
-@tradebus_task("tradebus.state.apply")
+@tradebus_task(STATE_TASK)
 def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     ctx = self.ctx
     pipe = ctx.client.pipeline(transaction=False)
@@ -21,9 +22,12 @@ def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
         return {"changed": False, "reason": "not a state event"}
     self.count("run", pipe)  # the counter shares the projection's round trip
     self.request.tradebus_counted = True
-    result = execute_pipeline(pipe, (state.SCRIPT,))[0]
-    if isinstance(result, Exception):
-        raise result
-    if result == state.REFUSED_LATE:
+    results = execute_pipeline(pipe, (state.SCRIPT,))
+    failed = next((r for r in results if isinstance(r, Exception)), None)  # a custom effect queues several
+    if failed is not None:
+        raise failed
+    if not state.is_entity_event(self.event):
+        return {"changed": bool(results[0])}
+    if results[0] == state.REFUSED_LATE:
         return {"changed": False, "reason": "older than the state retention and its entity is unknown (expired)"}
-    return {"changed": result == state.APPLIED}
+    return {"changed": results[0] == state.APPLIED}

@@ -1,0 +1,54 @@
+"""`tradebus demo`: the whole bridge in one command (``bus.demo`` runs it; this is its command line)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bus.cli.common import EXIT_PROBLEM, EXIT_USAGE, CliContext, CliError, console, print_json
+
+POOLS = ("prefork", "threads", "solo")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Option("--seconds", min=3, max=45, help="Length of the trading session.")] = 10.0,
+    symbols: Annotated[int, typer.Option("--symbols", min=2, max=3, help="How many symbols to trade.")] = 3,
+    embedded: Annotated[bool, typer.Option("--embedded", help="Always start an embedded Redis.")] = False,
+    pool: Annotated[str, typer.Option("--pool", help="Worker pool: prefork, threads or solo.")] = "prefork",
+    seed: Annotated[int | None, typer.Option("--seed", help="Random-walk seed (repeatable runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
+) -> None:
+    """Run the whole bridge: Redis, a Celery worker, a paper-traded session, and a summary."""
+    from bus.demo.report import render
+    from bus.demo.run import run_demo
+
+    obj: CliContext = ctx.obj
+    if pool not in POOLS:
+        raise CliError(f"--pool must be prefork, threads or solo, not {pool!r}", EXIT_USAGE)
+
+    def say(msg: str) -> None:
+        if not as_json:  # stdout carries only the JSON summary then
+            console.print(f"[dim]demo:[/] {msg}", soft_wrap=True)
+
+    summary = run_demo(
+        obj.settings,
+        seconds=seconds,
+        n_symbols=symbols,
+        embedded=embedded,
+        pool=pool,
+        seed=seed,
+        say=say,
+        live_console=console if not as_json and console.is_terminal else None,
+    )
+    if as_json:
+        print_json(summary)
+    else:
+        render(summary, console)
+    if not summary["ok"]:
+        raise typer.Exit(EXIT_PROBLEM)
