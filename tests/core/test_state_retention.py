@@ -21,6 +21,7 @@ from bus.core.bus import RedisEventBus
 from bus.core.keys import Keys
 from bus.core.keyspace import broker_families, bus_families
 from bus.core.scripts import execute_pipeline
+from bus.core.sequenced import SequencedPublisher
 from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.messages import redis_queue_key
 from bus.domain.reconcile import rebuild
@@ -162,6 +163,17 @@ def test_old_events_still_update_an_entity_that_exists(redis_client, keys):
     assert apply_all(redis_client, keys, [filled, created], retention=3600, now=now) == [1, 1]
     order = state.get_order(redis_client, keys, S, "o1")
     assert (order["status"], order["price"]) == ("filled", "2000.5")
+
+
+def test_sequenced_publish_projects_with_the_retention_setting(settings, redis_client, keys):
+    # the outbox's exactly-once path runs the bus's inline effects: the same projection, same retention
+    short = settings.model_copy(update={"state_retention": 60})
+    with RedisEventBus(settings=short, apply_state=True) as bus:
+        sequenced = SequencedPublisher(bus.publisher, source="executor", origin="test")
+        receipts = sequenced.publish(list(enumerate(trade(1), start=1)))
+    assert [r.already_logged for r in receipts] == [False] * 4
+    for key in (keys.order(S, "o1"), keys.seen(S, "order", "o1"), keys.position(S, "p1")):
+        assert 50 < redis_client.ttl(key) <= 60, key
 
 
 def test_publish_time_projection_accepts_old_timestamps(redis_url, key_prefix, redis_client, keys):
