@@ -47,6 +47,7 @@ _BUS_FAMILIES = (
     ("risk counters", rf"{_SYM}risk|risk:loss:.*"),
     ("dead letters", r"deadletters"),
     ("pending dispatch", rf"({_SYM})?dispatch:pending"),
+    ("outbox marks", rf"{_SYM}outbox:.*"),
     ("notify records", r"notified:.*"),
     ("delivery counters", r"deliveries:.*"),
     ("rebuild scratch", r"scratch:.*"),

@@ -309,6 +309,7 @@ def test_families_cover_the_keys_tradebus_writes():
         k.dead_letters(): "dead letters",
         k.pending_dispatch(): "pending dispatch",
         k.pending_dispatch_for(S): "pending dispatch",
+        k.outbox_mark(S, "executor"): "outbox marks",
         k.notified("e1"): "notify records",
         k.deliveries("t1"): "delivery counters",
         k.scratch("r1").order(S, "1"): "rebuild scratch",
