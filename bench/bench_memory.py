@@ -61,7 +61,9 @@ def old_projection(commit: str) -> ModuleType:
 
     module = ModuleType(f"state_at_{commit}")
     module.__package__ = "bus.core"
-    exec(compile(show("bus/core/state.py"), module.__name__, "exec"), module.__dict__)  # noqa: S102
+    # LuaScript now names the script's package too; the script body is replaced just below anyway
+    source = show("bus/core/state.py").replace('LuaScript("state.lua")', 'LuaScript("bus.core", "state.lua")')
+    exec(compile(source, module.__name__, "exec"), module.__dict__)  # noqa: S102
     script = module.SCRIPT
     script.body = show("bus/core/state.lua")
     script.sha = hashlib.sha1(script.body.encode()).hexdigest()
