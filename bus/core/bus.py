@@ -9,6 +9,7 @@ gap detection and catch-up from the log). A bus built from settings with its dis
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -119,7 +120,7 @@ class RedisEventBus:
         self.publisher.effects = self._effects(on)
 
     def _effects(self, apply_state: bool) -> tuple[state.StateEffect, ...]:
-        return (state.StateEffect(self.keys),) if apply_state else ()
+        return (state.StateEffect(self.keys, self.settings.state_retention),) if apply_state else ()
 
     @property
     def publish_run_max(self) -> int:
@@ -190,7 +191,9 @@ class RedisEventBus:
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
-        return state.apply_event(self.client, self.keys, event)
+        return state.apply_event(
+            self.client, self.keys, event, retention=self.settings.state_retention, now=time.time()
+        )
 
     def get_order(self, symbol: str, order_id: str) -> dict[str, str] | None:
         return state.get_order(self.client, self.keys, symbol, order_id)
