@@ -260,8 +260,9 @@ class Publisher:
         published = self._published(results, slots, staged_tasks=stager is not None)
         self._symbols_sent |= new_symbols
         if after_commit and not any(isinstance(r, Exception) for r in results):
-            for committed in after_commit:  # the staged task messages are on the broker now
-                committed()
+            # the staged task messages are on the broker now; Celery's after_task_publish receivers and
+            # task-sent events may do broker I/O: a blocking step (the asyncio driver runs it in a thread)
+            yield Blocking(_call_each, (after_commit,))
         return published
 
     def _stage_run(
@@ -321,3 +322,8 @@ class Publisher:
         except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending
             log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
             return [((), tuple(r.name for r in s.routes)) for s in items]
+
+
+def _call_each(callbacks: Sequence[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        callback()
