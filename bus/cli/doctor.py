@@ -12,6 +12,7 @@ from rich.table import Table
 
 from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, JsonOption, connect, console, print_json, unreachable
 from bus.config import Settings, safe_url
+from bus.core.keyspace import broker_families, bus_families, memory_by_family
 
 #: seconds a worker has to answer `celery inspect ping`
 PING_TIMEOUT = 1.0
@@ -136,7 +137,29 @@ def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
         detail = f"{pending} logged event(s) whose tasks are not recorded as enqueued"
         fix = "they are re-dispatched by celery beat: run `celery -A celery_app beat`"
         checks.append(Check("dispatch backlog", "warn", detail, fix))
+    checks.append(_memory_check(client, settings, keys.prefix))
     return checks
+
+
+def _memory_check(client: redis.Redis, settings: Settings, prefix: str) -> Check:
+    """Memory by key family (sampled, bounded: bus.core.keyspace), the broker's keys included when it is Redis."""
+    from bus.dispatch.messages import PRIORITY_STEPS, broker_key_prefix_option, redis_client_kwargs, redis_queue_key
+    from bus.dispatch.routing import RoutingTable
+
+    try:
+        lines = memory_by_family(client, bus_families(prefix)).lines()
+        broker_kw = redis_client_kwargs(settings.broker_url)
+        if broker_kw is not None:
+            gp = broker_key_prefix_option(settings.broker_url, settings).get("global_keyprefix", "")
+            queue_keys = [redis_queue_key(q, p, gp) for q in RoutingTable.default().queues for p in PRIORITY_STEPS]
+            broker = redis.Redis(**broker_kw, **settings.ssl_options(settings.broker_url), socket_timeout=5)
+            try:
+                lines += memory_by_family(broker, broker_families(gp, queue_keys)).lines()
+            finally:
+                broker.close()
+    except (redis.RedisError, OSError) as e:
+        return Check("memory", "warn", f"could not measure: {e}")
+    return Check("memory", "ok", "\n".join(lines) or "no tradebus keys")
 
 
 def _text(value: bytes | str) -> str:

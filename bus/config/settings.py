@@ -45,6 +45,7 @@ from bus.defaults import (
     DEFAULT_LOG_MAXLEN,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_SOCKET_TIMEOUT,
+    DEFAULT_STATE_RETENTION,
 )
 from bus.errors import ConfigError
 
@@ -109,6 +110,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
+    # Seconds finished orders / positions and breach markers are kept (0: forever); bounds memory.
+    state_retention: int = Field(DEFAULT_STATE_RETENTION, ge=0, validation_alias="TRADEBUS_STATE_RETENTION")
 
     # The parts configured by variables of their own, gathered by GroupedSource. NoDecode: a variable
     # named like a group (RISK=...) is not JSON to decode; GroupedSource drops it.

@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from bus.config import Settings
+from bus.errors import BusConnectionError
 
 
 def describe_server(url: str) -> str:
@@ -41,29 +42,52 @@ def make_client(
     backoff). ``connection``: host, port, db... already parsed from ``url``, for a Celery broker URL
     that redis-py cannot read (``redis+socket://``, ``virtual_host``); ``url`` still selects TLS.
     """
-    kw: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "health_check_interval": settings.redis_health_check_interval,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-        "decode_responses": False,
-    }
-    if urlsplit(url).scheme != "unix":
-        kw["socket_keepalive"] = True
-    kw.update(settings.ssl_options(url))
+    kw = client_options(url, settings)
+    kw["retry"] = Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries)
     if connection is not None:
         return redis.Redis(**connection, **kw)
     return redis.Redis.from_url(url, **kw)
 
 
+#: backoff between retries of a failed command: RETRY_BASE seconds, doubling up to RETRY_CAP
+RETRY_BASE, RETRY_CAP = 0.05, 0.5
+
+
+def client_options(url: str, settings: Settings) -> dict[str, Any]:
+    """Timeouts, keepalive, health checks and TLS of a bus client (blocking or asyncio), retry aside."""
+    kw: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "health_check_interval": settings.redis_health_check_interval,
+        "decode_responses": False,
+    }
+    if urlsplit(url).scheme != "unix":
+        kw["socket_keepalive"] = True
+    kw.update(settings.ssl_options(url))
+    return kw
+
+
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
     """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
     pool = client.connection_pool
-    kw = dict(pool.connection_kwargs)
-    kw.update(retry=Retry(ExponentialBackoff(), 0), health_check_interval=0, protocol=2)
+    return pool.connection_class(**unpooled_options(pool.connection_kwargs, timeout, Retry(ExponentialBackoff(), 0)))
+
+
+def unpooled_options(pool_kwargs: Mapping[str, Any], timeout: float | None, retry: Any) -> dict[str, Any]:
+    """A pool's connection arguments for a connection of its own: ``retry`` (none, for the callers
+    here), no health-check PING of redis-py's (the subscriber runs its own), RESP2, ``timeout``."""
+    kw = dict(pool_kwargs)
+    kw.update(retry=retry, health_check_interval=0, protocol=2)
     if timeout is not None:
         kw.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-    return pool.connection_class(**kw)
+    return kw
+
+
+def unreachable(where: str, e: Exception) -> BusConnectionError:
+    """The error a bus raises when Redis at ``where`` does not answer (durable publish: never a silent drop)."""
+    return BusConnectionError(
+        f"Cannot connect to Redis at {where} ({type(e).__name__}: {e}). Is the Redis container running?"
+    )
 
 
 def _client_where(client: redis.Redis) -> str:

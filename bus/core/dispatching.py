@@ -16,6 +16,11 @@
   The dispatcher ZREMs what it enqueued; what stays pending is re-dispatched by beat. A
   ``DispatchError`` from the dispatcher propagates (strict mode); any other error is logged and every
   route is reported in ``not_dispatched`` (the event is logged either way: durable publish).
+
+The asyncio bus (bus.aio) drives the same protocol: ``attach`` gets a blocking client of the bus's
+server; ``stage`` gets a redis.asyncio pipeline, so it may only queue commands on it (``execute_command``,
+``lpush``...: synchronous on both kinds); ``send_many`` is called in a worker thread
+(``asyncio.to_thread``) after the event is logged, so it may block, as it does here.
 """
 
 from __future__ import annotations
