@@ -6,7 +6,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bus.config import Settings
-from bus.dispatch.messages import PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
+from bus.dispatch.messages import (
+    PRIORITY_STEPS,
+    PUBLISH_RETRY_POLICY,
+    broker_key_prefix_option,
+    broker_sentinel_option,
+)
 from bus.dispatch.names import QUEUES, STATE_QUEUE
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
@@ -47,7 +52,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     routing = routing if routing is not None else RoutingTable.default()
     broker = settings.broker_url
     scheme = urlsplit(broker).scheme
-    is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket")
+    # sentinel://: kombu's Redis transport, finding the master through Sentinel (broker_sentinel_option)
+    is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket", "sentinel")
     ours = scheme in OUR_TRANSPORT_SCHEMES
     timeouts = {
         # Half-open sockets must fail, not hang a worker forever (celery#10569).
@@ -63,6 +69,7 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
             "priority_steps": list(PRIORITY_STEPS),
             **timeouts,
             **broker_key_prefix_option(broker, settings),
+            **broker_sentinel_option(settings),
         }
         # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
         if is_redis

@@ -8,13 +8,20 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from bus.config import Settings
+from bus.config.topology import Topology, is_topology_url, parse_topology
+from bus.errors import ConfigError
 
 
 def describe_server(url: str) -> str:
-    """``host:port`` (or the socket path) of a Redis URL, never its password."""
+    """``host:port`` (or the socket path) of a Redis URL, never its password; a Sentinel or Cluster
+    URL is described by its nodes (and the master's name)."""
+    if is_topology_url(url):
+        return parse_topology(url).where()
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
@@ -53,7 +60,45 @@ def make_client(
     kw.update(settings.ssl_options(url))
     if connection is not None:
         return redis.Redis(**connection, **kw)
+    if is_topology_url(url):
+        topology = parse_topology(url)
+        if topology.kind == "cluster":
+            raise ConfigError(
+                f"{topology.where()}: a Redis Cluster needs its own client (make_cluster_client); the bus"
+                " does not run on a Cluster yet"
+            )
+        return _sentinel_master(topology, kw)
     return redis.Redis.from_url(url, **kw)
+
+
+def _sentinel_master(topology: Topology, kw: dict[str, Any]) -> redis.Redis:
+    """A client of the master Sentinel currently names: each new connection asks the sentinels, so
+    after a failover the next attempt (a retry, or the caller's) reaches the new master."""
+    ssl = {"ssl": True} if topology.tls else {}
+    # the sentinels: the same timeouts and TLS, no password (Sentinel's own ACL is rarely the master's)
+    sentinel_kw = {k: v for k, v in kw.items() if k.startswith(("socket_", "ssl"))} | ssl
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
+    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
+    return sentinel.master_for(
+        topology.service_name, redis_class=redis.Redis, db=topology.db,
+        username=topology.username, password=topology.password, **kw, **ssl,
+    )  # fmt: skip
+
+
+def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETRIES) -> RedisCluster:
+    """A Redis Cluster client (``redis+cluster://h:p[,h:p...]``) with the settings' timeouts, keepalive,
+    TLS options and the same bounded retry policy as make_client."""
+    topology = parse_topology(url)
+    if topology.kind != "cluster":
+        raise ConfigError(f"{topology.where()} is not a Redis Cluster URL")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
+        username=topology.username, password=topology.password,
+        socket_connect_timeout=settings.redis_connect_timeout, socket_timeout=settings.redis_socket_timeout,
+        socket_keepalive=True, health_check_interval=settings.redis_health_check_interval,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries), decode_responses=False,
+        ssl=topology.tls, **settings.ssl_options(url),
+    )  # fmt: skip
 
 
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
@@ -67,7 +112,10 @@ def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
 
 
 def _client_where(client: redis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return f"sentinel {pool.service_name}"
+    kw = pool.connection_kwargs
     if "path" in kw:
         return str(kw["path"])
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"

@@ -36,6 +36,7 @@ from bus.dispatch.messages import (
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
     broker_key_prefix_option,
+    broker_sentinel_option,
     redis_client_kwargs,
     same_redis_server,
 )
@@ -79,7 +80,7 @@ def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
                                   "socket_connect_timeout": s.redis_connect_timeout,
                                   "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                   "interval_max": 0.5,
-                                  **broker_key_prefix_option(broker_url, s)},
+                                  **broker_key_prefix_option(broker_url, s), **broker_sentinel_option(s)},
     )  # fmt: skip
     return app
 
