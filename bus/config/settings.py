@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
     worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
 
+    # Durability on a replicated Redis (bus.core.durability): publish() confirms an event only once this
+    # many replicas have it (WAIT, in the publish's round trip), else raises NotReplicatedError after the
+    # timeout. 0: confirmed when the master has it (a failover can lose it).
+    publish_replicas: int = Field(0, ge=0, validation_alias="TRADEBUS_PUBLISH_REPLICAS")
+    publish_replicas_timeout_ms: int = Field(1000, ge=1, validation_alias="TRADEBUS_PUBLISH_REPLICAS_TIMEOUT_MS")
+
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")

@@ -18,6 +18,7 @@ from bus.config import Settings
 from bus.core import state
 from bus.core.connection import _client_where, describe_server, make_client, raw_connection
 from bus.core.dispatching import TaskDispatcher
+from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.subscriber import ListenerHandle, Subscriber
@@ -63,6 +64,7 @@ class RedisEventBus:
             max_event_bytes=int(max_event_bytes or s.max_event_bytes),
             dispatcher=dispatcher,
             effects=self._effects(apply_state),
+            durability=Durability(s.publish_replicas, s.publish_replicas_timeout_ms) if s.publish_replicas else None,
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None

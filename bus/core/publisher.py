@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import redis
 
 from bus.core.dispatching import NamedRoute, RouteNames, TaskDispatcher
+from bus.core.durability import Durability
 from bus.core.keys import Keys, channel
 from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
@@ -98,6 +99,7 @@ class Publisher:
         dispatcher: TaskDispatcher[Any] | None = None,
         effects: Sequence[InlineEffect] = (),
         run_max: int = PUBLISH_RUN_MAX,
+        durability: Durability | None = None,
     ) -> None:
         self.client, self.keys = client, keys
         self.log_maxlen, self.max_event_bytes = log_maxlen, max_event_bytes
@@ -105,6 +107,8 @@ class Publisher:
         self.effects = tuple(effects)
         #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
         self.run_max = run_max
+        #: replicas each publish waits for (bus.core.durability); None: confirmed once the master has it
+        self.durability = durability
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
         self._channels: dict[tuple[str, EventType], tuple[str, str]] = {}  # channel, type value
         self._symbols_sent: set[str] = set()
@@ -113,7 +117,8 @@ class Publisher:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
-        if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
+        one_command = not staged and not self.effects and self.durability is None
+        if one_command and event.symbol in self._symbols_sent:  # one command does it
             raw_id, n = PUBLISH.call(self.client, item.keys, item.args)
             names = NOT_ROUTED
         else:
@@ -215,8 +220,17 @@ class Publisher:
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
         slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager)]
-        published = self._published(execute_pipeline(pipe, scripts), slots, staged_tasks=stager is not None)
+        durable = self.durability
+        in_pipeline = durable is not None and stager is None  # WAIT inside MULTI would not wait: after EXEC
+        if durable is not None and in_pipeline:
+            durable.stage(pipe)
+        results = execute_pipeline(pipe, scripts, repeat_last=in_pipeline)
+        published = self._published(results, slots, staged_tasks=stager is not None)
         self._symbols_sent |= new_symbols
+        if durable is not None:
+            durable.check(
+                results[-1] if in_pipeline else durable.wait(self.client), [p.log_id.decode() for p in published]
+            )
         return published
 
     def _stage_run(

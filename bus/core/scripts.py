@@ -41,12 +41,13 @@ class LuaScript:
         return client_or_pipe.execute_command("SCRIPT", "LOAD", self.body)
 
 
-def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = ()) -> list[Any]:
+def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_last: bool = False) -> list[Any]:
     """Execute ``pipe`` (built with raise_on_error semantics off) and return its results.
 
     For a transaction pipeline the caller must have queued ``script.load(pipe)`` first (a NOSCRIPT
     inside MULTI would let the other commands run without the script). For a plain pipeline every
-    EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client.
+    EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client; with
+    ``repeat_last`` the pipeline's last command (a WAIT) is sent again after them, so it covers them.
     """
     commands = list(pipe.command_stack)
     results = pipe.execute(raise_on_error=False)
@@ -58,6 +59,9 @@ def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = ()) -> list[Any
             args = commands[i][0]
             script = by_sha[str(args[1])]
             client.execute_command("EVAL", script.body, *args[2:])
+        if repeat_last:
+            retry.append(len(commands) - 1)
+            client.execute_command(*commands[-1][0])
         redo = pipe.execute(raise_on_error=False)
         for i, r in zip(retry, redo, strict=True):
             results[i] = r
