@@ -113,7 +113,7 @@ def test_which_confirmed_events_a_failover_loses(sentinels: SentinelSet, key_pre
     """The replica is cut off (stopped, its link killed), events are published, the master crashes and
     Sentinel promotes the replica. Without TRADEBUS_PUBLISH_REPLICAS the events confirmed while it was
     cut off are lost; with it they were never confirmed (NotReplicatedError), and nothing confirmed is."""
-    pub = bus_on(sentinels, key_prefix, publish_replicas=replicas, publish_replicas_timeout_ms=200)
+    pub = bus_on(sentinels, key_prefix, publish_replicas=replicas, publish_replicas_timeout_ms=100)
     before = [event(i, "LOSS") for i in range(20)]
     for e in before:
         pub.publish(e)
