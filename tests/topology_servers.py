@@ -3,8 +3,10 @@ a Sentinel set (a master, a replica, three sentinels) and a 3-master Cluster. Ne
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -153,8 +155,69 @@ class SentinelSet:
             client.close()
 
 
+def cluster_port() -> int:
+    """A free port a Cluster node can use: its bus port (+10000) must be free too and below 65536."""
+    for _ in range(100):
+        port = random.randint(20000, 55000)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _answers(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+class ClusterSet:
+    """A Redis Cluster of three masters (no replicas), slots split by ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.binary = binary_or_skip()
+        self.cli = binary_or_skip("redis-cli")
+        self.masters = masters
+        self.servers: list[EmbeddedRedis] = []
+
+    def start(self) -> ClusterSet:
+        try:
+            for _ in range(self.masters):
+                args = (
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                )
+                server = EmbeddedRedis(binary=self.binary, port=cluster_port(), extra_args=args)
+                self.servers.append(server.start())
+            nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+            subprocess.run([self.cli, "--cluster", "create", *nodes, "--cluster-yes"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)  # fmt: skip
+            for server in self.servers:
+                client = server.client(socket_timeout=2)
+                wait_for(lambda c=client: c.cluster("info")["cluster_state"] == "ok", 10, "cluster state ok")
+                client.close()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from bus.config import Settings
 from bus.core import state
@@ -41,7 +42,7 @@ class RedisEventBus:
         self,
         url: str | None = None,
         *,
-        client: redis.Redis | None = None,
+        client: redis.Redis | RedisCluster | None = None,
         settings: Settings | None = None,
         key_prefix: str | None = None,
         log_maxlen: int | None = None,
@@ -54,7 +55,11 @@ class RedisEventBus:
         s = self.settings
         self.url = url or (None if client is not None else s.bus_url)
         self._own_client = client is None
-        self.client: redis.Redis = client if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        # A RedisCluster serves every command the bus sends (each names keys of one {symbol} slot, or is
+        # routed by redis-py); what needs a connection pool goes through connection.node_pool.
+        self.client: redis.Redis = (
+            cast(redis.Redis, client) if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        )
         self.where = describe_server(self.url) if self.url else _client_where(self.client)
         self.keys = Keys(key_prefix or s.key_prefix)
         self.publisher = Publisher(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -47,6 +47,7 @@ def make_client(
     ``retries``: how often a command that failed on a broken connection is re-sent (short exponential
     backoff). ``connection``: host, port, db... already parsed from ``url``, for a Celery broker URL
     that redis-py cannot read (``redis+socket://``, ``virtual_host``); ``url`` still selects TLS.
+    A ``redis+sentinel://`` URL gives a client of the current master, ``redis+cluster://`` a RedisCluster.
     """
     kw: dict[str, Any] = {
         "socket_connect_timeout": settings.redis_connect_timeout,
@@ -63,10 +64,9 @@ def make_client(
     if is_topology_url(url):
         topology = parse_topology(url)
         if topology.kind == "cluster":
-            raise ConfigError(
-                f"{topology.where()}: a Redis Cluster needs its own client (make_cluster_client); the bus"
-                " does not run on a Cluster yet"
-            )
+            # typed as a Redis: a RedisCluster serves every command the bus and the workers send (each
+            # names keys of one {symbol} slot, or redis-py routes it); pools: node_pool
+            return cast(redis.Redis, make_cluster_client(url, settings, retries=retries))
         return _sentinel_master(topology, kw)
     return redis.Redis.from_url(url, **kw)
 
@@ -101,9 +101,20 @@ def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETR
     )  # fmt: skip
 
 
+def node_pool(client: redis.Redis | RedisCluster) -> redis.ConnectionPool:
+    """The pool whose settings a new unpooled connection copies: the client's own, or for a Redis
+    Cluster one node's (pub/sub and PING may go to any node: a Cluster forwards every PUBLISH to all)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        if node is None or node.redis_connection is None:
+            raise redis.ConnectionError("the Redis Cluster client knows no node yet")
+        return node.redis_connection.connection_pool
+    return client.connection_pool
+
+
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
     """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
-    pool = client.connection_pool
+    pool = node_pool(client)
     kw = dict(pool.connection_kwargs)
     kw.update(retry=Retry(ExponentialBackoff(), 0), health_check_interval=0, protocol=2)
     if timeout is not None:
@@ -112,6 +123,8 @@ def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
 
 
 def _client_where(client: redis.Redis) -> str:
+    if isinstance(client, RedisCluster):
+        return "cluster " + ",".join(sorted(node.name for node in client.get_nodes()))
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         return f"sentinel {pool.service_name}"

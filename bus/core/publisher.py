@@ -244,7 +244,7 @@ class Publisher:
             PUBLISH_MANY.stage(pipe, run[0].keys, margs)
         else:
             PUBLISH.stage(pipe, run[0].keys, run[0].args)
-        at = len(pipe.command_stack) - 1
+        at = len(pipe) - 1  # len() counts the queued commands of a Pipeline and a ClusterPipeline alike
         slots = []
         for k, item in enumerate(run):
             for effect in self.effects:

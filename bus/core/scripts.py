@@ -49,20 +49,30 @@ def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_l
     EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client; with
     ``repeat_last`` the pipeline's last command (a WAIT) is sent again after them, so it covers them.
     """
-    commands = list(pipe.command_stack)
+    commands = queued_commands(pipe)
     results = pipe.execute(raise_on_error=False)
     retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if retry:
         by_sha = {s.sha: s for s in scripts}
         client = pipe  # the pipeline is reset after execute and reusable
         for i in retry:
-            args = commands[i][0]
+            args = commands[i]
             script = by_sha[str(args[1])]
             client.execute_command("EVAL", script.body, *args[2:])
         if repeat_last:
             retry.append(len(commands) - 1)
-            client.execute_command(*commands[-1][0])
+            client.execute_command(*commands[-1])
         redo = pipe.execute(raise_on_error=False)
         for i, r in zip(retry, redo, strict=True):
             results[i] = r
     return results
+
+
+def queued_commands(pipe: Any) -> list[tuple[Any, ...]]:
+    """The arguments of each command queued on ``pipe``: a Pipeline keeps ``(args, options)`` pairs in
+    ``command_stack``; a ClusterPipeline (redis-py 6+) keeps PipelineCommand objects in its execution
+    strategy and leaves ``command_stack`` empty."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    if strategy is not None:
+        return [tuple(command.args) for command in strategy.command_queue]
+    return [tuple(args) for args, _ in pipe.command_stack]

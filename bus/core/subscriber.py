@@ -24,7 +24,7 @@ import redis
 
 from bus.config import Settings
 from bus.core.catchup import CatchUp
-from bus.core.connection import raw_connection
+from bus.core.connection import node_pool, raw_connection
 from bus.core.keys import Keys
 from bus.core.subscription import Counters, Handler, Subscription
 from bus.core.wire import MAX_SEQ, parse_id
@@ -165,7 +165,7 @@ class Subscriber:
             self._idle.set()
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
-        user = self._client.connection_pool.connection_kwargs.get("username") or "default"
+        user = node_pool(self._client).connection_kwargs.get("username") or "default"
         with self._lock:
             names = sorted((s.pattern, s.name) for s in self._subs.values())
         channels = [n for p, n in names if not p]

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from bus.config import Settings, safe_url
 from bus.core.connection import NO_RETRIES, make_client
@@ -126,6 +127,9 @@ class Dispatcher:
     def attach(self, client: redis.Redis, keys: Keys) -> Dispatcher:
         """Bind to the bus's client; decides whether task messages can join the bus's transaction."""
         self.client, self.keys = client, keys
+        if isinstance(client, RedisCluster):  # refuses SELECT: task messages take the pending-record path
+            self.stages_in_bus_pipeline, self._select = False, None
+            return self
         bus_kw = client.connection_pool.connection_kwargs
         same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
         # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
