@@ -15,6 +15,8 @@ import redis
 from bus import BusConnectionError, RedisEventBus, TradeEvent
 from bus.config import Settings
 from bus.core.durability import NotReplicatedError
+from bus.dispatch.dispatcher import Dispatcher
+from bus.dispatch.routing import RoutingTable
 from tests.helpers import wait_for
 from tests.topology_servers import SentinelSet
 
@@ -150,3 +152,23 @@ def _log_or_none(bus: RedisEventBus, symbol: str) -> list[str] | None:
         return [e.event_id for _, e in bus.read_log(symbol)]
     except redis.ConnectionError:
         return None
+
+
+def test_routed_tasks_reach_the_broker_through_kombus_sentinel_transport(
+    sentinels: SentinelSet, key_prefix: str
+) -> None:
+    """The broker derived from a redis+sentinel:// bus (sentinel://...;sentinel://..., the master's next
+    database, master_name as a transport option): publish's tasks land on the current master."""
+    s = Settings(redis_url=sentinels.url, key_prefix=key_prefix, broker_key_prefix=f"{key_prefix}:")
+    assert s.broker_url.startswith("sentinel://") and s.broker_sentinel_master() == sentinels.name
+    dispatcher = Dispatcher.from_settings(s, RoutingTable.default())
+    bus = RedisEventBus(settings=s, dispatcher=dispatcher)
+    receipt = bus.publish(TradeEvent.create_order_filled(symbol="XAUUSD", order_id="o1", fill_price=1.0, volume=1.0))
+    assert receipt.dispatched and not receipt.not_dispatched
+    broker_db = sentinels.master().client(db=1)
+    queued = sum(broker_db.llen(k) for k in broker_db.scan_iter(f"{key_prefix}:*", _type="list"))
+    assert queued == len(receipt.dispatched)
+    assert bus.client.zcard(bus.keys.pending_dispatch_for("XAUUSD")) == 0
+    broker_db.close()
+    dispatcher.close()
+    bus.close()
