@@ -28,6 +28,10 @@ OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
 MAX_MESSAGE_FACTOR = 16
 # A message redelivered more often than this (its worker died each time) is dead-lettered, not run.
 REDELIVERY_CAP = 3
+# Quorum queues (TRADEBUS_RABBITMQ_QUORUM_QUEUES): RabbitMQ drops a message delivered more often than
+# this. The base task dead-letters at REDELIVERY_CAP first; the limit catches a message whose worker
+# dies before the base task can count it (a crash while decoding, an OOM in the pool).
+QUORUM_DELIVERY_LIMIT = REDELIVERY_CAP + 2
 # Hard limit per task: a hung task is killed rather than holding its queue's only prefetch slot.
 TASK_TIME_LIMIT = 600
 
@@ -79,7 +83,13 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,
                      interval_step=0.2, interval_max=0.5)  # fmt: skip
     tls = settings.ssl_options(broker)
-    queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
+    quorum = settings.rabbitmq_quorum_queues and not is_redis
+    queue_arguments = {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT} if quorum else None
+    # topic exchanges for quorum queues: RabbitMQ's native delayed delivery (countdowns) binds only to
+    # those; the routing key is the queue's full name, so a topic exchange routes exactly like direct.
+    exchange_type = "topic" if quorum else "direct"
+    queues = [Queue(q, Exchange(q, type=exchange_type), routing_key=q, queue_arguments=queue_arguments)
+              for q in routing.queues]  # fmt: skip
     conf: dict[str, Any] = {
         "broker_url": broker,
         # kombu's Redis transport that survives any bytes on a queue, recovers a dead worker's tasks within
@@ -135,5 +145,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
+        # Quorum queues: Celery then uses per-consumer QoS (quorum queues refuse global QoS) and RabbitMQ's
+        # native delayed delivery for countdowns (routing's retry backoff) instead of holding them unacked.
+        **({"task_default_queue_type": "quorum", "worker_detect_quorum_queues": True} if quorum else {}),
     }  # fmt: skip
     return conf

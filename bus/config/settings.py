@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # which names none. Default: the bus's, when the bus is a redis+sentinel:// URL.
     broker_master_name: str | None = _env("TRADEBUS_BROKER_MASTER_NAME")
 
+    # RabbitMQ broker: declare the tradebus queues as quorum queues (replicated on a RabbitMQ cluster,
+    # with a delivery limit as a second poison-message guard: celery_app.config). Off: classic queues.
+    rabbitmq_quorum_queues: bool = Field(False, validation_alias="TRADEBUS_RABBITMQ_QUORUM_QUEUES")
+
     # Dispatch: publish() also enqueues the Celery tasks its routes pick (at-least-once tasks).
     # Off: log + broadcast only.
     dispatch: bool = Field(True, validation_alias="TRADEBUS_DISPATCH")
