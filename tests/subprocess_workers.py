@@ -16,7 +16,7 @@ import pytest
 
 from bus.config import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ALL_QUEUES = "tradebus.state,tradebus.risk,tradebus.notify,tradebus.reconcile"
 
 

@@ -49,7 +49,10 @@ class RedisEventBus:
         max_event_bytes: int | None = None,
         apply_state: bool = False,
         dispatcher: TaskDispatcher[Any] | None = None,
+        connect: bool = True,
     ) -> None:
+        """``connect=False`` skips the start-up PING: the bus is built while Redis is down and connects on
+        first use (an executor that must start and trade during an outage, its events in its outbox)."""
         # Settings() would read the environment; a library class takes explicit arguments only.
         self.settings = settings if settings is not None else Settings.model_construct()
         s = self.settings
@@ -73,19 +76,20 @@ class RedisEventBus:
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
-        try:
-            self.client.ping()
-        except redis.ConnectionError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
-        except redis.TimeoutError as e:
-            self._close_client()
-            raise self._connection_error(e) from None
+        if connect:
+            self._check_connection()
         if dispatcher is not None:
             dispatcher.attach(self.client, self.keys)
 
     def __repr__(self) -> str:
         return f"RedisEventBus({self.where!r}, prefix={self.keys.prefix!r})"
+
+    def _check_connection(self) -> None:
+        try:
+            self.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._close_client()
+            raise self._connection_error(e) from None
 
     def _connection_error(self, e: Exception) -> BusConnectionError:
         return BusConnectionError(

@@ -103,6 +103,11 @@ class Keys:
         (score: ms time of publish). The bus adds them; beat re-dispatches the stale ones."""
         return f"{self._sym(symbol)}:dispatch:pending"
 
+    def outbox_mark(self, symbol: str, source: str) -> str:
+        """String 'origin|seq|log_id': the highest outbox sequence number of ``source`` logged for
+        ``symbol`` (publish_sequenced.lua: a resent outbox row is not logged twice). One per (source, symbol)."""
+        return f"{self._sym(symbol)}:outbox:{source}"
+
     def risk(self, symbol: str) -> str:
         """Hash: per-symbol risk counters."""
         return f"{self._sym(symbol)}:risk"

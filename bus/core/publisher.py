@@ -53,6 +53,7 @@ class PublishReceipt:
     subscribers: int
     dispatched: tuple[str, ...] = ()  # route names enqueued
     not_dispatched: tuple[str, ...] = ()  # route names the broker did not take (re-dispatched by beat)
+    already_logged: bool = False  # a sequenced publish (bus/core/sequenced.py) found it logged: nothing sent
 
 
 class Staged(NamedTuple):

@@ -18,7 +18,9 @@ class EventBusFactory:
     @staticmethod
     def create_from_env(env_config: Settings, **kw: Any) -> RedisEventBus:
         """A bus for ``env_config``; unless ``TRADEBUS_DISPATCH=false`` (or ``dispatcher=`` is given),
-        publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``."""
+        publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``. Redis down raises
+        ``BusConnectionError`` (a ``redis.ConnectionError``), unless ``connect=False``: then the bus
+        connects on first use (how an executor starts during an outage: its events wait in its outbox)."""
         load_event_types(env_config.event_types_module)  # subscribers decode custom types too
         if "dispatcher" not in kw and env_config.dispatch:
             dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(env_config)

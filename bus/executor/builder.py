@@ -39,7 +39,7 @@ from bus.executor.venue import TradingVenue
 
 @dataclass
 class ExecutorConfig:
-    source: str = "executor"
+    source: str = "executor"  # its events' source; also names its outbox's numbering on the bus: one per executor
     symbols: tuple[str, ...] = ()  # symbols this executor trades (breach subscription); () = all
     outbox_path: str | None = None  # default: $XDG_STATE_HOME/tradebus/outbox-{source}.sqlite3
     outbox_max_events: int = DEFAULT_OUTBOX_MAX_EVENTS
@@ -173,7 +173,11 @@ class ExecutorBuilder:
         event_bus: Any = None,
         logger: logging.Logger | None = None,
     ) -> TradeExecutor:
-        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish)."""
+        """Build a TradeExecutor publishing to ``event_bus`` (a RedisEventBus, or anything with publish).
+
+        Redis may be down: with a bus built by ``EventBusFactory.create_from_env(settings, connect=False)``
+        (or ``RedisEventBus(..., connect=False)``) the executor starts and trades, its events wait in its
+        outbox and go out, each logged once, when Redis answers."""
         cfg = ExecutorConfig.coerce(config)
         log = logger or logging.getLogger(f"{__name__}.{cfg.source}")
         venue = client if client is not None else PaperVenue(symbols=cfg.symbols or None)
@@ -181,6 +185,7 @@ class ExecutorBuilder:
         publisher = OutboxPublisher(
             event_bus if event_bus is not None else NullBus(),
             outbox,
+            source=cfg.source,
             logger=log,
             retry_interval=cfg.outbox_retry_interval,
         )

@@ -6,6 +6,12 @@ straight to the bus while the outbox is empty; on a connection failure queue the
 is queued, new events queue behind it so the order is kept; flush (oldest first) on the next publish
 attempt and on ``flush()``. Events keep their ``event_id``, so a resend is recognisable downstream.
 
+Exactly once in the log: every event gets a number from the outbox (increasing, never reused, across
+restarts too) before its first attempt, and keeps it when it is queued. Through a RedisEventBus the
+number travels with the event (bus/core/sequenced.py): an event the bus already logged under its
+number is not logged again, so a crash between publish and delete, or a reply lost after Redis ran
+the publish, costs nothing but a skipped resend.
+
 One outbox file belongs to one executor process (an exclusive ``flock`` enforces it).
 """
 
@@ -17,12 +23,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from bus.core.bus import RedisEventBus
+from bus.core.sequenced import SequencedPublisher
 from bus.errors import BusError, EventValidationError
 from bus.events.model import TradeEvent
 
@@ -32,6 +41,10 @@ DEFAULT_OUTBOX_MAX_EVENTS = 100_000
 DEFAULT_OUTBOX_MAX_BYTES = 64 * 1024 * 1024
 #: seconds between flush attempts made from publish() while Redis is down (flush() always tries)
 DEFAULT_OUTBOX_RETRY_INTERVAL = 1.0
+
+#: event numbers reserved on disk at a time: one fsync per block, not per event published directly (a
+#: restart skips what its predecessor left unused: numbers only need to increase)
+SEQ_BLOCK = 100_000
 
 # Errors that mean "the bus cannot take it now, try later" (BusError minus bad-event errors).
 RETRYABLE = (redis.RedisError, BusError)
@@ -75,8 +88,21 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
             " event_id TEXT NOT NULL, payload BLOB NOT NULL)"
         )
-        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:  # a new file, or one from before numbering (its queued rows keep their numbers)
+            meta = {"origin": uuid.uuid4().hex, "reserved": "0"}
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        #: this file's identity: its numbers mean nothing to another outbox (a new file starts again at 1)
+        self.origin: str = meta["origin"]
+        count, size, top = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(MAX(seq), 0) FROM outbox"
+        ).fetchone()
         self._count, self._bytes = int(count), int(size)
+        # Every number handed out is at most the reserved one, on disk before it is used: after a
+        # restart numbering resumes above anything a previous run could have published.
+        self._reserved = int(meta["reserved"])
+        self._last_seq = max(self._reserved, int(top))
 
     def __len__(self) -> int:
         return self._count
@@ -85,9 +111,21 @@ class Outbox:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def append(self, event: TradeEvent) -> None:
-        """Store ``event`` durably after everything already queued; OutboxFull past the bound."""
+    def claim_seq(self) -> int:
+        """The next event number: above every number handed out before, by this run or an earlier one."""
+        with self._mutex:
+            self._last_seq += 1
+            if self._last_seq > self._reserved:
+                self._reserved = self._last_seq + SEQ_BLOCK
+                self._db.execute("UPDATE meta SET value = ? WHERE name = 'reserved'", (str(self._reserved),))
+            return self._last_seq
+
+    def append(self, event: TradeEvent, seq: int | None = None) -> None:
+        """Store ``event`` durably after everything already queued, under ``seq`` (a number from
+        ``claim_seq``, kept from a failed attempt) or a new number; OutboxFull past the bound."""
         payload = event.encode(max_bytes=None)
+        if seq is None:
+            seq = self.claim_seq()
         with self._mutex:
             if self._count + 1 > self.max_events or self._bytes + len(payload) > self.max_bytes:
                 raise OutboxFull(
@@ -95,7 +133,9 @@ class Outbox:
                     f"{self._bytes}/{self.max_bytes} bytes); event {event.event_id} "
                     f"({event.event_type.value} {event.symbol}) was not stored"
                 )
-            self._db.execute("INSERT INTO outbox (event_id, payload) VALUES (?, ?)", (event.event_id, payload))
+            self._db.execute(
+                "INSERT INTO outbox (seq, event_id, payload) VALUES (?, ?, ?)", (seq, event.event_id, payload)
+            )
             self._count += 1
             self._bytes += len(payload)
 
@@ -107,13 +147,25 @@ class Outbox:
 
     def remove(self, seq: int) -> None:
         """Forget the event ``seq`` (it was published)."""
+        self.remove_many((seq,))
+
+    def remove_many(self, seqs: Iterable[int]) -> None:
+        """Forget the events ``seqs`` (they were published), in one transaction."""
+        removed = freed = 0
         with self._mutex:
-            row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE seq = ?", (seq,)).fetchone()
-            if row is None:
-                return
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            self._count -= 1
-            self._bytes -= int(row[0])
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq in seqs:
+                    row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE seq = ?", (seq,)).fetchone()
+                    if row is not None:
+                        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                        removed, freed = removed + 1, freed + int(row[0])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= removed
+            self._bytes -= freed
 
     def close(self) -> None:
         with self._mutex:
@@ -131,13 +183,17 @@ class Outbox:
 
 
 class OutboxPublisher:
-    """Publish through ``bus`` without ever raising on a bus failure, keeping order via ``outbox``."""
+    """Publish through ``bus`` without ever raising on a bus failure, keeping order via ``outbox``.
+
+    ``source`` names the numbering of ``outbox`` on the bus (one per executor): through a
+    RedisEventBus each event is logged once however often it is resent (see the module doc)."""
 
     def __init__(
         self,
         bus: Any,
         outbox: Outbox,
         *,
+        source: str = "executor",
         logger: logging.Logger | None = None,
         retry_interval: float = DEFAULT_OUTBOX_RETRY_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
@@ -149,9 +205,14 @@ class OutboxPublisher:
         self._clock = clock
         self._next_try = 0.0
         self._lock = threading.RLock()  # one publisher path at a time: order is the contract
+        # any other bus (anything with publish) gets each event at least once
+        self._sequenced = (
+            SequencedPublisher(bus.publisher, source, outbox.origin) if isinstance(bus, RedisEventBus) else None
+        )
         self.published = 0
         self.queued = 0
         self.dropped = 0  # events refused by a full outbox (logged with their JSON) or invalid
+        self.already_logged = 0  # resent events the bus had logged before (a crash or a lost reply)
 
     @property
     def pending(self) -> int:
@@ -166,9 +227,11 @@ class OutboxPublisher:
         with self._lock:
             if len(self.outbox) and self._clock() >= self._next_try:
                 self.flush()
+            seq = None
             if not len(self.outbox):
+                seq = self.outbox.claim_seq()  # kept if the event is queued: a resend is recognised
                 try:
-                    receipt = self.bus.publish(event)
+                    receipt = self._send([(seq, event)])[0]
                     self.published += 1
                     return receipt
                 except EventValidationError as e:
@@ -178,36 +241,52 @@ class OutboxPublisher:
                     self.log.warning("bus publish failed (%s); queueing events in outbox %s", e, self.outbox.path)
                     self._next_try = self._clock() + self.retry_interval
             try:
-                self.outbox.append(event)
+                self.outbox.append(event, seq)
                 self.queued += 1
             except OutboxFull as e:
                 self._drop(event, str(e))
             return None
 
     def flush(self, batch: int = 100) -> int:
-        """Send queued events oldest first; stop at the first failure. Returns how many went out."""
+        """Send queued events oldest first (up to ``batch`` per round trip through a RedisEventBus); stop
+        at the first failure. Returns how many left the outbox for the log (resends found logged too)."""
         sent = 0
         with self._lock:
             while len(self.outbox):
-                items = self.outbox.peek(batch)
-                if not items:
+                rows = self.outbox.peek(batch if self._sequenced is not None else 1)
+                if not rows:
                     break
-                for seq, event in items:
-                    try:
-                        self.bus.publish(event)
-                    except EventValidationError as e:
-                        self._drop(event, f"invalid event: {e}")
-                    except RETRYABLE as e:
-                        self._next_try = self._clock() + self.retry_interval
-                        self.log.info("outbox flush paused after %d events: %s", sent, e)
-                        return sent
-                    else:
-                        sent += 1
-                        self.published += 1
-                    self.outbox.remove(seq)
+                try:
+                    sent += self._flush_rows(rows)
+                except RETRYABLE as e:
+                    self._next_try = self._clock() + self.retry_interval
+                    self.log.info("outbox flush paused after %d events: %s", sent, e)
+                    return sent
+                self.outbox.remove_many(seq for seq, _ in rows)
             if sent:
                 self.log.info("outbox flushed %d events to the bus", sent)
         return sent
+
+    def _flush_rows(self, rows: list[tuple[int, TradeEvent]]) -> int:
+        """Publish ``rows``; the invalid ones are dropped. How many are in the log now."""
+        try:
+            receipts = self._send(rows)
+        except EventValidationError as e:
+            if len(rows) > 1:  # find the invalid one(s): one at a time (resends of the others are skipped)
+                return sum(self._flush_rows([row]) for row in rows)
+            self._drop(rows[0][1], f"invalid event: {e}")
+            return 0
+        again = sum(1 for r in receipts if getattr(r, "already_logged", False))
+        if again:
+            self.log.warning("outbox: %d resent event(s) were already in the log; not logged again", again)
+        self.already_logged += again
+        self.published += len(rows) - again
+        return len(rows)
+
+    def _send(self, rows: Sequence[tuple[int, TradeEvent]]) -> list[Any]:
+        if self._sequenced is not None:
+            return self._sequenced.publish(rows)
+        return [self.bus.publish(event) for _, event in rows]
 
     def _drop(self, event: TradeEvent, why: str) -> None:
         self.dropped += 1

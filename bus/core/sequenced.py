@@ -1,0 +1,163 @@
+"""Sequenced publishing: events numbered by their source are logged at most once (exactly-once outbox).
+
+An executor's outbox numbers its events (bus/executor/outbox.py) and publishes them here, through
+``publish_sequenced.lua``: per (source, symbol) a mark (``Keys.outbox_mark``) holds the highest number
+logged, and an event numbered at or below it is skipped in the same atomic step. So resending an
+outbox row after a crash between publish and delete, or after a reply lost when Redis had already run
+the script (redis-py's own retries included), never logs it twice.
+
+The tasks follow the event. A broker on the bus's server gets the task messages from the script
+itself (sent with the event or not at all, so a skipped event sends none). A separate broker gets
+them after the script, for new events only; the script records those pending, so beat re-dispatches
+what a crash left unsent. Inline effects (the state projection) run for every event, new or skipped:
+they are idempotent, and a skipped event's effect may be the one a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+
+from bus.core.dispatching import NamedRoute, RouteNames
+from bus.core.keys import channel
+from bus.core.publisher import Publisher, PublishReceipt
+from bus.core.scripts import LuaScript, execute_pipeline
+from bus.errors import DispatchError
+from bus.events.model import TradeEvent
+
+log = logging.getLogger(__name__)
+
+PUBLISH_SEQUENCED = LuaScript("bus.core", "publish_sequenced.lua")
+
+
+class Numbered(NamedTuple):
+    """One numbered event, encoded, with its script arguments and routes."""
+
+    event: TradeEvent
+    payload: bytes
+    args: list[Any]  # its part of publish_sequenced.lua's ARGV
+    routes: Sequence[NamedRoute]
+    staged: tuple[str, ...]  # route names whose task messages ride in the script
+
+
+class SequencedPublisher:
+    """Publishes numbered events through ``publisher`` (its client, keys, limits, dispatcher, effects)
+    for ``source``; ``origin`` names the numbering (an outbox file): numbers of another origin under
+    the same source are never compared, those events are logged."""
+
+    def __init__(self, publisher: Publisher, source: str, origin: str) -> None:
+        self.publisher, self.source, self.origin = publisher, source, origin
+        self._symbols_sent: set[str] = set()
+        self._keys: dict[str, list[str]] = {}  # per symbol: the script's KEYS
+
+    def publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
+        """Publish ``(number, event)`` pairs (numbers increasing) in one pipeline. An event already logged
+        under its number is skipped: ``receipt.already_logged``. Nothing is sent if any event is invalid."""
+        p = self.publisher
+        items = [self._prepare(seq, event) for seq, event in events]
+        if not items:
+            return []
+        new_symbols = {item.event.symbol for item in items} - self._symbols_sent
+        if len(items) == 1 and not p.effects and not new_symbols:  # one command does it
+            return self._receipts(items, [PUBLISH_SEQUENCED.call(p.client, *self._script_call(items))])
+        pipe = p.client.pipeline(transaction=False)
+        if new_symbols:
+            pipe.sadd(p.keys.symbols(), *sorted(new_symbols))
+        slots: list[tuple[int, int]] = []  # per item: its script call, its place in that call's reply
+        for run in self._runs(items):
+            PUBLISH_SEQUENCED.stage(pipe, *self._script_call(run))
+            at = len(pipe.command_stack) - 1
+            for k, item in enumerate(run):
+                for effect in p.effects:
+                    effect.stage(pipe, item.event)
+                slots.append((at, k))
+        scripts = (PUBLISH_SEQUENCED, *(s for e in p.effects for s in e.scripts))
+        results = execute_pipeline(pipe, scripts)
+        for r in results:
+            if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
+                raise r
+        replies = []
+        for at, k in slots:
+            reply = results[at]
+            if isinstance(reply, Exception):
+                raise reply
+            replies.append(reply[3 * k : 3 * k + 3])
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:  # an effect failed after the events were logged: report, do not lose them
+            log.error("sequenced publish: %d effect(s) failed after logging: %s", len(failed), failed[0])
+        self._symbols_sent |= new_symbols
+        return self._receipts(items, replies)
+
+    def _script_call(self, run: list[Numbered]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV of publish_sequenced.lua for a run of one symbol's events."""
+        p, symbol = self.publisher, run[0].event.symbol
+        keys = self._keys.get(symbol)
+        if keys is None:
+            k = p.keys
+            keys = self._keys[symbol] = [k.log(symbol), k.heads(symbol), k.pending_dispatch_for(symbol),
+                                         k.outbox_mark(symbol, self.source)]  # fmt: skip
+        args: list[Any] = [p.log_maxlen, p.keys.prefix, self.origin]
+        for item in run:
+            args += item.args
+        return keys, args
+
+    def _prepare(self, seq: int, event: Any) -> Numbered:
+        if not isinstance(event, TradeEvent):
+            raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
+        p, d = self.publisher, self.publisher.dispatcher
+        payload = event.encode(p.max_event_bytes)
+        routes: Sequence[NamedRoute] = d.routes_for(event) if d is not None else ()
+        words: list[Any] = []
+        staged: tuple[str, ...] = ()
+        if routes and d is not None and d.stages_in_bus_pipeline:
+            # The dispatcher queues its task messages on a pipeline that never runs; the script runs
+            # those commands only when it logs the event.
+            recorder = p.client.pipeline(transaction=False)
+            staged = d.stage(recorder, event, payload, routes)
+            for command, _options in recorder.command_stack:
+                words += [len(command), *command]
+        tracked = b"1" if routes and not staged else b""
+        t = event.event_type.value
+        args = [seq, payload, channel(event.symbol, t), t, tracked, len(words), *words]
+        return Numbered(event, payload, args, routes, staged)
+
+    def _runs(self, items: list[Numbered]) -> list[list[Numbered]]:
+        """Consecutive same-symbol events, at most ``publisher.run_max`` per script call."""
+        runs: list[list[Numbered]] = []
+        cap = max(1, self.publisher.run_max)
+        for item in items:
+            if runs and runs[-1][0].event.symbol == item.event.symbol and len(runs[-1]) < cap:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        return runs
+
+    def _receipts(self, items: list[Numbered], replies: list[Any]) -> list[PublishReceipt]:
+        to_send = [i for i, reply in enumerate(replies) if reply[2] and items[i].routes and not items[i].staged]
+        outcome = self._send([items[i] for i in to_send], [replies[i][0] for i in to_send])
+        sent = dict(zip(to_send, outcome, strict=True))
+        out = []
+        for i, (item, (log_id, subscribers, logged_now)) in enumerate(zip(items, replies, strict=True)):
+            event_id, log_text = item.event.event_id, log_id.decode()
+            if not logged_now:
+                out.append(PublishReceipt(event_id, log_text, 0, already_logged=True))
+                continue
+            dispatched, not_dispatched = sent.get(i, (item.staged, ()))
+            out.append(PublishReceipt(event_id, log_text, int(subscribers), dispatched, not_dispatched))
+        return out
+
+    def _send(self, items: list[Numbered], log_ids: list[bytes]) -> list[RouteNames]:
+        """Enqueue the tasks of newly logged events on a separate broker (the script left them pending)."""
+        d = self.publisher.dispatcher
+        if not items or d is None:
+            return []
+        try:
+            return list(d.send_many([(i.event, i.payload, i.routes) for i in items], [x.decode() for x in log_ids]))
+        except DispatchError:
+            raise
+        except Exception:  # noqa: BLE001 - the events are logged; beat re-dispatches what stays pending
+            log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
+            return [((), tuple(r.name for r in i.routes)) for i in items]
