@@ -38,6 +38,7 @@ def make_celery(
     from celery import Celery, signals
 
     from .context import TaskContext, on_worker_process_init, on_worker_process_shutdown
+    from .observability import on_setup_logger, on_worker_init, on_worker_process_exit
     from .tasks import import_task_modules
 
     settings = settings if settings is not None else LoadEnvironmentVariables()
@@ -54,6 +55,10 @@ def make_celery(
     app.tradebus = TaskContext(settings, routing, redelivery_cap, min(MAX_BACKOFF_SECONDS, VISIBILITY_TIMEOUT / 2))  # type: ignore[attr-defined]
     signals.worker_process_init.connect(on_worker_process_init, weak=False, dispatch_uid="tradebus-init")
     signals.worker_process_shutdown.connect(on_worker_process_shutdown, weak=False, dispatch_uid="tradebus-shutdown")
+    signals.after_setup_logger.connect(on_setup_logger, weak=False, dispatch_uid="tradebus-log-format")
+    signals.after_setup_task_logger.connect(on_setup_logger, weak=False, dispatch_uid="tradebus-task-log-format")
+    signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="tradebus-metrics")
+    signals.worker_process_shutdown.connect(on_worker_process_exit, weak=False, dispatch_uid="tradebus-metrics-exit")
     return app
 
 

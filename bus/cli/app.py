@@ -57,10 +57,10 @@ def _root(
 
 
 def _register() -> None:
-    from bus.cli import deadletters, demo, doctor, events, replay, routes, schema, state
+    from bus.cli import deadletters, demo, doctor, events, observe, replay, routes, schema, state
 
     # the order `tradebus --help` lists them in
-    for command_group in (events, replay, state, routes, deadletters, doctor, schema, demo):
+    for command_group in (events, replay, state, routes, deadletters, observe, doctor, schema, demo):
         command_group.register(app)
 
 

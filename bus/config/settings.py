@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     # timeout. 0: confirmed when the master has it (a failover can lose it).
     publish_replicas: int = Field(0, ge=0, validation_alias="TRADEBUS_PUBLISH_REPLICAS")
     publish_replicas_timeout_ms: int = Field(1000, ge=1, validation_alias="TRADEBUS_PUBLISH_REPLICAS_TIMEOUT_MS")
+
+    # Observability: a worker serves Prometheus /metrics on this port when set (bus.observability.metrics);
+    # log lines as JSON objects with the event's fields when "json" (bus.observability.logs).
+    metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="TRADEBUS_METRICS_PORT")
+    log_format: Literal["text", "json"] = Field("text", validation_alias="TRADEBUS_LOG_FORMAT")
 
     # tradebus itself
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 import redis
@@ -22,6 +23,7 @@ from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,17 @@ class Publisher:
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._publish_one(event)
+        with tracing.publish_span(tracer, event) as span:
+            receipt = self._publish_one(event)
+            span.set_attribute("tradebus.log_id", receipt.log_id)
+            return receipt
+
+    def _publish_one(self, event: TradeEvent) -> PublishReceipt:
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
         one_command = not staged and not self.effects and self.durability is None
@@ -127,10 +140,14 @@ class Publisher:
         log_id = raw_id.decode()
         if item.tracked:
             names = self._send([item], [log_id])[0]
+        if recorder is not None:
+            recorder.record_publish([item.args[2]], perf_counter() - started, *names)
         return PublishReceipt(event.event_id, log_id, int(n), *names)
 
     def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
         """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
+        recorder = metrics.RECORDER
+        started = perf_counter() if recorder is not None else 0.0
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
@@ -140,6 +157,10 @@ class Publisher:
             outcome = self._send([batch[i] for i in to_send], [results[i].log_id.decode() for i in to_send])
             for i, names in zip(to_send, outcome, strict=True):
                 results[i] = results[i]._replace(names=names)
+        if recorder is not None:
+            dispatched = [name for r in results for name in r.names[0]]
+            refused = [name for r in results for name in r.names[1]]
+            recorder.record_publish([item.args[2] for item in batch], perf_counter() - started, dispatched, refused)
         return [
             PublishReceipt(item.event.event_id, r.log_id.decode(), int(r.subscribers), *r.names)
             for item, r in zip(batch, results, strict=True)

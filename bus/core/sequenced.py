@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import redis
@@ -27,6 +28,7 @@ from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
+from bus.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,18 @@ class SequencedPublisher:
     def publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
         """Publish ``(number, event)`` pairs (numbers increasing) in one pipeline. An event already logged
         under its number is skipped: ``receipt.already_logged``. Nothing is sent if any event is invalid."""
+        recorder = metrics.RECORDER
+        if recorder is None:
+            return self._publish(events)
+        started = perf_counter()
+        receipts = self._publish(events)
+        fresh = [(event, r) for (_, event), r in zip(events, receipts, strict=True) if not r.already_logged]
+        recorder.record_publish([e.event_type.value for e, _ in fresh], perf_counter() - started,
+                                [n for _, r in fresh for n in r.dispatched],
+                                [n for _, r in fresh for n in r.not_dispatched])  # fmt: skip
+        return receipts
+
+    def _publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
         p = self.publisher
         items = [self._prepare(seq, event) for seq, event in events]
         if not items:

@@ -30,6 +30,7 @@ from bus.core.subscription import Counters, Handler, Subscription
 from bus.core.wire import MAX_SEQ, parse_id
 from bus.errors import BusPermissionError, EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability.logs import event_fields
 
 __all__ = ["ListenerHandle", "Subscriber"]
 
@@ -314,4 +315,4 @@ class Subscriber:
                 self.counters.delivered += 1
             except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
                 self.counters.handler_errors += 1
-                log.exception("handler %r failed on event %s", handler, event.event_id)
+                log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))

@@ -8,6 +8,7 @@ from typing import Any
 
 from bus.core.wire import Id
 from bus.events.model import TradeEvent
+from bus.observability import metrics
 
 Handler = Callable[[TradeEvent], Any]
 
@@ -21,6 +22,9 @@ class Counters:
     gaps_lost: int = 0  # gaps the log could no longer cover (trimmed past the last delivered id)
     reconnects: int = 0
     foreign: int = 0  # broadcasts of another key prefix, ignored
+
+    def __post_init__(self) -> None:
+        metrics.track_subscriber(self)  # read when /metrics is scraped; nothing more per delivery
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

@@ -15,6 +15,7 @@ from rich.table import Table
 from bus.demo.environment import DemoEnvironment
 from bus.demo.session import Session
 from bus.executor.paper import PaperVenue
+from bus.monitor.snapshot import snapshot
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def collect(session: Session, env: DemoEnvironment, *, runtime: float, drained: 
         "events_total": sum(logged.events.values()),
         "events_by_type": dict(sorted(logged.events.items())),
         "tasks": _tasks(session, drained),
+        "bus": _bus_figures(session),
         "risk_breaches": logged.breaches,
         "kill_switch_refusals": session.strategy.refusals,
         "positions": positions,
@@ -181,6 +183,13 @@ def problems(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def _bus_figures(session: Session) -> dict[str, Any]:
+    """The figures `tradebus top` and `tradebus metrics` show, read the same way (bus.monitor)."""
+    snap = snapshot(session.bus.client, session.bus.keys)
+    return {"pending_dispatch": snap.pending_dispatch, "dead_letters": snap.dead_letters,
+            "kill_switches": snap.kill_switches}  # fmt: skip
+
+
 def render(summary: dict[str, Any], console: Console) -> None:
     console.rule("[bold]tradebus demo: summary")
     console.print(
@@ -194,6 +203,10 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ev.add_row(k, str(v))
     console.print(ev)
     _render_tasks(summary["tasks"], console)
+    b = summary["bus"]
+    switches = ", ".join(sorted(b["kill_switches"])) or "none"
+    console.print(f"  pending dispatch {b['pending_dispatch']}, dead letters {b['dead_letters']}, "
+                  f"kill switches: {switches}")  # fmt: skip
     _render_positions(summary, console)
     _render_findings(summary, console)
 

@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from bus.observability import tracing
+
 if TYPE_CHECKING:
     from bus.config import Settings
 
@@ -76,6 +78,7 @@ class MessageBuilder:
             origin=self.origin,
             ignore_result=True,  # no result backend: nothing to store
         )
+        headers.update(tracing.trace_headers())  # the task span continues the publish's trace
         data = orjson.dumps(body)  # kombu's "json" serializer: application/json, utf-8
         if self.body_encoding == "base64":
             data = base64.b64encode(data)

@@ -35,6 +35,7 @@ from bus.config import NotifySettings
 from bus.core.keys import Keys
 from bus.errors import BusError, ConfigError
 from bus.events.model import TradeEvent
+from bus.observability.logs import event_fields
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ def deliver(
     results: list[dict[str, Any]] = []
     retry: list[str] = []
     permanent: list[str] = []
+    fields = event_fields(event)  # the structured fields of this function's log lines
     for sink in sinks:
         if sink.name in done:
             results.append({"sink": sink.name, "status": f"already {done[sink.name]}"})
@@ -259,12 +261,12 @@ def deliver(
         try:
             outcome = sink.send(event)
         except RetryableError as e:
-            log.warning("notify %s via %s failed, will retry: %s", event.event_id, sink.name, e)
+            log.warning("notify %s via %s failed, will retry: %s", event.event_id, sink.name, e, extra=fields)
             retry.append(str(e))
             results.append({"sink": sink.name, "status": "retry", "error": str(e)})
             continue
         except PermanentNotifyError as e:
-            log.error("notify %s via %s refused, not retried: %s", event.event_id, sink.name, e)
+            log.error("notify %s via %s refused, not retried: %s", event.event_id, sink.name, e, extra=fields)
             permanent.append(str(e))
             results.append({"sink": sink.name, "status": "failed", "error": str(e)})
             _mark(client, record, sink.name, "failed")

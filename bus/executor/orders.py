@@ -23,6 +23,7 @@ from bus.events.model import TradeEventType as T
 from bus.executor.killswitch import engage_kill_switch, kill_switch_reason, release_kill_switch
 from bus.executor.outbox import OutboxPublisher
 from bus.executor.venue import Number, TradingVenue, VenueUpdate
+from bus.observability.logs import event_fields
 
 KILL_SWITCH_PREFIX = "kill switch: "
 
@@ -187,7 +188,7 @@ class OrderExecutor:
         d = event.data
         reason = f"{d.get('rule', 'risk')} breached ({d.get('value')} > {d.get('limit')}), event {event.event_id}"
         if event.symbol not in self._killed:
-            self.log.warning("kill switch engaged for %s: %s", event.symbol, reason)
+            self.log.warning("kill switch engaged for %s: %s", event.symbol, reason, extra=event_fields(event))
         self._killed[event.symbol] = reason
         self._write(event.symbol)
 

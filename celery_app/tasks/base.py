@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from celery import Task, shared_task
@@ -22,6 +23,8 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
+from bus.observability import metrics, tracing
+from bus.observability.logs import event_fields
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,25 @@ class TradebusTask(Task):
         """HINCRBY stats ``<what>:<task>`` (on ``pipe`` if given, to share its round trip)."""
         (pipe if pipe is not None else self.ctx.client).hincrby(self.ctx.keys.stats(), f"{what}:{self.name}", 1)
 
+    def observe(self, outcome: str, route: str | None) -> None:
+        """Prometheus: the attempt's ``outcome`` (run, retried, dead_lettered) and seconds, when metrics are on."""
+        recorder = metrics.RECORDER
+        if recorder is not None:
+            queue = (self.request.delivery_info or {}).get("routing_key") or ""
+            started = getattr(self.request, "tradebus_started", None) or perf_counter()
+            recorder.record_task(outcome, route or "", queue, perf_counter() - started)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._attempt(args, kwargs)
+        headers = {h: getattr(self.request, h, None) for h in tracing.TRACE_HEADERS}
+        with tracing.task_span(tracer, self.name, kwargs.get("route"), headers):
+            return self._attempt(args, kwargs)
+
+    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         req = self.request
+        req.tradebus_started = perf_counter()
         route = kwargs.get("route")
         raw = args[0] if args else kwargs.get("event_json")
         try:
@@ -71,6 +91,7 @@ class TradebusTask(Task):
             return self._on_failure(exc, raw, route)
         if not getattr(req, "tradebus_counted", False):
             self.count("run")
+        self.observe("run", route)
         return result
 
     def _over_redelivery_cap(self) -> bool:
@@ -79,7 +100,8 @@ class TradebusTask(Task):
         pipe.incr(key)
         pipe.expire(key, DELIVERY_COUNTER_TTL)
         redeliveries = pipe.execute()[0]
-        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries)
+        log.warning("task %s[%s] redelivered (%d)", self.name, self.request.id, redeliveries,
+                    extra=event_fields(self.event, self.request.kwargs.get("route")))  # fmt: skip
         return int(redeliveries) > self.ctx.redelivery_cap
 
     def retry_policy(self, route: str | None) -> RetryPolicy:
@@ -94,6 +116,7 @@ class TradebusTask(Task):
             countdown = min(policy.countdown(req.retries, random.random()), self.ctx.max_countdown)
             try:
                 self.count("retried")
+                self.observe("retried", route)
                 raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
             except Retry:
                 raise
@@ -113,7 +136,9 @@ class TradebusTask(Task):
                     attempts=attempts, reason=reason, task_id=self.request.id or "", queue=queue)  # fmt: skip
         self.count("dead_lettered", pipe)
         pipe.execute()
-        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason)
+        self.observe("dead_lettered", route)
+        log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason,
+                  extra=event_fields(getattr(self.request, "tradebus_event", None), route))  # fmt: skip
         return {"dead_lettered": True, "reason": reason, "attempts": attempts}
 
 

@@ -56,6 +56,7 @@ def check_summary(s: dict[str, Any]) -> None:
     assert tasks["run"] >= tasks["dispatched"]  # + the tasks of the breach the worker published
     assert {"tradebus.state.apply", "tradebus.risk.check", "tradebus.notify.send"} <= set(tasks["by_task"])
     assert tasks["dead_lettered"] == 0
+    assert s["bus"]["dead_letters"] == tasks["dead_letters_stream"] and isinstance(s["bus"]["kill_switches"], dict)
     assert s["state_projection_matches_broker"]
     lat = s["latency"]
     assert lat["publish"]["n"] > 0 and lat["publish"]["p50_ms"] is not None

@@ -1,0 +1,46 @@
+"""One round trip's view of the bus's Redis-side figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from bus.core.keys import Keys
+
+
+@dataclass(frozen=True)
+class BusSnapshot:
+    pending_dispatch: int  # logged events whose tasks are not yet recorded as enqueued
+    dead_letters: int
+    kill_switches: dict[str, str]  # symbol -> reason
+    symbols: int  # symbols with a log
+    #: the stats hash: ``run:<task>``, ``retried:<task>``, ``dead_lettered:<task>`` -> count
+    task_counts: dict[str, int] = field(default_factory=dict)
+
+    def tasks(self, what: str) -> dict[str, int]:
+        """``what`` (run, retried, dead_lettered) per task name."""
+        prefix = f"{what}:"
+        return {k.removeprefix(prefix): v for k, v in self.task_counts.items() if k.startswith(prefix)}
+
+
+def snapshot(client: redis.Redis, keys: Keys) -> BusSnapshot:
+    """Read the figures in one pipeline (O(1) commands plus the stats and kill-switch hashes)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.pending_dispatch())
+    pipe.xlen(keys.dead_letters())
+    pipe.hgetall(keys.kill_switch())
+    pipe.scard(keys.symbols())
+    pipe.hgetall(keys.stats())
+    pending, dead, switches, symbols, stats = pipe.execute()
+    return BusSnapshot(
+        pending_dispatch=int(pending),
+        dead_letters=int(dead),
+        kill_switches={_s(k): _s(v) for k, v in switches.items()},
+        symbols=int(symbols),
+        task_counts={_s(k): int(v) for k, v in stats.items()},
+    )
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

@@ -1,0 +1,141 @@
+"""Prometheus metrics of the process: published events, routes dispatched, tasks, subscriber deliveries.
+
+Off by default: ``RECORDER`` is None and every call site checks it first, so publish() costs one global
+read. ``enable_metrics()`` imports prometheus-client (an optional dependency) and builds the metrics
+once per process. In a prefork worker set ``PROMETHEUS_MULTIPROC_DIR`` before the first import of
+prometheus-client (celery_app.metrics does) so the pool processes' figures add up on one scrape.
+
+Labels are ``event_type``, ``route`` and ``queue`` only: a label per symbol or event id would grow
+without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+#: the active recorder; None while metrics are off (the call sites test it, nothing else runs)
+RECORDER: Recorder | None = None
+_LOCK = threading.Lock()
+
+# Latency buckets in seconds: a publish is ~0.1-2 ms on a local Redis, a task up to seconds.
+PUBLISH_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+TASK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Recorder:
+    """The metrics of this process, registered on ``registry`` (prometheus-client's default one)."""
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        reg = REGISTRY if registry is None else registry
+        self.published = Counter("tradebus_events_published_total", "Events published, by type.",
+                                 ["event_type"], registry=reg)  # fmt: skip
+        self.publish_seconds = Histogram("tradebus_publish_seconds", "Seconds one publish() call took.",
+                                         buckets=PUBLISH_BUCKETS, registry=reg)  # fmt: skip
+        self.dispatched = Counter("tradebus_routes_dispatched_total", "Route tasks enqueued by publish.",
+                                  ["route"], registry=reg)  # fmt: skip
+        self.not_dispatched = Counter("tradebus_routes_not_dispatched_total",
+                                      "Route tasks the broker did not take (left to beat's re-dispatch).",
+                                      ["route"], registry=reg)  # fmt: skip
+        self.tasks_run = Counter("tradebus_tasks_run_total", "Routed tasks that completed.",
+                                 ["route", "queue"], registry=reg)  # fmt: skip
+        self.tasks_retried = Counter("tradebus_tasks_retried_total", "Routed task attempts that will be retried.",
+                                     ["route", "queue"], registry=reg)  # fmt: skip
+        self.tasks_dead_lettered = Counter("tradebus_tasks_dead_lettered_total", "Routed tasks dead-lettered.",
+                                           ["route", "queue"], registry=reg)  # fmt: skip
+        self.task_seconds = Histogram("tradebus_task_seconds", "Seconds one routed task attempt took.",
+                                      ["route", "queue"], buckets=TASK_BUCKETS, registry=reg)  # fmt: skip
+        reg.register(_SubscriberCollector())
+        # labelled children by label value: labels() builds and locks on every call, a dict lookup does not
+        self._published: dict[str, Any] = {}
+        self._dispatched: dict[str, Any] = {}
+        self._not_dispatched: dict[str, Any] = {}
+        self._tasks: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def record_publish(
+        self, type_values: Iterable[str], seconds: float, dispatched: Iterable[str], not_dispatched: Iterable[str]
+    ) -> None:
+        self.publish_seconds.observe(seconds)
+        for t in type_values:
+            _child(self._published, self.published, t).inc()
+        for r in dispatched:
+            _child(self._dispatched, self.dispatched, r).inc()
+        for r in not_dispatched:
+            _child(self._not_dispatched, self.not_dispatched, r).inc()
+
+    def record_task(self, outcome: str, route: str, queue: str, seconds: float) -> None:
+        """``outcome``: run, retried or dead_lettered."""
+        key = (outcome, route, queue)
+        children = self._tasks.get(key)
+        if children is None:
+            counter = {"run": self.tasks_run, "retried": self.tasks_retried}.get(outcome, self.tasks_dead_lettered)
+            children = self._tasks[key] = (counter.labels(route, queue), self.task_seconds.labels(route, queue))
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def _child(cache: dict[str, Any], metric: Any, label: str) -> Any:
+    child = cache.get(label)
+    if child is None:
+        child = cache[label] = metric.labels(label)
+    return child
+
+
+class SubscriberCounters(Protocol):
+    def snapshot(self) -> dict[str, int]: ...
+
+
+#: every subscriber's counters in this process, kept after the subscriber closes so totals never go down
+_SUBSCRIBER_COUNTERS: list[SubscriberCounters] = []
+#: subscriber counter -> (metric name, help); the counters stay plain ints on the delivery path
+SUBSCRIBER_METRICS = {
+    "delivered": ("tradebus_subscriber_delivered_total", "Events handed to subscriber handlers."),
+    "handler_errors": ("tradebus_subscriber_handler_errors_total", "Subscriber handler calls that raised."),
+    "malformed": ("tradebus_subscriber_malformed_total", "Broadcasts or log entries that were not a valid event."),
+    "recovered_from_log": ("tradebus_subscriber_gaps_healed_total", "Events a subscriber recovered from the log."),
+    "gaps_lost": ("tradebus_subscriber_gaps_lost_total", "Gaps the log could no longer cover."),
+    "reconnects": ("tradebus_subscriber_reconnects_total", "Subscriber connections re-made."),
+}
+
+
+def track_subscriber(counters: SubscriberCounters) -> None:
+    """Report ``counters`` (a subscriber's Counters) on scrape; read then, so delivery costs nothing more."""
+    _SUBSCRIBER_COUNTERS.append(counters)
+
+
+class _SubscriberCollector:
+    """Sums the subscribers' counters of this process when scraped."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        totals = dict.fromkeys(SUBSCRIBER_METRICS, 0)
+        for c in list(_SUBSCRIBER_COUNTERS):
+            for field, value in c.snapshot().items():
+                if field in totals:
+                    totals[field] += value
+        for field, (name, doc) in SUBSCRIBER_METRICS.items():
+            yield CounterMetricFamily(name.removesuffix("_total"), doc, value=totals[field])
+
+
+def enable_metrics(registry: Any = None) -> Recorder:
+    """Turn metrics on in this process (idempotent); after disable_metrics() the same metrics resume
+    (prometheus-client registers a name once per registry)."""
+    global RECORDER, _BUILT
+    with _LOCK:
+        if _BUILT is None:
+            _BUILT = Recorder(registry)
+        RECORDER = _BUILT
+        return RECORDER
+
+
+def disable_metrics() -> None:
+    """Stop recording: the call sites skip their metrics again."""
+    global RECORDER
+    RECORDER = None
+
+
+_BUILT: Recorder | None = None
