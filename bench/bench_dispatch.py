@@ -1,9 +1,12 @@
 """Dispatch benchmarks (figures in bench/README.md, "dispatch").
 
     python bench/bench_dispatch.py [--n 3000] [--rate 500] [--seconds 6] [--drain 3000]
+    python bench/bench_dispatch.py --only publish --compare-with DIR   # DIR: another tree, e.g. main's
 
 1. publish() of an event with 3 routes (position.closed: state, risk, notify), events/s, beside the
-   naive bridge PUBLISH + XADD + 3 x apply_async, in the same run.
+   naive bridge PUBLISH + XADD + 3 x apply_async, in the same run; and the client CPU time of each
+   (µs per event: the part of the cost the Python code decides). With --compare-with DIR, the same
+   measurement runs for DIR ("before") and this tree ("after"), alternately, three times.
 2. publish -> state-visible latency, p50/p99, at --rate events/s with one worker (solo pool), beside a
    bare Celery app (Celery's defaults, solo pool) running a trivial task at the same rate: publish ->
    task start.
@@ -35,7 +38,8 @@ import redis
 from celery import shared_task
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# the tree measured: this one, or --compare-with's (the child runs this file on that tree's code)
+sys.path.insert(0, os.environ.get("TRADEBUS_BENCH_TREE", str(REPO)))
 
 
 @shared_task(name="tradebus_bench.noop", ignore_result=True)
@@ -121,6 +125,7 @@ def bench_publish(n: int) -> dict[str, float]:
                 bus.publish(e)
 
         plain = publisher_app(s.broker_url, s)  # kombu's own Redis transport, as a user would have
+        plain.conf.broker_transport = "kombu.transport.redis:Transport"  # not celery_app's (make_celery registers it)
         plain.conf.broker_transport_options = {**plain.conf.broker_transport_options,
                                                "global_keyprefix": f"{s.key_prefix}:"}  # fmt: skip
 
@@ -135,15 +140,27 @@ def bench_publish(n: int) -> dict[str, float]:
 
         # interleaved rounds, so a load change on the machine hits both paths alike; medians reported
         rates: dict[str, list[float]] = {"ours": [], "naive": []}
+        cpu: dict[str, list[float]] = {"ours": [], "naive": []}
         for _ in range(5):
             for name, fn in (("ours", ours), ("naive", naive)):
                 events = [_closed(i) for i in range(n // 5)]
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn(events)
+                cpu[name].append((time.process_time() - c) / len(events) * 1e6)
                 rates[name].append(len(events) / (time.perf_counter() - t))
         ours_eps, naive_eps = statistics.median(rates["ours"]), statistics.median(rates["naive"])
+        # the dispatcher's share: building the 3 task messages of one event (no I/O), CPU time, best of 5
+        event, payload = _closed(1), _closed(1).to_json()
+        build = []
+        for _ in range(5):
+            c = time.process_time()
+            for _ in range(1000):
+                bus.dispatcher._messages(event.event_id, payload, routes)
+            build.append((time.process_time() - c) / 1000 * 1e6)
         bus.close()
-        return {"publish_3_routes_eps": ours_eps, "naive_eps": naive_eps, "ratio": ours_eps / naive_eps}
+        return {"publish_3_routes_eps": ours_eps, "naive_eps": naive_eps, "ratio": ours_eps / naive_eps,
+                "ours_cpu_us": statistics.median(cpu["ours"]), "naive_cpu_us": statistics.median(cpu["naive"]),
+                "build_us": min(build)}  # fmt: skip
     finally:
         _cleanup(s)
 
@@ -310,6 +327,16 @@ def bench_drain(n: int) -> dict[str, float]:
         _cleanup(s)
 
 
+def compare(other: str, n: int) -> None:
+    """This file's publish measurement run on ``other``'s code ("before") and this tree's ("after"), alternately."""
+    for i in range(1, 4):
+        for label, tree in (("before", other), ("after", str(REPO))):
+            env = {**os.environ, "TRADEBUS_BENCH_TREE": tree}
+            out = subprocess.run([sys.executable, __file__, "--only", "publish", "--n", str(n)], env=env, cwd=tree,
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            print(f"{label} round {i}: {out.strip()}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
@@ -317,11 +344,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--drain", type=int, default=3000)
     ap.add_argument("--only", choices=("publish", "latency", "drain"), default=None)
+    ap.add_argument("--compare-with", metavar="DIR", help="publish(): measure another tradebus tree too, alternately")
     a = ap.parse_args()
+    if a.compare_with:
+        compare(a.compare_with, a.n)
+        return
     if a.only in (None, "publish"):
         p = bench_publish(a.n)
         print(f"publish() 3 routes: {p['publish_3_routes_eps']:8.0f} ev/s | naive PUBLISH+XADD+3x apply_async: "
-              f"{p['naive_eps']:6.0f} ev/s | x{p['ratio']:.1f}")  # fmt: skip
+              f"{p['naive_eps']:6.0f} ev/s | x{p['ratio']:.1f} | client CPU per event: "
+              f"{p['ours_cpu_us']:.0f} us vs {p['naive_cpu_us']:.0f} us | "
+              f"3 messages built: {p['build_us']:.1f} us")  # fmt: skip
     if a.only in (None, "latency"):
         bare = bench_latency_bare(a.rate, a.seconds)
         lat = bench_latency(a.rate, a.seconds)

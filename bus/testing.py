@@ -63,7 +63,9 @@ class StubDispatcher:
     def routes_for(self, event: TradeEvent) -> Sequence[Route]:
         return self.routing.routes_for(event)
 
-    def stage(self, pipe: Any, event: TradeEvent, payload: bytes | str, routes: Sequence[Route]) -> tuple[str, ...]:
+    def stage(
+        self, pipe: Any, event: TradeEvent, payload: bytes | str, routes: Sequence[Route], after_commit: Any = None
+    ) -> tuple[str, ...]:
         raise AssertionError("StubDispatcher never stages in the bus's pipeline")
 
     def send_many(

@@ -2,6 +2,7 @@
 
 The module-level ``app`` is built on first access from the environment / ``.env``
 (``bus.config.LoadEnvironmentVariables``); tests and tools build their own with ``make_celery(settings)``.
+Your own routed tasks: ``@celery_app.routed_task`` in a module named by TRADEBUS_TASK_MODULES.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     app: Celery  # built on first access by __getattr__ below
 
-__all__ = ["app", "make_celery", "routing_from_settings"]
+__all__ = ["app", "make_celery", "routed_task", "routing_from_settings"]
 
 
 def routing_from_settings(settings: Settings) -> RoutingTable:
@@ -34,22 +35,31 @@ def make_celery(
     set_as_current: bool = True,
     **overrides: Any,
 ) -> Celery:
-    """A Celery app for ``settings`` with every tradebus task registered. Raises RoutingError early."""
-    from celery import Celery, signals
+    """A Celery app for ``settings`` with every tradebus task registered. Raises RoutingError early.
 
+    tradebus's configuration is the app's lowest layer (celery_app.application): ``overrides``, and later
+    ``app.config_from_object(...)`` or ``app.conf.update(...)``, win over it."""
+    from celery import signals
+
+    from .application import TradebusCelery
     from .context import TaskContext, on_worker_process_init, on_worker_process_shutdown
     from .observability import on_setup_logger, on_worker_init, on_worker_process_exit
+    from .startup import routes_at_worker_init
     from .tasks import import_task_modules
+    from .transport import register
 
     settings = settings if settings is not None else LoadEnvironmentVariables()
     load_event_types(settings.event_types_module)  # before routes are checked and events decoded
     routing = routing if routing is not None else routing_from_settings(settings)
+    register()  # redis:// and rediss:// brokers: celery_app.transport, under their plain scheme
     import_task_modules()  # shared tasks: registered on every app, this one included
-    app = Celery("tradebus", set_as_current=set_as_current)
-    app.conf.update(celery_config(settings, routing), **overrides)
+    defaults = celery_config(settings, routing)
     beat = _beat_schedule(settings)
     if beat:
-        app.conf.beat_schedule = beat
+        defaults["beat_schedule"] = beat
+    app = TradebusCelery("tradebus", defaults, set_as_current=set_as_current)
+    if overrides:
+        app.conf.update(overrides)
     # Countdowns up to MAX_BACKOFF_SECONDS: held messages are refreshed (celery_app.heartbeat), and kombu's own
     # transport (redis+socket://) keeps a visibility timeout of twice that (celery_app.config).
     app.tradebus = TaskContext(settings, routing, redelivery_cap, min(MAX_BACKOFF_SECONDS, VISIBILITY_TIMEOUT / 2))  # type: ignore[attr-defined]
@@ -59,6 +69,7 @@ def make_celery(
     signals.after_setup_task_logger.connect(on_setup_logger, weak=False, dispatch_uid="tradebus-task-log-format")
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid="tradebus-metrics")
     signals.worker_process_shutdown.connect(on_worker_process_exit, weak=False, dispatch_uid="tradebus-metrics-exit")
+    signals.worker_init.connect(routes_at_worker_init, weak=False, dispatch_uid="tradebus-routes")
     return app
 
 
@@ -76,6 +87,10 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "routed_task":
+        from .tasks.base import routed_task
+
+        return routed_task
     if name in ("app", "celery"):
         global app
         app = make_celery()

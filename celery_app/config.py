@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from bus.config import Settings
 from bus.dispatch.messages import (
+    MAX_PRIORITY,
     PRIORITY_STEPS,
     PUBLISH_RETRY_POLICY,
     broker_key_prefix_option,
@@ -21,7 +22,7 @@ from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 # routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that. Our transport needs no such wait
 # (recovery_options).
 VISIBILITY_TIMEOUT = int(2 * MAX_BACKOFF_SECONDS)
-# Broker URL schemes served by celery_app.transport (redis+socket:// selects kombu's transport itself).
+# Broker URL schemes served by celery_app.transport once registered (redis+socket:// keeps kombu's own).
 OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
 # A task message is refused unparsed past this many times TRADEBUS_MAX_EVENT_BYTES: an event becomes a
 # body JSON-escaped (at most ~6x for \uXXXX escapes) then base64'd (4/3), plus Celery's headers.
@@ -92,10 +93,10 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
               for q in routing.queues]  # fmt: skip
     conf: dict[str, Any] = {
         "broker_url": broker,
-        # kombu's Redis transport that survives any bytes on a queue, recovers a dead worker's tasks within
-        # TRADEBUS_WORKER_LOST_TIMEOUT, and keeps one redis-py client per pool instead of one per ack / QoS
-        # step (celery_app.transport: ~40-65% more tasks/s on one solo worker here).
-        **({"broker_transport": "celery_app.transport:Transport"} if ours else {}),
+        # redis:// and rediss:// are served by celery_app.transport (make_celery registers it under those
+        # schemes): it survives any bytes on a queue, recovers a dead worker's tasks within
+        # TRADEBUS_WORKER_LOST_TIMEOUT, takes higher priorities first, and keeps one redis-py client per
+        # pool instead of one per ack / QoS step (~40-65% more tasks/s on one solo worker here).
         # A consumer that dead-letters every message it cannot run, and checks arguments before the pool.
         "worker_consumer": "celery_app.consumer:Consumer",
         "broker_transport_options": transport,
@@ -136,8 +137,17 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         # No result backend: effects live in Redis state, and task results are never read.
         "task_ignore_result": True,
         "task_time_limit": TASK_TIME_LIMIT,
-        # One queue per concern, so operators can scale state, risk, notify and reconcile apart.
+        # One queue per concern, so operators can scale state, risk, notify and reconcile apart. A worker
+        # started without -Q consumes them all, and the queues of routes the router places (celery_app.startup).
         "task_queues": queues,
+        # Priorities 0-9, higher first: RabbitMQ queues are declared with x-max-priority (an existing queue
+        # declared without it must be deleted once: RabbitMQ refuses to redeclare it differently). Quorum
+        # queues refuse x-max-priority: with them, priorities are not declared (RabbitMQ 4 has two levels).
+        "task_queue_max_priority": None if quorum else MAX_PRIORITY,
+        # A task-sent event per task this app sends (Flower's "sent"), when TRADEBUS_TASK_SEND_SENT_EVENT is set.
+        "task_send_sent_event": settings.task_send_sent_event,
+        # Your task modules (TRADEBUS_TASK_MODULES), imported by the worker like -I would.
+        "include": list(settings.task_modules),
         "task_default_queue": STATE_QUEUE,
         # tradebus.<concern>.* runs on queue tradebus.<concern> (bus.dispatch.names)
         "task_routes": {f"{q}.*": {"queue": q} for q in QUEUES},

@@ -18,23 +18,32 @@
 3. **Held messages heartbeat** (celery_app.heartbeat): a consuming channel keeps the messages its worker
    holds fresh in ``unacked_index``, so the visibility timeout can be short.
 
-Used for ``redis://`` and ``rediss://`` brokers (see celery_app.config); ``redis+socket://`` URLs name
-kombu's transport themselves and keep its behaviour.
+4. **Priorities run higher first**, as on RabbitMQ: kombu keeps one list per priority step and its BRPOP
+   takes the lowest step first (0 before 9); this channel asks for the highest first, so a route's
+   ``priority`` means the same on both brokers. Messages go to the same lists either way: publishers on
+   kombu's own transport interoperate.
+
+``register()`` makes this the transport of ``redis://`` and ``rediss://`` URLs in the process (kombu's alias
+table), so the app's broker URL keeps its plain scheme for the tools that read it (Flower picks its broker
+page by scheme). ``redis+socket://`` URLs keep kombu's own transport and its behaviour.
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from .config import OUR_TRANSPORT_SCHEMES
 from .heartbeat import HeldMessagesHeartbeat
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ def envelope_problem(payload: Any, codecs: dict[str, Any]) -> str | None:
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     Message = Message
-    from_transport_options = kombu_redis.Channel.from_transport_options + (
+    from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
         "max_message_bytes",
         "unacked_refresh_interval",
     )
@@ -100,6 +109,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     delivering_queue: str | None = None
     _sync_client: Any = None
     _heartbeat: HeldMessagesHeartbeat | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # kombu orders BRPOP's keys (and _get's tries) by priority_steps: highest step first here
+        self._steps_ascending = sorted(self.priority_steps)
+        self.priority_steps = self._steps_ascending[::-1]
+
+    def priority(self, n: int) -> int:
+        """The step (list) of priority ``n``: as kombu maps it, whatever order the steps are kept in."""
+        steps = self._steps_ascending
+        return int(steps[bisect(steps, n) - 1])
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -142,7 +162,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._deliver_entry(item, queue)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu's own reset (typed bool there)
             self._flush_brpop_reauth()
 
     def _deliver_entry(self, item: bytes, queue: str) -> None:
@@ -184,3 +204,11 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
     # Called with (raw bytes, queue, reason) for each entry a channel refuses (celery_app.consumer sets it).
     on_refused_message: Callable[[bytes, str, str], None] | None = None
+
+
+def register() -> None:
+    """Serve ``redis://`` and ``rediss://`` broker URLs with this transport in this process."""
+    for scheme in OUR_TRANSPORT_SCHEMES:
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        # kombu caches each alias's class on first use (get_transport_cls): forget the stock one
+        kombu.transport._transport_cache.pop(scheme, None)

@@ -207,16 +207,18 @@ def worker(session_worker: Any) -> Callable[[], contextlib.AbstractContextManage
 def own_worker(
     request: pytest.FixtureRequest, celery_includes: tuple[str, ...], celery_worker_parameters: dict[str, Any]
 ) -> Callable[..., contextlib.AbstractContextManager[Any]]:
-    """``with own_worker(app, queues="a,b"):`` a real worker (solo pool) in a thread of this process,
+    """``with own_worker(app, queues="a,b"):`` a real worker (solo pool) in a thread of this process (no
+    ``queues``: every routed queue),
     for an app on a broker the session worker does not use (a server the test owns, RabbitMQ)."""
     if request.config.stash.get(_SESSION_WORKER_STARTED, False):
         pytest.fail("own_worker after the session worker started: tests using own_worker must run first")
 
     @contextlib.contextmanager
-    def start(app: Celery, queues: str) -> Iterator[Any]:
+    def start(app: Celery, queues: str = "") -> Iterator[Any]:
         for module in celery_includes:
             app.loader.import_task_module(module)
-        with start_worker(app, queues=queues.split(","), **celery_worker_parameters) as w:
+        # queues="": no selection, as a worker started without -Q (every routed queue)
+        with start_worker(app, queues=queues.split(",") if queues else None, **celery_worker_parameters) as w:
             yield w
 
     return start

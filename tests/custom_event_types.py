@@ -9,7 +9,7 @@ from pydantic import Field
 
 from bus.events import Payload, register_event_type
 from bus.events.registry import unregister_event_type
-from celery_app.tasks.base import tradebus_task
+from celery_app import routed_task
 
 FUNDING = "funding.rate_changed"
 HALTED = "market.halted"
@@ -38,7 +38,7 @@ def apply_funding(pipe: Any, keys: Any, event: Any) -> None:
                                                                 "event_id": event.event_id})  # fmt: skip
 
 
-@tradebus_task("tradebus_test.funding.record")
+@routed_task(name="tradebus_test.funding.record")
 def record_funding(self: Any, event_json: str, route: str = "") -> None:
     """The user's own task for funding events: records 'route|type|rate'."""
     ev = self.event

@@ -32,10 +32,12 @@ def _subprocess_worker(
     include: str = "",
     name: str = "w",
     extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
+    # queues="": no -Q, the worker consumes every routed queue
     cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork",
-           "-c", "1", "-Q", queues, "--without-gossip", "--without-mingle",
-           "--without-heartbeat", "-l", "INFO", "-n", f"{name}-{settings.key_prefix}@%h"]  # fmt: skip
+           "-c", "1", *(("-Q", queues) if queues else ()), "--without-gossip", "--without-mingle",
+           "--without-heartbeat", "-l", "INFO", "-n", f"{name}-{settings.key_prefix}@%h", *args]  # fmt: skip
     if include:
         cmd += ["--include", include]
     env = dict(os.environ)
@@ -65,7 +67,7 @@ def _subprocess_worker(
 
 @pytest.fixture(scope="session")
 def subprocess_worker() -> Callable[..., contextlib.AbstractContextManager[subprocess.Popen[bytes]]]:
-    """``with subprocess_worker(settings, queues=..., include=...) as proc:`` a prefork worker process
+    """``with subprocess_worker(settings, queues=..., include=..., args=...) as proc:`` a prefork worker process
     (its own session: the test may SIGKILL its pool children); stopped with SIGTERM afterwards."""
     return _subprocess_worker
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, JsonOption, connect, console, print_json, unreachable
 from bus.config import Settings, safe_url
+from bus.core.keyspace import broker_families, bus_families, memory_by_family
 from bus.dispatch.messages import broker_sentinel_option
 
 #: seconds a worker has to answer `celery inspect ping`
@@ -160,7 +161,29 @@ def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
         detail = f"{pending} logged event(s) whose tasks are not recorded as enqueued"
         fix = "they are re-dispatched by celery beat: run `celery -A celery_app beat`"
         checks.append(Check("dispatch backlog", "warn", detail, fix))
+    checks.append(_memory_check(client, settings, keys.prefix))
     return checks
+
+
+def _memory_check(client: redis.Redis, settings: Settings, prefix: str) -> Check:
+    """Memory by key family (sampled, bounded: bus.core.keyspace), the broker's keys included when it is Redis."""
+    from bus.dispatch.messages import PRIORITY_STEPS, broker_key_prefix_option, redis_client_kwargs, redis_queue_key
+    from bus.dispatch.routing import RoutingTable
+
+    try:
+        lines = memory_by_family(client, bus_families(prefix)).lines()
+        broker_kw = redis_client_kwargs(settings.broker_url)
+        if broker_kw is not None:
+            gp = broker_key_prefix_option(settings.broker_url, settings).get("global_keyprefix", "")
+            queue_keys = [redis_queue_key(q, p, gp) for q in RoutingTable.default().queues for p in PRIORITY_STEPS]
+            broker = redis.Redis(**broker_kw, **settings.ssl_options(settings.broker_url), socket_timeout=5)
+            try:
+                lines += memory_by_family(broker, broker_families(gp, queue_keys)).lines()
+            finally:
+                broker.close()
+    except (redis.RedisError, OSError) as e:
+        return Check("memory", "warn", f"could not measure: {e}")
+    return Check("memory", "ok", "\n".join(lines) or "no tradebus keys")
 
 
 def _text(value: bytes | str) -> str:
@@ -192,54 +215,76 @@ def _broker_check(settings: Settings) -> Check:
 
 
 def _worker_and_queue_checks(settings: Settings, timeout: float) -> list[Check]:
-    from bus.dispatch.routing import RoutingTable
+    """The routing the workers read (TRADEBUS_ROUTES_FILE, the router for routes without a queue): each
+    routed queue's backlog and live consumers (``inspect active_queues``), and routes that would not run."""
+    from celery_app import make_celery
+    from celery_app.startup import routed_queues
 
-    queues = list(RoutingTable.default().queues)
-    depths = _queue_depths(settings.broker_url, queues, broker_sentinel_option(settings))
+    app = make_celery(settings, set_as_current=False)
+    queues = routed_queues(app, app.tradebus.routing)
+    depths = _queue_depths(settings.broker_url, list(queues), broker_sentinel_option(settings))
     try:
-        workers, consumed = _ask_workers(settings, timeout)
+        workers, consumers = _ask_workers(app, timeout)
     except Exception as e:  # noqa: BLE001 - whatever stops the question, the workers are not known to run
         return [Check("workers", "fail", f"could not ask the workers: {e}", "check CELERY_BROKER_URL")]
-    checks = [_workers_check(workers, consumed, queues, timeout)]
-    for q in queues:
-        depth = depths.get(q)
-        if depth is None:
-            continue
-        backed_up = depth > QUEUE_BACKLOG_WARN or (depth and not workers)
-        status: Literal["ok", "warn"] = "warn" if backed_up else "ok"
-        fix = "more workers, or find out why tasks are slow" if status == "warn" else ""
-        checks.append(Check(f"queue {q}", status, f"{depth} task(s) waiting", fix))
+    checks = [_workers_check(workers, timeout)]
+    for q, routes in queues.items():
+        checks.append(_queue_check(q, routes, depths.get(q), consumers.get(q, []), bool(workers)))
+    checks.append(_routes_check(app))
     return checks
 
 
-def _ask_workers(settings: Settings, timeout: float) -> tuple[list[str], set[str]]:
-    """The workers that answer a ping, and the queues they consume."""
-    from celery_app import make_celery
-
-    app = make_celery(settings)
+def _ask_workers(app: Any, timeout: float) -> tuple[list[str], dict[str, list[str]]]:
+    """The workers that answer a ping, and the workers consuming each queue."""
     replies = app.control.ping(timeout=timeout) or []
-    consumed: set[str] = set()
+    consumers: dict[str, list[str]] = {}
     if replies:
         active = app.control.inspect(timeout=timeout).active_queues() or {}
-        consumed = {q["name"] for qs in active.values() for q in qs}
-    return sorted(name for r in replies for name in r), consumed
+        for worker, qs in active.items():
+            for q in qs:
+                consumers.setdefault(q["name"], []).append(worker)
+    return sorted(name for r in replies for name in r), consumers
 
 
-def _workers_check(workers: list[str], consumed: set[str], queues: list[str], timeout: float) -> Check:
-    start_one = f"start one: `celery -A celery_app worker -Q {','.join(queues)}`"
+START_WORKER = "start one: `celery -A celery_app worker -E` (without -Q it consumes every routed queue)"
+
+
+def _workers_check(workers: list[str], timeout: float) -> Check:
     if not workers:
         return Check(
             "workers",
             "fail",
             f"no Celery worker answered a ping within {timeout}s: events are logged but their tasks do not run",
-            start_one,
+            START_WORKER,
         )
-    alive = f"{len(workers)} worker(s) alive"
-    missing = [q for q in queues if q not in consumed]
-    if missing:
-        detail = f"{alive} ({', '.join(workers)}) but no worker consumes {', '.join(missing)}"
-        return Check("workers", "fail", detail, start_one)
-    return Check("workers", "ok", f"{alive}: {', '.join(workers)}")
+    return Check("workers", "ok", f"{len(workers)} worker(s) alive: {', '.join(workers)}")
+
+
+def _queue_check(queue: str, routes: list[str], depth: int | None, consumers: list[str], any_worker: bool) -> Check:
+    waiting = f"{depth} task(s) waiting" if depth is not None else "depth unknown"
+    of_routes = f" (route {', '.join(routes)})" if routes else ""
+    if not consumers and any_worker:
+        fix = "restart a worker without -Q (it consumes every routed queue), or add the queue to its -Q"
+        return Check(f"queue {queue}", "fail", f"no live worker consumes it{of_routes}; {waiting}", fix)
+    if depth and (depth > QUEUE_BACKLOG_WARN or not any_worker):
+        return Check(f"queue {queue}", "warn", waiting + of_routes, "more workers, or find out why tasks are slow")
+    by = f", consumed by {', '.join(sorted(consumers))}" if consumers else ""
+    return Check(f"queue {queue}", "ok", waiting + by)
+
+
+def _routes_check(app: Any) -> Check:
+    """Routed tasks the workers would not run as their routes say (the warnings a worker logs at start)."""
+    from celery_app.startup import route_problems
+
+    try:
+        app.loader.import_default_modules()  # TRADEBUS_TASK_MODULES, as a worker imports them
+    except Exception as e:  # noqa: BLE001 - a worker would fail the same way at start
+        return Check("routes", "fail", f"cannot import the task modules: {type(e).__name__}: {e}",
+                     "fix TRADEBUS_TASK_MODULES (importable module names, comma-separated)")  # fmt: skip
+    problems = route_problems(app, app.tradebus.routing)
+    if problems:
+        return Check("routes", "warn", "; ".join(problems), "see each route's fix")
+    return Check("routes", "ok", f"{len(app.tradebus.routing)} route(s), each task a routed task")
 
 
 def _queue_depths(broker_url: str, queues: list[str], options: dict[str, str]) -> dict[str, int]:

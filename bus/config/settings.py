@@ -53,6 +53,7 @@ from bus.defaults import (
     DEFAULT_LOG_MAXLEN,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_SOCKET_TIMEOUT,
+    DEFAULT_STATE_RETENTION,
 )
 from bus.errors import ConfigError
 
@@ -110,6 +111,10 @@ class Settings(BaseSettings):
     event_types_module: str | None = _env("TRADEBUS_EVENT_TYPES_MODULE")
     # Prefix of the broker's queue keys (kombu's global_keyprefix), to share one Redis between tenants.
     broker_key_prefix: str = Field("", validation_alias="TRADEBUS_BROKER_KEY_PREFIX")
+    # Celery's task_send_sent_event for the bridge's own messages: a task-sent event per task (Flower's "sent").
+    task_send_sent_event: bool = Field(False, validation_alias="TRADEBUS_TASK_SEND_SENT_EVENT")
+    # Modules with your own routed tasks (comma-separated), imported by every tradebus Celery app (its include).
+    task_modules: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="TRADEBUS_TASK_MODULES")
     # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
     worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
 
@@ -128,6 +133,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
+    # Seconds finished orders / positions and breach markers are kept (0: forever); bounds memory.
+    state_retention: int = Field(DEFAULT_STATE_RETENTION, ge=0, validation_alias="TRADEBUS_STATE_RETENTION")
 
     # The parts configured by variables of their own, gathered by GroupedSource. NoDecode: a variable
     # named like a group (RISK=...) is not JSON to decode; GroupedSource drops it.
@@ -152,6 +159,15 @@ class Settings(BaseSettings):
             GroupedSource(settings_cls, cast(EnvSettingsSource, dotenv_settings)),
             file_secret_settings,
         )
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _v_task_modules(cls, v: Any) -> Any:
+        names = tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
+        for name in names if isinstance(names, tuple | list) else ():
+            if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"{name!r} is not a module name (comma-separated dotted names)")
+        return names
 
     @field_validator("redis_ssl_cert_reqs")
     @classmethod

@@ -9,6 +9,7 @@ gap detection and catch-up from the log). A bus built from settings with its dis
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -17,14 +18,15 @@ from redis.cluster import RedisCluster
 
 from bus.config import Settings
 from bus.core import state
-from bus.core.connection import _client_where, describe_server, make_client, raw_connection
+from bus.core.connection import _client_where, describe_server, make_client, raw_connection, unreachable
 from bus.core.dispatching import TaskDispatcher
 from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
+from bus.core.steps import Command, Steps, run
 from bus.core.subscriber import ListenerHandle, Subscriber
 from bus.core.subscription import Counters, Handler
-from bus.core.wire import LogEntries, decode_entry
+from bus.core.wire import LogEntries, decode_entry, text
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
 from bus.events.rules import validate_symbol
@@ -72,7 +74,7 @@ class RedisEventBus:
             max_event_bytes=int(max_event_bytes or s.max_event_bytes),
             dispatcher=dispatcher,
             effects=self._effects(apply_state),
-            durability=Durability(s.publish_replicas, s.publish_replicas_timeout_ms) if s.publish_replicas else None,
+            durability=Durability.from_settings(s),
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
@@ -92,9 +94,7 @@ class RedisEventBus:
             raise self._connection_error(e) from None
 
     def _connection_error(self, e: Exception) -> BusConnectionError:
-        return BusConnectionError(
-            f"Cannot connect to Redis at {self.where} ({type(e).__name__}: {e}). Is the Redis container running?"
-        )
+        return unreachable(self.where, e)
 
     # --- publish ------------------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ class RedisEventBus:
         self.publisher.effects = self._effects(on)
 
     def _effects(self, apply_state: bool) -> tuple[state.StateEffect, ...]:
-        return (state.StateEffect(self.keys),) if apply_state else ()
+        return (state.StateEffect(self.keys, self.settings.state_retention),) if apply_state else ()
 
     @property
     def publish_run_max(self) -> int:
@@ -191,21 +191,16 @@ class RedisEventBus:
 
     def read_log(self, symbol: str, after: str = "-", count: int | None = None) -> list[tuple[str, TradeEvent]]:
         """Logged events of ``symbol`` with a log id greater than ``after``, oldest first."""
-        start = after if after in ("-", "") else f"({after}"
-        entries = cast(LogEntries, self.client.xrange(self.keys.log(symbol), start or "-", "+", count=count))
-        out = []
-        for log_id, fields in entries:
-            event = decode_entry(fields)
-            if event is not None:
-                out.append((log_id.decode(), event))
-        return out
+        return run(self.client, read_log_steps(self.keys, symbol, after, count))
 
     def known_symbols(self) -> list[str]:
-        return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))  # type: ignore[union-attr]
+        return run(self.client, known_symbols_steps(self.keys))
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
-        return state.apply_event(self.client, self.keys, event)
+        return state.apply_event(
+            self.client, self.keys, event, retention=self.settings.state_retention, now=time.time()
+        )
 
     def get_order(self, symbol: str, order_id: str) -> dict[str, str] | None:
         return state.get_order(self.client, self.keys, symbol, order_id)
@@ -267,3 +262,24 @@ class RedisEventBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- queries as steps (bus/core/steps.py), shared with bus.aio ----------------------------------------
+
+
+def read_log_steps(
+    keys: Keys, symbol: str, after: str = "-", count: int | None = None
+) -> Steps[list[tuple[str, TradeEvent]]]:
+    start = after if after in ("-", "") else f"({after}"
+    limit = ("COUNT", count) if count is not None else ()
+    entries = cast(LogEntries, (yield Command(("XRANGE", keys.log(symbol), start or "-", "+", *limit))))
+    out = []
+    for log_id, fields in entries:
+        event = decode_entry(fields)
+        if event is not None:
+            out.append((log_id.decode(), event))
+    return out
+
+
+def known_symbols_steps(keys: Keys) -> Steps[list[str]]:
+    return sorted(text(s) for s in (yield Command(("SMEMBERS", keys.symbols()))))

@@ -1,17 +1,18 @@
-"""Catch-up from the log: the entries a subscription missed, in order, once each (self-healing subscribers)."""
+"""Catch-up from the log: the entries a subscription missed, in order, once each (self-healing subscribers).
+
+Written as steps (bus/core/steps.py): the log reads are ``Command`` requests and each recovered event
+a ``Deliver`` request, so the blocking Subscriber and bus.aio's subscriber heal the same way.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import cast
 
-import redis
-
 from bus.core.keys import Keys
+from bus.core.steps import Command, Deliver, Steps
 from bus.core.subscription import Counters, Subscription
 from bus.core.wire import TYPE_FIELD_B, Id, LogEntries, decode_entry, format_id, parse_id, text
-from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
 #: log entries fetched per XRANGE while catching up
@@ -19,36 +20,30 @@ RECOVER_BATCH = 1000
 
 
 class CatchUp:
-    """Reads what a subscription missed from the log and hands each event to ``deliver``."""
+    """Reads what a subscription missed from the log and delivers each event."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        counters: Counters,
-        deliver: Callable[[Subscription, TradeEvent], None],
-    ) -> None:
-        self._client, self._keys, self._counters, self._deliver = client, keys, counters, deliver
+    def __init__(self, keys: Keys, counters: Counters) -> None:
+        self._keys, self._counters = keys, counters
 
-    def after_subscribe(self, sub: Subscription) -> None:
+    def after_subscribe(self, sub: Subscription) -> Steps[None]:
         """After a (re)subscribe: deliver what the log holds past each symbol's last delivered id."""
         if sub.symbol is not None:
             symbols = {sub.symbol}
         else:
-            symbols = {text(s) for s in self._client.smembers(self._keys.symbols())}  # type: ignore[union-attr]
-            symbols |= set(sub.last)
+            members = yield Command(("SMEMBERS", self._keys.symbols()))
+            symbols = {text(s) for s in members} | set(sub.last)
         for symbol in sorted(symbols):
             start = sub.last.get(symbol) or sub.baseline
             if start is not None:
-                self.fill_gap(sub, symbol, start, None)
+                yield from self.fill_gap(sub, symbol, start, None)
 
-    def fill_gap(self, sub: Subscription, symbol: str, last: Id, upto: str | None) -> None:
+    def fill_gap(self, sub: Subscription, symbol: str, last: Id, upto: str | None) -> Steps[None]:
         """Deliver the log entries of ``symbol`` after ``last`` (and before ``upto``) ``sub`` wants."""
         real = symbol in sub.last  # `last` is a delivered entry (not the baseline): it must still be there
         start, end = format_id(last) if real else f"({format_id(last)}", f"({upto}" if upto else "+"
         key, first = self._keys.log(symbol), True
         while True:
-            entries = cast(LogEntries, self._client.xrange(key, start, end, count=RECOVER_BATCH))
+            entries = cast(LogEntries, (yield Command(("XRANGE", key, start, end, "COUNT", RECOVER_BATCH))))
             if first and real:
                 if entries and parse_id(entries[0][0]) == last:
                     entries = entries[1:]
@@ -64,7 +59,7 @@ class CatchUp:
                 if event is None:
                     self._counters.malformed += 1
                     continue
-                self._deliver(sub, event)
+                yield Deliver(sub, event)
                 self._counters.recovered_from_log += 1
                 sub.last[symbol] = parse_id(raw_id)
             if len(entries) < RECOVER_BATCH - 1:

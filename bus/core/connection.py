@@ -14,7 +14,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from bus.config import Settings
 from bus.config.topology import Topology, is_topology_url, parse_topology
-from bus.errors import ConfigError
+from bus.errors import BusConnectionError, ConfigError
 
 
 def describe_server(url: str) -> str:
@@ -49,16 +49,8 @@ def make_client(
     that redis-py cannot read (``redis+socket://``, ``virtual_host``); ``url`` still selects TLS.
     A ``redis+sentinel://`` URL gives a client of the current master, ``redis+cluster://`` a RedisCluster.
     """
-    kw: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout,
-        "socket_timeout": settings.redis_socket_timeout,
-        "health_check_interval": settings.redis_health_check_interval,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-        "decode_responses": False,
-    }
-    if urlsplit(url).scheme != "unix":
-        kw["socket_keepalive"] = True
-    kw.update(settings.ssl_options(url))
+    kw = client_options(url, settings)
+    kw["retry"] = Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries)
     if connection is not None:
         return redis.Redis(**connection, **kw)
     if is_topology_url(url):
@@ -69,6 +61,24 @@ def make_client(
             return cast(redis.Redis, make_cluster_client(url, settings, retries=retries))
         return _sentinel_master(topology, kw)
     return redis.Redis.from_url(url, **kw)
+
+
+#: backoff between retries of a failed command: RETRY_BASE seconds, doubling up to RETRY_CAP
+RETRY_BASE, RETRY_CAP = 0.05, 0.5
+
+
+def client_options(url: str, settings: Settings) -> dict[str, Any]:
+    """Timeouts, keepalive, health checks and TLS of a bus client (blocking or asyncio), retry aside."""
+    kw: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_timeout": settings.redis_socket_timeout,
+        "health_check_interval": settings.redis_health_check_interval,
+        "decode_responses": False,
+    }
+    if urlsplit(url).scheme != "unix":
+        kw["socket_keepalive"] = True
+    kw.update(settings.ssl_options(url))
+    return kw
 
 
 def _sentinel_master(topology: Topology, kw: dict[str, Any]) -> redis.Redis:
@@ -96,7 +106,7 @@ def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETR
         username=topology.username, password=topology.password,
         socket_connect_timeout=settings.redis_connect_timeout, socket_timeout=settings.redis_socket_timeout,
         socket_keepalive=True, health_check_interval=settings.redis_health_check_interval,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries), decode_responses=False,
+        retry=Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries), decode_responses=False,
         ssl=topology.tls, **settings.ssl_options(url),
     )  # fmt: skip
 
@@ -115,11 +125,24 @@ def node_pool(client: redis.Redis | RedisCluster) -> redis.ConnectionPool:
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
     """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
     pool = node_pool(client)
-    kw = dict(pool.connection_kwargs)
-    kw.update(retry=Retry(ExponentialBackoff(), 0), health_check_interval=0, protocol=2)
+    return pool.connection_class(**unpooled_options(pool.connection_kwargs, timeout, Retry(ExponentialBackoff(), 0)))
+
+
+def unpooled_options(pool_kwargs: Mapping[str, Any], timeout: float | None, retry: Any) -> dict[str, Any]:
+    """A pool's connection arguments for a connection of its own: ``retry`` (none, for the callers
+    here), no health-check PING of redis-py's (the subscriber runs its own), RESP2, ``timeout``."""
+    kw = dict(pool_kwargs)
+    kw.update(retry=retry, health_check_interval=0, protocol=2)
     if timeout is not None:
         kw.update(socket_timeout=timeout, socket_connect_timeout=timeout)
-    return pool.connection_class(**kw)
+    return kw
+
+
+def unreachable(where: str, e: Exception) -> BusConnectionError:
+    """The error a bus raises when Redis at ``where`` does not answer (durable publish: never a silent drop)."""
+    return BusConnectionError(
+        f"Cannot connect to Redis at {where} ({type(e).__name__}: {e}). Is the Redis container running?"
+    )
 
 
 def _client_where(client: redis.Redis) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bus.config import Settings
+from bus.core.steps import Command, Steps
 from bus.errors import BusError
 
 
@@ -37,13 +39,20 @@ class Durability:
     replicas: int
     timeout_ms: int
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Durability | None:
+        """TRADEBUS_PUBLISH_REPLICAS / _TIMEOUT_MS; None when publish waits for no replica."""
+        if not settings.publish_replicas:
+            return None
+        return cls(settings.publish_replicas, settings.publish_replicas_timeout_ms)
+
     def stage(self, pipe: Any) -> None:
         """Queue WAIT last on the publish pipeline: it covers every write queued before it."""
         pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
 
-    def wait(self, client: Any) -> Any:
-        """WAIT on its own round trip (after a MULTI's EXEC)."""
-        return client.execute_command("WAIT", self.replicas, self.timeout_ms)
+    def wait_steps(self) -> Steps[Any]:
+        """WAIT on its own round trip (after a MULTI's EXEC), as a step (blocking or asyncio bus)."""
+        return (yield Command(("WAIT", self.replicas, self.timeout_ms)))
 
     def check(self, acked: Any, log_ids: list[str]) -> None:
         """Raise NotReplicatedError unless WAIT's reply ``acked`` reaches the replicas asked for."""

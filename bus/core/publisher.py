@@ -4,12 +4,18 @@
 broadcasts it, atomically; ``publish_many.lua`` does the same for a run of consecutive same-symbol
 events in one call. Inline effects (the state projection of ``RedisEventBus(apply_state=True)``) and
 task messages staged by the dispatcher join the same pipeline: see bus/core/dispatching.py.
+
+Everything here is written as steps (bus/core/steps.py): preparing the script arguments, choosing
+the scripts, staging the pipeline and reading its replies happen once, for both buses. ``publish`` /
+``publish_many`` run them on the blocking client; ``bus.aio`` runs ``publish_steps`` /
+``publish_many_steps`` on a redis.asyncio client (then ``client`` is that one, and the dispatcher's
+``send_many`` runs in a worker thread).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
@@ -19,7 +25,8 @@ import redis
 from bus.core.dispatching import NamedRoute, RouteNames, TaskDispatcher
 from bus.core.durability import Durability
 from bus.core.keys import Keys, channel
-from bus.core.scripts import LuaScript, execute_pipeline
+from bus.core.scripts import LuaScript, pipeline_steps
+from bus.core.steps import Blocking, Steps, run
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
@@ -118,43 +125,54 @@ class Publisher:
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
+        return run(self.client, self.publish_steps(event))
+
+    def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
+        """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
+        return run(self.client, self.publish_many_steps(events))
+
+    def publish_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+        """``publish`` as steps, for either driver (the event is checked before the first request);
+        traced when a tracer is set, the span covering the whole publish (awaits included)."""
         tracer = tracing.active_tracer()
         if tracer is None:
-            return self._publish_one(event)
+            return (yield from self._publish_one_steps(event))
         with tracing.publish_span(tracer, event) as span:
-            receipt = self._publish_one(event)
+            receipt = yield from self._publish_one_steps(event)
             span.set_attribute("tradebus.log_id", receipt.log_id)
             return receipt
 
-    def _publish_one(self, event: TradeEvent) -> PublishReceipt:
+    def _publish_one_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
         recorder = metrics.RECORDER
         started = perf_counter() if recorder is not None else 0.0
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
         one_command = not staged and not self.effects and self.durability is None
         if one_command and event.symbol in self._symbols_sent:  # one command does it
-            raw_id, n = PUBLISH.call(self.client, item.keys, item.args)
+            raw_id, n = yield from PUBLISH.steps(item.keys, item.args)
             names = NOT_ROUTED
         else:
-            raw_id, n, names = self._publish_pipeline([item])[0]
+            raw_id, n, names = (yield from self._pipeline_steps([item]))[0]
         log_id = raw_id.decode()
         if item.tracked:
-            names = self._send([item], [log_id])[0]
+            names = (yield from self._send_steps([item], [log_id]))[0]
         if recorder is not None:
             recorder.record_publish([item.args[2]], perf_counter() - started, *names)
         return PublishReceipt(event.event_id, log_id, int(n), *names)
 
-    def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
-        """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
+    def publish_many_steps(self, events: Iterable[TradeEvent]) -> Steps[list[PublishReceipt]]:
+        """``publish_many`` as steps (the whole batch is checked before the first request)."""
         recorder = metrics.RECORDER
         started = perf_counter() if recorder is not None else 0.0
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
-        results = self._publish_pipeline(batch)
+        results = yield from self._pipeline_steps(batch)
         to_send = [i for i, item in enumerate(batch) if item.tracked]
         if to_send:
-            outcome = self._send([batch[i] for i in to_send], [results[i].log_id.decode() for i in to_send])
+            outcome = yield from self._send_steps(
+                [batch[i] for i in to_send], [results[i].log_id.decode() for i in to_send]
+            )
             for i, names in zip(to_send, outcome, strict=True):
                 results[i] = results[i]._replace(names=names)
         if recorder is not None:
@@ -219,7 +237,7 @@ class Publisher:
             i = j
         return runs
 
-    def _publish_pipeline(self, batch: Sequence[Staged]) -> list[Published]:
+    def _pipeline_steps(self, batch: Sequence[Staged]) -> Steps[list[Published]]:
         """One pipeline for the batch; MULTI when the dispatcher stages task messages in it.
 
         A batch is one publish_many.lua call per run of consecutive same-symbol events (at most
@@ -241,22 +259,30 @@ class Publisher:
         new_symbols = {s.event.symbol for s in batch} - self._symbols_sent
         if new_symbols:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
-        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager)]
+        after_commit: list[Callable[[], object]] = []
+        slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager, after_commit)]
         durable = self.durability
         in_pipeline = durable is not None and stager is None  # WAIT inside MULTI would not wait: after EXEC
         if durable is not None and in_pipeline:
             durable.stage(pipe)
-        results = execute_pipeline(pipe, scripts, repeat_last=in_pipeline)
+        results = yield from pipeline_steps(pipe, scripts, repeat_last=in_pipeline)
         published = self._published(results, slots, staged_tasks=stager is not None)
         self._symbols_sent |= new_symbols
-        if durable is not None:
-            durable.check(
-                results[-1] if in_pipeline else durable.wait(self.client), [p.log_id.decode() for p in published]
-            )
+        if after_commit and not any(isinstance(r, Exception) for r in results):
+            for committed in after_commit:  # the staged task messages are on the broker now
+                committed()
+        if durable is not None:  # after the callbacks: the task messages are sent, replicated or not
+            acked = results[-1] if in_pipeline else (yield from durable.wait_steps())
+            durable.check(acked, [p.log_id.decode() for p in published])
         return published
 
     def _stage_run(
-        self, pipe: Any, run: Sequence[Staged], many: bool, stager: TaskDispatcher[Any] | None
+        self,
+        pipe: Any,
+        run: Sequence[Staged],
+        many: bool,
+        stager: TaskDispatcher[Any] | None,
+        after_commit: list[Callable[[], object]],
     ) -> list[_Slot]:
         """Queue one run's publish script, then each event's inline effects and staged task messages."""
         if many:
@@ -273,7 +299,7 @@ class Publisher:
                 effect.stage(pipe, item.event)
             staged: tuple[str, ...] = ()
             if stager is not None and item.routes:
-                staged = stager.stage(pipe, item.event, item.payload, item.routes)
+                staged = stager.stage(pipe, item.event, item.payload, item.routes, after_commit)
             slots.append(_Slot(at, k if many else -1, staged))
         return slots
 
@@ -295,12 +321,13 @@ class Publisher:
                 out = [p._replace(names=((), p.names[0])) for p in out]
         return out
 
-    def _send(self, items: Sequence[Staged], log_ids: list[str]) -> list[RouteNames]:
+    def _send_steps(self, items: Sequence[Staged], log_ids: list[str]) -> Steps[list[RouteNames]]:
         """Enqueue the tasks of logged events whose script recorded them pending (beat's safety net)."""
         if self.dispatcher is None:  # only a dispatcher gives an event routes
             return [NOT_ROUTED for _ in items]
         try:
-            return list(self.dispatcher.send_many([(s.event, s.payload, s.routes) for s in items], log_ids))
+            sent = yield Blocking(self.dispatcher.send_many, ([(s.event, s.payload, s.routes) for s in items], log_ids))
+            return list(sent)
         except DispatchError:
             raise
         except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending

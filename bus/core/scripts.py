@@ -1,7 +1,8 @@
 """Lua scripts shipped as package files: read once, called by SHA, re-sent when the server lost them.
 
 A pipeline must not use redis-py's Script objects (they add a SCRIPT EXISTS round trip per execute);
-`stage` queues EVALSHA and `execute_pipeline` re-runs a NOSCRIPT failure with EVAL.
+`stage` queues EVALSHA and `execute_pipeline` re-runs a NOSCRIPT failure with EVAL. Both are written
+as steps (bus/core/steps.py), so the asyncio bus runs the same fallbacks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
+
+from bus.core.steps import Command, Execute, Steps, run
 
 
 class LuaScript:
@@ -28,11 +31,15 @@ class LuaScript:
         self.sha = hashlib.sha1(self.body.encode()).hexdigest()
 
     def call(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:
+        return run(client, self.steps(keys, args))
+
+    def steps(self, keys: list[Any], args: list[Any]) -> Steps[Any]:
+        """``call`` as steps: EVALSHA, and EVAL when the server lost the script."""
         try:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return (yield Command(("EVALSHA", self.sha, len(keys), *keys, *args)))
         except NoScriptError:
             # The server restarted or flushed its script cache; nothing ran. EVAL caches it again.
-            return client.execute_command("EVAL", self.body, len(keys), *keys, *args)
+            return (yield Command(("EVAL", self.body, len(keys), *keys, *args)))
 
     def stage(self, pipe: Any, keys: list[Any], args: list[Any]) -> None:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
@@ -49,20 +56,24 @@ def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_l
     EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client; with
     ``repeat_last`` the pipeline's last command (a WAIT) is sent again after them, so it covers them.
     """
+    return run(None, pipeline_steps(pipe, scripts, repeat_last=repeat_last))
+
+
+def pipeline_steps(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_last: bool = False) -> Steps[list[Any]]:
+    """``execute_pipeline`` as steps (``pipe`` may be a redis-py or a redis.asyncio pipeline, or a
+    ClusterPipeline)."""
     commands = queued_commands(pipe)
-    results = pipe.execute(raise_on_error=False)
+    results: list[Any] = yield Execute(pipe)
     retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if retry:
         by_sha = {s.sha: s for s in scripts}
-        client = pipe  # the pipeline is reset after execute and reusable
-        for i in retry:
+        for i in retry:  # the pipeline is reset after execute and reusable
             args = commands[i]
-            script = by_sha[str(args[1])]
-            client.execute_command("EVAL", script.body, *args[2:])
+            pipe.execute_command("EVAL", by_sha[str(args[1])].body, *args[2:])
         if repeat_last:
             retry.append(len(commands) - 1)
-            client.execute_command(*commands[-1])
-        redo = pipe.execute(raise_on_error=False)
+            pipe.execute_command(*commands[-1])
+        redo = yield Execute(pipe)
         for i, r in zip(retry, redo, strict=True):
             results[i] = r
     return results

@@ -16,7 +16,7 @@ they are idempotent, and a skipped event's effect may be the one a crash interru
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ class Numbered(NamedTuple):
     args: list[Any]  # its part of publish_sequenced.lua's ARGV
     routes: Sequence[NamedRoute]
     staged: tuple[str, ...]  # route names whose task messages ride in the script
+    after_commit: list[Callable[[], object]]  # the dispatcher's, once the script logged it (Celery's signals)
 
 
 class SequencedPublisher:
@@ -126,17 +127,18 @@ class SequencedPublisher:
         routes: Sequence[NamedRoute] = d.routes_for(event) if d is not None else ()
         words: list[Any] = []
         staged: tuple[str, ...] = ()
+        after_commit: list[Callable[[], object]] = []
         if routes and d is not None and d.stages_in_bus_pipeline:
             # The dispatcher queues its task messages on a pipeline that never runs; the script runs
             # those commands only when it logs the event.
             recorder = p.client.pipeline(transaction=False)
-            staged = d.stage(recorder, event, payload, routes)
+            staged = d.stage(recorder, event, payload, routes, after_commit)
             for command, _options in recorder.command_stack:
                 words += [len(command), *command]
         tracked = b"1" if routes and not staged else b""
         t = event.event_type.value
         args = [seq, payload, channel(event.symbol, t), t, tracked, len(words), *words]
-        return Numbered(event, payload, args, routes, staged)
+        return Numbered(event, payload, args, routes, staged, after_commit)
 
     def _runs(self, items: list[Numbered]) -> list[list[Numbered]]:
         """Consecutive same-symbol events, at most ``publisher.run_max`` per script call."""
@@ -159,6 +161,8 @@ class SequencedPublisher:
             if not logged_now:
                 out.append(PublishReceipt(event_id, log_text, 0, already_logged=True))
                 continue
+            for committed in item.after_commit:  # its staged task messages went out with the log write
+                committed()
             dispatched, not_dispatched = sent.get(i, (item.staged, ()))
             out.append(PublishReceipt(event_id, log_text, int(subscribers), dispatched, not_dispatched))
         return out

@@ -7,7 +7,9 @@ symbol+type); when the relevant ``prev`` is newer than what the subscription del
 entries are read from the log (XRANGE, filtered by type) and delivered first, in order, once each.
 After every (re)connect the subscriptions catch up from the log the same way. A message whose id
 was already delivered is dropped. Messages from other tools (no ``log_id``) are validated in full
-and delivered; broadcasts of another key prefix (another tenant) are ignored.
+and delivered; broadcasts of another key prefix (another tenant) are ignored. Those decisions and the
+log reads are the I/O-free core in bus/core/healing.py, which bus.aio's subscriber shares; this module
+owns the blocking connection, the reconnect loop and the handlers.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import redis
 
 from bus.config import Settings
-from bus.core.catchup import CatchUp
 from bus.core.connection import node_pool, raw_connection
+from bus.core.healing import (
+    Healer,
+    Liveness,
+    is_confirmation,
+    message_of,
+    permission_error,
+    subscribe_commands,
+)
 from bus.core.keys import Keys
+from bus.core.steps import run
 from bus.core.subscription import Counters, Handler, Subscription
-from bus.core.wire import MAX_SEQ, parse_id
-from bus.errors import BusPermissionError, EventValidationError
+from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
 from bus.observability.logs import event_fields
 
@@ -78,7 +86,7 @@ class Subscriber:
         self._idle = threading.Event()  # set while no listen() loop runs
         self._idle.set()
         self.counters = Counters()
-        self._catch_up = CatchUp(client, keys, self.counters, self._deliver)
+        self._healer = Healer(keys, self.counters)
         self.error: BusPermissionError | None = None  # why the last loop stopped by itself
 
     # --- registration ----------------------------------------------------------------------------
@@ -166,17 +174,10 @@ class Subscriber:
             self._idle.set()
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
-        user = node_pool(self._client).connection_kwargs.get("username") or "default"
+        user = node_pool(self._client).connection_kwargs.get("username")
         with self._lock:
-            names = sorted((s.pattern, s.name) for s in self._subs.values())
-        channels = [n for p, n in names if not p]
-        patterns = [n for p, n in names if p]
-        return BusPermissionError(
-            f"Redis refused the subscriber of ACL user {user!r} ({e}); the listener stopped. It "
-            f"subscribes to channels {channels} and patterns {patterns}: grant the user &trades:* "
-            "(a pattern subscription needs its exact pattern granted, e.g. &trades:XAUUSD:*, or "
-            f"allchannels) and read access to ~{self._prefix}:*"
-        )
+            subs = list(self._subs.values())
+        return permission_error(e, user, subs, self._prefix)
 
     def _take_unsent(self) -> list[Subscription]:
         with self._lock:
@@ -200,8 +201,8 @@ class Subscriber:
         self._take_unsent()  # everything is (re)subscribed below
         self._conn = raw_connection(self._client, self._settings.redis_socket_timeout)
         self._conn.connect()
-        self._last_rx = time.monotonic()
-        self._ping_sent = 0.0
+        s = self._settings
+        self._liveness = Liveness(s.redis_health_check_interval, s.redis_socket_timeout, time.monotonic())
         with self._lock:
             subs = list(self._subs.values())
         self._subscribe(subs)
@@ -211,31 +212,23 @@ class Subscriber:
         if not subs:
             self.ready.set() if self._subs else None
             return
-        if any(s.baseline is None for s in subs):
-            secs, micros = self._client.time()
-            base = (int(secs) * 1000 + int(micros) // 1000 - 1, MAX_SEQ)
-            for s in subs:
-                if s.baseline is None:
-                    s.baseline = base
+        run(self._client, self._healer.baseline(subs))
         conn = self._conn
-        channels = [s.name for s in subs if not s.pattern]
-        patterns = [s.name for s in subs if s.pattern]
-        if channels:
-            conn.send_command("SUBSCRIBE", *channels)
-        if patterns:
-            conn.send_command("PSUBSCRIBE", *patterns)
-        pending, early = len(channels) + len(patterns), []
+        pending, early = 0, []
+        for command in subscribe_commands(subs):
+            conn.send_command(*command)
+            pending += len(command) - 1
         deadline = time.monotonic() + self._settings.redis_socket_timeout
         while pending:
             if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
                 raise redis.TimeoutError("no reply to SUBSCRIBE")
             reply = conn.read_response()
-            if reply[0] in (b"subscribe", b"psubscribe"):
+            if is_confirmation(reply):
                 pending -= 1
             else:
                 early.append(reply)
         for s in subs:
-            self._catch_up.after_subscribe(s)
+            run(self._client, self._healer.catch_up.after_subscribe(s), self._deliver)
         for reply in early:
             self._on_reply(reply)
         self.ready.set()
@@ -243,70 +236,31 @@ class Subscriber:
     def _pump(self) -> None:
         conn = self._conn
         if not conn.can_read(timeout=POLL_SECONDS):
-            self._health_check()
+            if self._liveness.ping_due(time.monotonic()):
+                conn.send_command("PING")
             return
         on_reply, stop = self._on_reply, self._stop
         for _ in range(10_000):
             on_reply(conn.read_response())
             if stop.is_set() or not conn.can_read(timeout=0):
                 break
-        self._last_rx = time.monotonic()
-        self._ping_sent = 0.0
-
-    def _health_check(self) -> None:
-        """Health check: PING an idle connection; no PONG within the socket timeout means it is dead."""
-        now = time.monotonic()
-        interval = self._settings.redis_health_check_interval or 15
-        if self._ping_sent:
-            if now - self._ping_sent > self._settings.redis_socket_timeout:
-                raise redis.TimeoutError("subscriber connection did not answer PING")
-        elif now - self._last_rx > interval:
-            self._conn.send_command("PING")
-            self._ping_sent = now
+        self._liveness.heard(time.monotonic())
 
     # --- messages --------------------------------------------------------------------------------
 
     def _on_reply(self, reply: Any) -> None:
-        kind = reply[0]
-        if kind == b"pmessage":
-            sub = self._subs.get(reply[1])
-            if sub is not None:
-                self._on_message(sub, reply[3])
-        elif kind == b"message":
-            sub = self._subs.get(reply[1])
-            if sub is not None:
-                self._on_message(sub, reply[2])
-        # pong and (p)subscribe confirmations need nothing
-
-    def _on_message(self, sub: Subscription, data: bytes) -> None:
-        try:
-            obj = orjson.loads(data)
-            if type(obj) is not dict:
-                raise EventValidationError("a broadcast must be a JSON object", field="json")
-            log_id = obj.pop("log_id", None)
-            if log_id is None:  # published by another tool: validate everything
-                self._deliver(sub, TradeEvent.from_dict(obj))
-                return
-            prev, prev_t, bus = obj.pop("prev", ""), obj.pop("prev_t", ""), obj.pop("bus", None)
-            if bus != self._prefix:
-                self.counters.foreign += 1
-                return
-            event = TradeEvent.from_trusted_dict(obj)
-            lid = parse_id(log_id)
-        except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
-            self.counters.malformed += 1
-            log.warning("malformed message on %s skipped: %s", sub.name, e)
+        found = message_of(self._subs, reply)
+        if found is None:
+            return  # pong and (p)subscribe confirmations need nothing
+        sub, data = found
+        healer = self._healer
+        arrival = healer.arrival(sub, data)
+        if arrival is None:
             return
-        symbol = event.symbol
-        last = sub.last.get(symbol) or sub.baseline
-        if last is not None:
-            if lid <= last:
-                return  # already delivered (from the log)
-            before = prev_t if sub.event_type else prev
-            if before and parse_id(before) > last:
-                self._catch_up.fill_gap(sub, symbol, last, log_id)
-        self._deliver(sub, event)
-        sub.last[symbol] = lid
+        if arrival.gap_after is not None:
+            run(self._client, healer.fill_gap(sub, arrival), self._deliver)
+        self._deliver(sub, arrival.event)
+        healer.delivered(sub, arrival)
 
     def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
         for handler in sub.handlers:

@@ -81,7 +81,12 @@ def _wire_schemas() -> dict[str, Any]:
                 "argsrepr": {"type": "string"},
                 "kwargsrepr": {"type": "string"},
                 "origin": {"type": "string"},
-                "ignore_result": {"type": "boolean"},
+                "ignore_result": {"type": ["boolean", "null"], "description": "null: the task's own setting."},
+                "eta": {
+                    "type": ["string", "null"],
+                    "description": "ISO 8601: the route's countdown after the publish.",
+                },
+                "expires": {"type": ["string", "null"], "description": "ISO 8601: the route's expiry."},
             },
             "required": ["lang", "task", "id"],
         },

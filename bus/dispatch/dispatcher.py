@@ -5,7 +5,7 @@ The bus's side of it is the ``TaskDispatcher`` protocol (bus/core/dispatching.py
 * ``RedisEventBus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
 * ``routes = dispatcher.routes_for(event)`` (cached per type and symbol).
 * If ``dispatcher.stages_in_bus_pipeline`` (the broker is a Redis database on the bus's own server):
-  ``dispatcher.stage(pipe, event, payload, routes)`` appends ``SELECT <broker db>; LPUSH ...;
+  ``dispatcher.stage(pipe, event, payload, routes, after_commit)`` appends ``SELECT <broker db>; LPUSH ...;
   SELECT <bus db>`` to the bus's MULTI pipeline, so log + broadcast + task messages commit in one
   atomic round trip and nothing needs recording.
 * Otherwise the publish script also ZADDs ``log_id`` to ``keys.pending_dispatch_for(symbol)`` (score:
@@ -15,14 +15,17 @@ The bus's side of it is the ``TaskDispatcher`` protocol (bus/core/dispatching.py
   DispatchError when strict) and the pending entries stay for ``redispatch_missed`` (beat) to pick up.
 
 Task call convention: ``send_task(route.task, args=[event_json], kwargs={"route": route.name},
-task_id=f"{event_id}:{route.name}", queue=route.queue, priority=route.priority)``.
+task_id=f"{event_id}:{route.name}", queue=route.queue, priority=route.priority)`` plus the route's
+``ignore_result`` / ``expires`` / ``countdown``; a route without a queue is placed by the app's router.
+Messages it builds itself fire Celery's publish signals and task-sent events (bus/dispatch/signals.py);
+with ``task_always_eager`` the tasks run inline, in the publishing thread, once the event is logged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import redis
@@ -34,14 +37,17 @@ from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
 from bus.core.wire import entry_event, entry_payload, text
 from bus.dispatch.messages import (
+    MAX_PRIORITY,
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
     broker_key_prefix_option,
     broker_sentinel_option,
     redis_client_kwargs,
+    routed_queue,
     same_redis_server,
 )
 from bus.dispatch.routing import Route, RoutingTable
+from bus.dispatch.signals import Announced, PublishSignals
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.registry import load_event_types
@@ -75,6 +81,9 @@ def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
         task_serializer="json",
         accept_content=["json"],
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        task_send_sent_event=s.task_send_sent_event,
+        # RabbitMQ: queues declared as the worker declares them (a different x-max-priority is refused)
+        task_queue_max_priority=MAX_PRIORITY,
         broker_connection_timeout=s.redis_connect_timeout,
         broker_transport_options={"priority_steps": list(PRIORITY_STEPS),
                                   "socket_timeout": s.redis_socket_timeout,
@@ -103,6 +112,12 @@ class Dispatcher:
         self.strict = strict
         self.app = app if app is not None else publisher_app(broker_url, self.settings)
         self.messages = MessageBuilder(self.app)
+        self.signals = PublishSignals(self.app)
+        #: ``task_always_eager``: routed tasks run inline once the event is logged (a test mode)
+        self.eager = bool(self.app.conf.task_always_eager)
+        if self.eager:
+            self.app.loader.import_default_modules()  # the app's include (TRADEBUS_TASK_MODULES), as a worker
+        self._router_queues: dict[str, str] = {}  # task -> queue, for routes that name none
         self._redis_kw = redis_client_kwargs(broker_url)
         self._broker: redis.Redis | None = None
         self._down_until = 0.0
@@ -113,11 +128,17 @@ class Dispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, routing: RoutingTable | None = None, **kw: Any) -> Dispatcher:
+        """The dispatcher for ``settings``: TRADEBUS_ROUTES_FILE's table (the one workers read) unless
+        ``routing`` is given; ``app=`` a Celery app to publish with its configuration."""
         load_event_types(settings.event_types_module)  # routes may name custom types
-        if routing is None:
-            routing = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        workers = RoutingTable.from_file(settings.routes_file) if settings.routes_file else RoutingTable.default()
+        if routing is not None and routing.routes != workers.routes:
+            unknown = sorted(r.name for r in routing if r != workers.get(r.name))
+            log.warning("route(s) %s differ from the table workers read (TRADEBUS_ROUTES_FILE=%s): write it with "
+                        "RoutingTable.to_file() and point TRADEBUS_ROUTES_FILE at it", unknown,
+                        settings.routes_file or "unset")  # fmt: skip
         kw.setdefault("strict", settings.dispatch_strict)
-        return cls(settings.broker_url, routing, settings=settings, **kw)
+        return cls(settings.broker_url, routing if routing is not None else workers, settings=settings, **kw)
 
     def __repr__(self) -> str:
         return f"Dispatcher({safe_url(self.broker_url)!r}, routes={[r.name for r in self.routing]})"
@@ -133,7 +154,7 @@ class Dispatcher:
         bus_kw = client.connection_pool.connection_kwargs
         same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
         # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
-        self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int)
+        self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int) and not self.eager
         if self.stages_in_bus_pipeline:
             self._select = (int(self._redis_kw["db"]), int(bus_kw.get("db", 0)))  # type: ignore[index]
         return self
@@ -141,24 +162,54 @@ class Dispatcher:
     def routes_for(self, event: TradeEvent) -> tuple[Route, ...]:
         return self.routing.routes_for(event)
 
-    def _messages(self, event_id: str, event_json: str, routes: Iterable[Route]) -> list[tuple[str, bytes]]:
-        build = self.messages.build
-        return [
-            build(r.task, task_id(event_id, r), [event_json], {"route": r.name}, r.queue, r.priority,
-                  argsrepr=f"[<event {event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}")
-            for r in routes
-        ]  # fmt: skip
+    def queue_of(self, route: Route) -> str:
+        """The route's queue, or the one the app's router gives its task (asked once per task)."""
+        if route.queue:
+            return route.queue
+        queue = self._router_queues.get(route.task)
+        if queue is None:
+            queue = self._router_queues[route.task] = routed_queue(self.app, route.task)
+        return queue
+
+    def _messages(
+        self, event_id: str, event_json: str, routes: Iterable[Route], announced: list[Announced] | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Each route's message; with ``announced`` (signals active), ``before_task_publish`` fired first."""
+        task_message, encode = self.messages.task_message, self.messages.encode
+        parent = self.app.current_worker_task  # a task publishing: its id becomes the parent id, as in send_task
+        sent_event = self.signals.sent_events
+        out = []
+        for r in routes:
+            m = task_message(r.task, task_id(event_id, r), [event_json], {"route": r.name}, self.queue_of(r),
+                             r.priority, argsrepr=f"[<event {event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}",
+                             ignore_result=r.ignore_result, expires=r.expires, countdown=r.countdown,
+                             parent=parent, sent_event=sent_event)  # fmt: skip
+            if announced is not None:
+                announced.append(self.signals.before(m))
+            out.append(encode(m))
+        return out
 
     # --- same-server path: inside the bus's MULTI --------------------------------------------------
 
-    def stage(self, pipe: Any, event: TradeEvent, payload: bytes | str, routes: Sequence[Route]) -> tuple[str, ...]:
-        """Queue the task messages on ``pipe`` (a MULTI pipeline of the bus client)."""
+    def stage(
+        self,
+        pipe: Any,
+        event: TradeEvent,
+        payload: bytes | str,
+        routes: Sequence[Route],
+        after_commit: list[Callable[[], object]] | None = None,
+    ) -> tuple[str, ...]:
+        """Queue the task messages on ``pipe`` (a MULTI pipeline of the bus client); ``before_task_publish``
+        fires now, and ``after_task_publish`` / task-sent from the callable appended to ``after_commit``."""
         if not routes:
             return ()
         if self._select is None:
             raise DispatchError("stage() needs a broker on the bus's Redis server (see attach())")
         broker_db, bus_db = self._select
-        msgs = self._messages(event.event_id, text(payload), routes)
+        announced: list[Announced] | None = [] if self.signals.active else None
+        msgs = self._messages(event.event_id, text(payload), routes, announced)
+        if announced and after_commit is not None:
+            after_commit.append(lambda: self.signals.after(announced))
         if broker_db != bus_db:
             pipe.execute_command("SELECT", broker_db)
         for key, raw in msgs:
@@ -210,23 +261,40 @@ class Dispatcher:
         return [(n, ()) for n in names]
 
     def _publish(self, items: Sequence[Item]) -> None:
+        if self.eager:
+            return self._run_eagerly(items)
         if self._redis_kw is not None:
+            announced: list[Announced] | None = [] if self.signals.active else None
             with self._broker_client().pipeline(transaction=False) as pipe:
                 for event, payload, routes in items:
-                    for key, raw in self._messages(event.event_id, text(payload), routes):
+                    for key, raw in self._messages(event.event_id, text(payload), routes, announced):
                         pipe.lpush(key, raw)
                 pipe.execute()
-            return
-        # AMQP (or any non-Redis transport): Celery's own publisher, bounded retries, one session.
+            if announced:
+                self.signals.after(announced)
+            return None
+        # AMQP (or any non-Redis transport): Celery's own publisher (its signals too), bounded retries, one session.
         with self.app.producer_or_acquire() as producer:
             for event, payload, routes in items:
                 for r in routes:
                     self.app.send_task(
                         r.task, args=[text(payload)], kwargs={"route": r.name},
-                        task_id=task_id(event.event_id, r), queue=r.queue, priority=r.priority,
+                        task_id=task_id(event.event_id, r), queue=r.queue or None, priority=r.priority,
+                        ignore_result=r.ignore_result, expires=r.expires, countdown=r.countdown,
                         producer=producer, retry=True, retry_policy=PUBLISH_RETRY_POLICY,
                         argsrepr=f"[<event {event.event_id}>]", kwargsrepr=f"{{'route': '{r.name}'}}",
                     )  # fmt: skip
+        return None
+
+    def _run_eagerly(self, items: Sequence[Item]) -> None:
+        """``task_always_eager``: each routed task runs here with Celery's ``apply`` (retries included)."""
+        for event, payload, routes in items:
+            for r in routes:
+                task = self.app.tasks.get(r.task)
+                if task is None:
+                    raise DispatchError(f"route {r.name!r}: task {r.task!r} is not registered in this app (eager)")
+                task.apply(args=[text(payload)], kwargs={"route": r.name}, task_id=task_id(event.event_id, r),
+                           ignore_result=r.ignore_result)  # fmt: skip
 
     def _broker_client(self) -> redis.Redis:
         if self._broker is None:

@@ -21,8 +21,14 @@ class EventBusFactory:
         publish() also enqueues the routed Celery tasks on ``CELERY_BROKER_URL``. Redis down raises
         ``BusConnectionError`` (a ``redis.ConnectionError``), unless ``connect=False``: then the bus
         connects on first use (how an executor starts during an outage: its events wait in its outbox)."""
-        load_event_types(env_config.event_types_module)  # subscribers decode custom types too
-        if "dispatcher" not in kw and env_config.dispatch:
-            dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(env_config)
-            kw["dispatcher"] = dispatcher
-        return RedisEventBus(settings=env_config, **kw)
+        return RedisEventBus(settings=env_config, **with_dispatcher(env_config, kw))
+
+
+def with_dispatcher(settings: Settings, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with the dispatcher ``settings`` ask for (none when ``TRADEBUS_DISPATCH=false`` or one is
+    given), once the custom event types are loaded (subscribers decode them too)."""
+    load_event_types(settings.event_types_module)
+    if "dispatcher" not in kw and settings.dispatch:
+        dispatcher: TaskDispatcher[Route] = Dispatcher.from_settings(settings)
+        kw = {**kw, "dispatcher": dispatcher}
+    return kw

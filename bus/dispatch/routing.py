@@ -4,6 +4,11 @@ A route matches an event when its event type matches one of ``event_types`` and 
 one of ``symbols`` (shell globs: ``order.*``, ``risk.*``, ``*``, ``XAU*``). Rules are plain data: they
 name tasks by string, so this module never imports Celery. A bad rule raises RoutingError when the
 table is built (at start-up), naming the rule and the field.
+
+A route also carries the Celery options of its messages, as ``apply_async`` takes them: ``priority``
+(0-9, higher runs sooner on both brokers), ``ignore_result`` (unset: the task's own setting),
+``expires`` and ``countdown`` (seconds after the publish). A route without a ``queue`` is placed by the
+Celery app's router (``task_routes``), as ``send_task`` would place its task.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -59,11 +64,14 @@ class RetryPolicy:
 class Route:
     name: str
     task: str
-    queue: str
+    queue: str = ""  # "": the Celery app's router (task_routes) decides
     event_types: tuple[str, ...] = ("*",)
     symbols: tuple[str, ...] = ("*",)
     priority: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ignore_result: bool | None = None  # None: the task's own ignore_result
+    expires: float | None = None  # seconds after the publish; an expired task is not run
+    countdown: float | None = None  # seconds after the publish before the task runs
 
     def __post_init__(self) -> None:
         _check_route(self)
@@ -84,7 +92,8 @@ def _check_route(r: Route) -> None:
         raise _fail(name, "name", "must be 1-64 characters of letters, digits, '_', '.', '-'")
     for fld in ("task", "queue"):
         value = getattr(r, fld)
-        if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        # an empty queue: Celery's router places the task
+        if not isinstance(value, str) or not (value.strip() or fld == "queue") or any(c.isspace() for c in value):
             raise _fail(name, fld, f"must be a non-empty string without whitespace, got {value!r}")
     for fld in ("event_types", "symbols"):
         value = getattr(r, fld)
@@ -95,6 +104,7 @@ def _check_route(r: Route) -> None:
             raise _fail(name, "event_types", f"pattern {pattern!r} matches no event type")
     if isinstance(r.priority, bool) or not isinstance(r.priority, int) or not 0 <= r.priority <= 9:
         raise _fail(name, "priority", f"must be an integer 0-9, got {r.priority!r}")
+    _check_options(r, name)
     p = r.retry
     if not isinstance(p, RetryPolicy):
         raise _fail(name, "retry", f"must be a RetryPolicy, got {p!r}")
@@ -106,6 +116,18 @@ def _check_route(r: Route) -> None:
             raise _fail(name, f"retry.{fld}", f"must be a number of seconds in [0, {MAX_BACKOFF_SECONDS:g}], got {v!r}")
     if p.backoff_max < p.backoff:
         raise _fail(name, "retry.backoff_max", f"({p.backoff_max}) must be >= retry.backoff ({p.backoff})")
+
+
+def _check_options(r: Route, name: str) -> None:
+    if r.ignore_result is not None and not isinstance(r.ignore_result, bool):
+        raise _fail(name, "ignore_result", f"must be true or false, got {r.ignore_result!r}")
+    # A countdown is held by a worker like a retry's backoff, hence the same bound.
+    for fld, top in (("expires", 7 * 24 * 3600.0), ("countdown", MAX_BACKOFF_SECONDS)):
+        v = getattr(r, fld)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= top):
+            raise _fail(name, fld, f"must be a number of seconds in (0, {top:g}], got {v!r}")
+    if r.countdown is not None and r.expires is not None and r.expires <= r.countdown:
+        raise _fail(name, "expires", f"({r.expires}) must be later than countdown ({r.countdown}): it would never run")
 
 
 ORDER_AND_POSITION = ("order.*", "position.*")
@@ -163,7 +185,7 @@ class RoutingTable:
     @property
     def queues(self) -> tuple[str, ...]:
         """Every queue a route or beat uses, defaults first."""
-        return tuple(dict.fromkeys((*QUEUES, *(r.queue for r in self._routes.values()))))
+        return tuple(dict.fromkeys((*QUEUES, *(r.queue for r in self._routes.values() if r.queue))))
 
     def routes_for(self, event: TradeEvent | tuple[str, str]) -> tuple[Route, ...]:
         """Routes matching an event (or an ``(event_type, symbol)`` pair), in table order."""
@@ -215,9 +237,27 @@ class RoutingTable:
             table.add(route_from_dict(rule, where=f"{source} rule #{i + 1}"))
         return table
 
+    def to_config(self) -> dict[str, Any]:
+        """The whole table as routes-file data (``from_config`` builds it back), defaults included."""
+        return {"include_defaults": False, "routes": [route_to_dict(r) for r in self._routes.values()]}
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write the table as a JSON routes file: how routes built in Python reach the workers (point
+        TRADEBUS_ROUTES_FILE at it for publishers and workers alike)."""
+        p = Path(path)
+        if p.suffix != ".json":
+            raise RoutingError(f"routing file {str(p)!r}: to_file writes JSON, name it *.json")
+        p.write_text(json.dumps(self.to_config(), indent=2) + "\n")
+        return p
+
 
 _ROUTE_FIELDS = {f.name for f in fields(Route)}
 _RETRY_FIELDS = {f.name for f in fields(RetryPolicy)}
+
+
+def route_to_dict(route: Route) -> dict[str, Any]:
+    """A route as a routes-file rule (unset options left out)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(route).items() if v is not None}
 
 
 def route_from_dict(rule: Any, where: str = "rule") -> Route:
@@ -228,7 +268,7 @@ def route_from_dict(rule: Any, where: str = "rule") -> Route:
     unknown = set(rule) - _ROUTE_FIELDS
     if unknown:
         raise RoutingError(f"{label}: unknown field(s) {sorted(unknown)}")
-    missing = {"name", "task", "queue"} - set(rule)
+    missing = {"name", "task"} - set(rule)
     if missing:
         raise RoutingError(f"{label}: missing field(s) {sorted(missing)}")
     kw = dict(rule)

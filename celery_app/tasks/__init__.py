@@ -1,4 +1,4 @@
-"""Task modules. Each defines its tasks with ``@tradebus_task(name)`` (a Celery shared task on the
+"""Task modules. Each defines its tasks with ``@routed_task(name=...)`` (a Celery shared task on the
 tradebus base class), so every app ``make_celery`` builds — the CLI's, the worker's, a test's — has them.
 """
 

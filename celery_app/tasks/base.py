@@ -1,7 +1,7 @@
 """The base task: decode the event, cap redeliveries, retry by the route's policy, dead-letter.
 
 Every routed task is called as ``task(event_json, route=name)`` with id ``{event_id}:{route}``. Tasks
-are thin: ``@tradebus_task("tradebus.x.y")`` on ``def fn(self, event_json, route=...)``; inside,
+are thin: ``@routed_task(name="tradebus.x.y")`` on ``def fn(self, event_json, route=...)``; inside,
 ``self.event`` is the decoded TradeEvent and ``self.ctx`` the per-process resources (client, keys).
 
 An exception whose ``retryable`` attribute is False (and any EventValidationError) is not retried.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -146,6 +145,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
-def tradebus_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Declare a routed task: a bound shared task on TradebusTask, registered on every tradebus app."""
-    return shared_task(name=name, base=TradebusTask, bind=True, **options)  # type: ignore[no-any-return]
+def routed_task(*args: Any, **options: Any) -> Any:
+    """Declare a task that routes call, with its route's retry policy and dead letters.
+
+    Use it as Celery's ``shared_task``: ``@routed_task`` or ``@routed_task(name="myapp.fills.record",
+    **task options)`` on ``def fn(self, event_json: str, route: str = "") -> ...``. The task is bound, on
+    TradebusTask (or a subclass given as ``base``) and registered on every Celery app: ``self.event`` is
+    the decoded TradeEvent, ``self.ctx`` the worker's Redis client, keys and routing; an exception is
+    retried with the backoff of the route named in the call, then dead-lettered (``tradebus deadletters``);
+    one whose ``retryable`` attribute is False is dead-lettered at once.
+    """
+    base = options.setdefault("base", TradebusTask)
+    if not (isinstance(base, type) and issubclass(base, TradebusTask)):
+        raise TypeError(f"routed_task(base=...) must be a TradebusTask subclass, not {base!r}")
+    options.setdefault("bind", True)
+    return shared_task(*args, **options)

@@ -11,7 +11,7 @@ from typing import Any
 from bus.dispatch.names import NOTIFY_TASK
 from bus.domain.notify import NotifyConfig, notify_event
 
-from .base import tradebus_task
+from .base import routed_task
 
 
 def notify_config(ctx: Any) -> NotifyConfig:
@@ -22,7 +22,7 @@ def notify_config(ctx: Any) -> NotifyConfig:
     return config
 
 
-@tradebus_task(NOTIFY_TASK)
+@routed_task(name=NOTIFY_TASK)
 def send(self: Any, event_json: str, route: str = "notify") -> dict[str, Any]:
     ctx = self.ctx
     return notify_event(self.event, notify_config(ctx), client=ctx.client, keys=ctx.keys)

@@ -8,7 +8,7 @@ from typing import Any
 from bus.dispatch.names import RISK_TASK
 from bus.domain.risk import RiskLimits, check_event
 
-from .base import tradebus_task
+from .base import routed_task
 
 
 def risk_limits(ctx: Any) -> RiskLimits:
@@ -35,8 +35,10 @@ def event_bus(task: Any) -> Any:
     return bus
 
 
-@tradebus_task(RISK_TASK)
+@routed_task(name=RISK_TASK)
 def check(self: Any, event_json: str, route: str = "risk") -> dict[str, Any]:
     ctx = self.ctx
-    breaches = check_event(ctx.client, ctx.keys, self.event, risk_limits(ctx), event_bus(self).publish)
+    breaches = check_event(
+        ctx.client, ctx.keys, self.event, risk_limits(ctx), event_bus(self).publish, ctx.settings.state_retention
+    )
     return {"event_id": self.event.event_id, "breaches": [b.to_dict() for b in breaches]}

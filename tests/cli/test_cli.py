@@ -223,6 +223,18 @@ def test_routes_for_an_event_type() -> None:
     assert table.returncode == 0 and "tradebus.notify.send" in table.stdout
 
 
+def test_routes_shows_the_workers_routes_file(tmp_path: Any) -> None:
+    from bus.dispatch.routing import Route, RoutingTable
+
+    table = RoutingTable.default()
+    # no queue: where the Celery app's router puts the task (tradebus.notify.* -> tradebus.notify)
+    table.add(Route("audit", "tradebus.notify.audit", event_types=("order.filled",), priority=7, expires=60))
+    p = run(["routes", "order.filled", "--json"], cli_env(TRADEBUS_ROUTES_FILE=str(table.to_file(tmp_path / "r.json"))))
+    assert p.returncode == 0, p.stderr
+    audit = {r["name"]: r for r in json.loads(p.stdout)["routes"]}["audit"]
+    assert (audit["queue"], audit["priority"], audit["expires"]) == ("tradebus.notify", 7, 60)
+
+
 # --- tail ------------------------------------------------------------------------------------------
 
 

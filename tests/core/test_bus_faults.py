@@ -1,5 +1,5 @@
 """Self-healing subscribers under faults, on servers the tests own: subscriber connections killed,
-Redis restarted (AOF)."""
+Redis restarted (AOF); for the blocking and the asyncio bus (make_bus)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import pytest
 import redis
 
-from bus import RedisEventBus, TradeEvent
+from bus import TradeEvent
 from bus.embedded import EmbeddedRedis
 from tests.helpers import wait_for
 
@@ -22,10 +22,10 @@ def event(i: int, symbol: str) -> TradeEvent:
                                             volume=1.0, seq=i)  # fmt: skip
 
 
-def test_ten_thousand_events_survive_two_pubsub_kills(key_prefix):
+def test_ten_thousand_events_survive_two_pubsub_kills(make_bus, key_prefix):
     with EmbeddedRedis() as server:
-        sub = RedisEventBus(server.url, key_prefix=key_prefix)
-        pub = RedisEventBus(server.url, key_prefix=key_prefix)
+        sub = make_bus(server.url, key_prefix=key_prefix)
+        pub = make_bus(server.url, key_prefix=key_prefix)
         admin = redis.Redis.from_url(server.url)
         got: dict[str, list[int]] = {s: [] for s in SYMBOLS}
         exact: list[int] = []
@@ -75,9 +75,9 @@ def test_ten_thousand_events_survive_two_pubsub_kills(key_prefix):
         admin.close()
 
 
-def test_listener_survives_a_redis_restart_with_aof(own_redis, key_prefix):
+def test_listener_survives_a_redis_restart_with_aof(make_bus, own_redis, key_prefix):
     n, restart_at = 300, 120
-    sub = RedisEventBus(own_redis.url, key_prefix=key_prefix)
+    sub = make_bus(own_redis.url, key_prefix=key_prefix)
     seen: list[str] = []
     gate = threading.Event()
 
@@ -89,7 +89,7 @@ def test_listener_survives_a_redis_restart_with_aof(own_redis, key_prefix):
     sub.subscribe_all("RESTART", handler)
     handle = sub.listen_in_thread()
     assert handle.wait_ready(10)
-    pub = RedisEventBus(own_redis.url, key_prefix=key_prefix)
+    pub = make_bus(own_redis.url, key_prefix=key_prefix)
     acknowledged: list[str] = []
 
     def publish(i: int) -> None:

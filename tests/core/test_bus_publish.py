@@ -1,4 +1,5 @@
-"""publish / publish_many against a real Redis: one atomic step, receipts, nothing on bad input."""
+"""publish / publish_many against a real Redis, for the blocking and the asyncio bus (make_bus): one atomic
+step, receipts, nothing on bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import orjson
 import pytest
 import redis
 
-from bus import BusConnectionError, EventValidationError, RedisEventBus, TradeEvent
+from bus import BusConnectionError, EventValidationError, TradeEvent
 from bus.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.redis
@@ -51,8 +52,8 @@ def test_publish_refuses_non_events_and_leaves_no_trace(bus, redis_client, key_p
     assert not list(redis_client.scan_iter(f"{key_prefix}:*"))
 
 
-def test_oversized_event_never_reaches_redis(redis_url, key_prefix, redis_client):
-    with RedisEventBus(redis_url, key_prefix=key_prefix, max_event_bytes=512) as bus:
+def test_oversized_event_never_reaches_redis(make_bus, redis_url, key_prefix, redis_client):
+    with make_bus(redis_url, key_prefix=key_prefix, max_event_bytes=512) as bus:
         with pytest.raises(EventValidationError, match="limit is 512"):
             bus.publish(order(note="x" * 600))
         with pytest.raises(EventValidationError):
@@ -70,15 +71,15 @@ def test_publish_many_is_ordered_and_complete(bus, redis_client, key_prefix):
     assert bus.publish_many([]) == []
 
 
-def test_log_is_trimmed_approximately(redis_url, key_prefix, redis_client):
-    with RedisEventBus(redis_url, key_prefix=key_prefix, log_maxlen=100) as bus:
+def test_log_is_trimmed_approximately(make_bus, redis_url, key_prefix, redis_client):
+    with make_bus(redis_url, key_prefix=key_prefix, log_maxlen=100) as bus:
         for _ in range(10):
             bus.publish_many([order(i) for i in range(100)])
     assert 100 <= redis_client.xlen(f"{key_prefix}:{{XAUUSD}}:log") < 1000
 
 
-def test_apply_state_inline(redis_url, key_prefix):
-    with RedisEventBus(redis_url, key_prefix=key_prefix, apply_state=True) as bus:
+def test_apply_state_inline(make_bus, redis_url, key_prefix):
+    with make_bus(redis_url, key_prefix=key_prefix, apply_state=True) as bus:
         bus.publish(order(7))
         assert bus.get_order("XAUUSD", "7")["status"] == "pending"
         bus.publish_many(
@@ -94,10 +95,10 @@ def test_apply_state_inline(redis_url, key_prefix):
         assert bus.get_order("XAUUSD", "nope") is None and bus.get_position("XAUUSD", "nope") is None
 
 
-def test_script_cache_loss_is_survived(key_prefix):
+def test_script_cache_loss_is_survived(make_bus, key_prefix):
     with (
         EmbeddedRedis() as server,
-        RedisEventBus(server.url, key_prefix=key_prefix, apply_state=True) as bus,
+        make_bus(server.url, key_prefix=key_prefix, apply_state=True) as bus,
     ):
         bus.publish(order(1))
         bus.client.script_flush()
@@ -108,10 +109,10 @@ def test_script_cache_loss_is_survived(key_prefix):
         assert len(bus.get_open_orders("XAUUSD")) == 4
 
 
-def test_publish_while_redis_is_down_raises_connection_error(key_prefix):
+def test_publish_while_redis_is_down_raises_connection_error(make_bus, key_prefix):
     server = EmbeddedRedis().start()
     try:
-        bus = RedisEventBus(server.url, key_prefix=key_prefix)
+        bus = make_bus(server.url, key_prefix=key_prefix)
         bus.publish(order(1))
     finally:
         server.close()
@@ -122,7 +123,7 @@ def test_publish_while_redis_is_down_raises_connection_error(key_prefix):
     bus.close()
 
 
-def test_dispatcher_staged_in_the_same_transaction(key_prefix):
+def test_dispatcher_staged_in_the_same_transaction(make_bus, key_prefix):
     pytest.importorskip("celery")
     from bus.dispatch.dispatcher import Dispatcher
 
@@ -130,7 +131,7 @@ def test_dispatcher_staged_in_the_same_transaction(key_prefix):
     with EmbeddedRedis() as server:
         base = server.url.rsplit("/", 1)[0]
         dispatcher = Dispatcher(f"{base}/1")
-        with RedisEventBus(f"{base}/0", key_prefix=key_prefix, dispatcher=dispatcher) as bus:
+        with make_bus(f"{base}/0", key_prefix=key_prefix, dispatcher=dispatcher) as bus:
             assert dispatcher.stages_in_bus_pipeline
             r = bus.publish(order(1))
             rs = bus.publish_many([order(2), order(3)])
@@ -142,7 +143,7 @@ def test_dispatcher_staged_in_the_same_transaction(key_prefix):
         broker.close()
 
 
-def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
+def test_dispatcher_down_leaves_event_logged_and_pending(make_bus, key_prefix):
     pytest.importorskip("celery")
     from bus.dispatch.dispatcher import Dispatcher
     from bus.embedded import free_port
@@ -150,7 +151,7 @@ def test_dispatcher_down_leaves_event_logged_and_pending(key_prefix):
     # Given a broker that does not answer (a separate server that is not running)
     with EmbeddedRedis() as server:
         dispatcher = Dispatcher(f"redis://127.0.0.1:{free_port()}/0")
-        with RedisEventBus(server.url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
+        with make_bus(server.url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
             assert not dispatcher.stages_in_bus_pipeline
             r = bus.publish(order(1))
             assert r.dispatched == () and "state" in r.not_dispatched
@@ -249,8 +250,8 @@ def test_long_same_symbol_batch_is_split_into_bounded_script_calls(bus, redis_cl
     "bad_at, bad",
     [(0, None), (5, {"event_type": "order.created"}), (-1, "order.created"), (3, order(9, note="x" * 5000))],
 )
-def test_an_invalid_event_anywhere_in_a_batch_sends_nothing(redis_url, key_prefix, redis_client, bad_at, bad):
-    with RedisEventBus(redis_url, key_prefix=key_prefix, max_event_bytes=4096) as bus:
+def test_an_invalid_event_anywhere_in_a_batch_sends_nothing(make_bus, redis_url, key_prefix, redis_client, bad_at, bad):
+    with make_bus(redis_url, key_prefix=key_prefix, max_event_bytes=4096) as bus:
         bus.publish(order(1, "PME"))
         snapshot = {k: redis_client.dump(k) for k in redis_client.scan_iter(f"{key_prefix}:*")}
         events: list = mixed_batch("PME", "PMF", "PMG")
@@ -287,9 +288,9 @@ class TrackingDispatcher:
         return [(tuple(x.name for x in routes), ()) for _, _, routes in items]
 
 
-def test_publish_many_tracks_pending_dispatch_per_routed_event(redis_url, key_prefix, redis_client):
+def test_publish_many_tracks_pending_dispatch_per_routed_event(make_bus, redis_url, key_prefix, redis_client):
     dispatcher = TrackingDispatcher()
-    with RedisEventBus(redis_url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
+    with make_bus(redis_url, key_prefix=key_prefix, dispatcher=dispatcher) as bus:
         events = mixed_batch("PMH", "PMI", "PMJ")
         receipts = bus.publish_many(events)
     routed = [(e, r) for e, r in zip(events, receipts, strict=True) if e.event_type.value.startswith("order.")]
@@ -307,8 +308,8 @@ def test_publish_many_tracks_pending_dispatch_per_routed_event(redis_url, key_pr
     assert all(abs(score - int(lid.split("-")[0])) < 60_000 for lid, score in pending.items())
 
 
-def test_apply_state_inline_with_a_mixed_batch(redis_url, key_prefix):
-    with RedisEventBus(redis_url, key_prefix=key_prefix, apply_state=True) as bus:
+def test_apply_state_inline_with_a_mixed_batch(make_bus, redis_url, key_prefix):
+    with make_bus(redis_url, key_prefix=key_prefix, apply_state=True) as bus:
         fill = TradeEvent.create_order_partially_filled(symbol="PMK", order_id="1", fill_price=2000.0, fill_volume=0.05)
         bus.publish_many([order(1, "PMK"), fill, order(2, "PML"), fill, order(3, "PMK"), order(4, "PMK")])
         assert bus.get_order("PMK", "1")["filled_volume"] == "0.05"
@@ -316,8 +317,8 @@ def test_apply_state_inline_with_a_mixed_batch(redis_url, key_prefix):
         assert [o["order_id"] for o in bus.get_open_orders("PML")] == ["2"]
 
 
-def test_script_cache_loss_with_only_the_single_event_script_reloaded(key_prefix):
-    with EmbeddedRedis() as server, RedisEventBus(server.url, key_prefix=key_prefix) as bus:
+def test_script_cache_loss_with_only_the_single_event_script_reloaded(make_bus, key_prefix):
+    with EmbeddedRedis() as server, make_bus(server.url, key_prefix=key_prefix) as bus:
         bus.publish_many([order(1, "PMM"), order(2, "PMM")])
         bus.client.script_flush()
         bus.publish(order(3, "PMM"))  # reloads publish.lua only

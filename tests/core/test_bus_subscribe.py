@@ -1,9 +1,11 @@
-"""Subscriptions and listen(): handlers, bad messages, stop, and gap recovery from the log."""
+"""Subscriptions and listen(): handlers, bad messages, stop, and gap recovery from the log, for the blocking
+and the asyncio bus (make_bus)."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import orjson
 import pytest
@@ -30,7 +32,7 @@ def listening(bus):
     return handle
 
 
-def lose_broadcast(bus: RedisEventBus, event: TradeEvent) -> None:
+def lose_broadcast(bus: Any, event: TradeEvent) -> None:
     """Log an event exactly as publish does, but broadcast it where nobody listens (a lost message;
     not on a ``trades:`` channel, which ``subscribe_everything`` would receive)."""
     t = event.event_type.value
@@ -249,9 +251,9 @@ def test_broadcast_carries_metadata_that_decode_broadcast_splits(bus, redis_clie
     ps.close()
 
 
-def test_one_loop_per_bus(bus):
-    import threading
-
+def test_one_loop_per_bus(redis_url, key_prefix):
+    # the blocking loop's thread rules (the asyncio bus's one loop: tests/aio/test_aio.py)
+    bus = RedisEventBus(redis_url, key_prefix=key_prefix)
     bus.subscribe_all("LOOP", lambda event: None)
     handle = bus.listen_in_thread()
     assert handle.wait_ready(10)
@@ -265,3 +267,4 @@ def test_one_loop_per_bus(bus):
     handle.stop()
     handle.join(5)
     assert not handle.is_alive()
+    bus.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -57,6 +58,30 @@ def test_built_message_equals_what_send_task_writes(settings, celery_app, priori
     assert a == b
 
 
+def test_route_options_build_what_send_task_writes(settings, celery_app) -> None:
+    """ignore_result, countdown, expires, priority: the same message as send_task's with those options."""
+    ev = TradeEvent.create_order_created("XAUUSD", "o-2", "BUY", 2000.5, 1.5)
+    args, kwargs, tid = [ev.to_json()], {"route": "state"}, f"{ev.event_id}:state"
+    options = {"ignore_result": False, "countdown": 30, "expires": 600}
+    celery_app.send_task("tradebus.state.apply", args=args, kwargs=kwargs, task_id=tid, queue="tradebus.state",
+                         priority=6, argsrepr="[x]", kwargsrepr="{y}", **options)  # fmt: skip
+    (sent,) = redis.Redis.from_url(settings.broker_url).lrange(
+        redis_queue_key("tradebus.state", 6, f"{settings.key_prefix}:"), 0, -1
+    )
+    _, built = MessageBuilder(celery_app).build("tradebus.state.apply", tid, args, kwargs, "tradebus.state", 6,
+                                                argsrepr="[x]", kwargsrepr="{y}", **options)  # fmt: skip
+    a, b = _decoded(sent), _decoded(built)
+    for m in (a, b):  # the tag is random, and eta / expires are computed a few microseconds apart
+        m["properties"].pop("delivery_tag")
+        for field, seconds in (("eta", 30), ("expires", 600)):
+            at = datetime.fromisoformat(m["headers"].pop(field))
+            assert abs((at - datetime.now(UTC)).total_seconds() - seconds) < 5
+    for extra in ("argsrepr", "kwargsrepr"):
+        assert a["properties"].pop(extra) == a["headers"][extra]
+    assert a["properties"].pop("reply_to") and b["properties"].pop("reply_to") == ""
+    assert a == b
+
+
 def test_worker_runs_hand_built_messages(settings, worker_app, worker) -> None:
     app = worker_app()
     d = dispatcher_for(app, settings)
@@ -101,3 +126,24 @@ def test_not_staged_across_servers(settings, celery_app, own_redis) -> None:
     with pytest.raises(Exception, match="stage"):
         ev = TradeEvent.create_order_created("XAUUSD", "o", "BUY", 1.0, 1.0)
         d.stage(None, ev, ev.to_json(), RoutingTable.default().routes_for(ev))
+
+
+def test_delivery_tags_are_unique_in_a_process_and_across_a_fork(celery_app) -> None:
+    import os
+
+    builder = MessageBuilder(celery_app)
+
+    def tag() -> str:
+        _, raw = builder.build("tradebus.state.apply", "t", ["{}"], {}, "tradebus.state")
+        return json.loads(raw)["properties"]["delivery_tag"]
+
+    tags = [tag() for _ in range(1000)]
+    assert len(set(tags)) == 1000 and all(len(t) == 36 and t.count("-") == 4 for t in tags)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: kombu keys unacked messages by tag, so it must not repeat its parent's
+        os.write(write, tag().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    assert child not in tags and child != tag()

@@ -78,6 +78,12 @@ def test_retry_policy_backoff_jitter_and_cap() -> None:
         ({"retry": RetryPolicy(max_retries=-1)}, "retry.max_retries"),
         ({"retry": RetryPolicy(backoff_max=1e6)}, "retry.backoff_max"),
         ({"retry": RetryPolicy(backoff=5, backoff_max=1)}, "retry.backoff_max"),
+        ({"ignore_result": "no"}, "ignore_result"),
+        ({"expires": 0}, "expires"),
+        ({"expires": float("nan")}, "expires"),
+        ({"countdown": True}, "countdown"),
+        ({"countdown": 1801}, "countdown"),
+        ({"countdown": 60, "expires": 30}, "expires"),  # it would expire before it could run
     ],
 )
 def test_bad_rule_names_rule_and_field(kw: dict, field: str) -> None:
@@ -114,7 +120,7 @@ def test_from_toml_and_json(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"routes": [{"name": "a", "task": "t"}]}', r"rule #1 \('a'\): missing field\(s\) \['queue'\]"),
+        ('{"routes": [{"name": "a", "queue": "q"}]}', r"rule #1 \('a'\): missing field\(s\) \['task'\]"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "colour": 1}]}', r"unknown field\(s\) \['colour'\]"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "priority": 99}]}', r"rule #1: route 'a': priority"),
         ('{"routes": [{"name": "a", "task": "t", "queue": "q", "retry": {"tries": 1}}]}', "retry must be a table"),
@@ -132,3 +138,19 @@ def test_bad_file_fails_with_clear_message(tmp_path, content: str, message: str)
 def test_missing_file() -> None:
     with pytest.raises(RoutingError, match="cannot read"):
         RoutingTable.from_file("/nonexistent/routes.toml")
+
+
+def test_routes_reach_workers_through_the_routes_file(settings, tmp_path, caplog) -> None:
+    from bus.config import LoadEnvironmentVariables
+    from bus.dispatch.dispatcher import Dispatcher
+
+    table = RoutingTable.default().add(Route("audit", "myapp.audit", "audit", ("trade.*",), expires=60))
+    Dispatcher.from_settings(settings, table)  # a table only this publisher knows
+    assert "route(s) ['audit'] differ from the table workers read" in caplog.text
+    caplog.clear()
+    path = table.to_file(tmp_path / "routes.json")
+    assert RoutingTable.from_file(path).routes == table.routes  # written whole, read back the same
+    with_file = LoadEnvironmentVariables(None, redis_url=settings.bus_url, routes_file=str(path))
+    assert Dispatcher.from_settings(with_file).routing.routes == table.routes
+    Dispatcher.from_settings(with_file, table)
+    assert "differ" not in caplog.text

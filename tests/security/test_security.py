@@ -18,6 +18,7 @@ ACL rules a deployment needs (worked out here; checked by asserting an empty ``A
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -238,6 +239,22 @@ def test_mutual_tls_with_a_separate_broker_server(certs, tls_server, own_worker)
         assert not bus.dispatcher.stages_in_bus_pipeline
         queued = broker_server.admin(db=1).keys(f"{s.broker_key_prefix}*")
         assert f"{s.broker_key_prefix}_kombu.binding.tradebus.state" in queued
+
+
+def test_asyncio_bus_over_tls(certs, tls_server) -> None:
+    """bus.aio builds its redis.asyncio clients from the same TLS settings: publish, a stream, PING."""
+    from bus.aio import AsyncRedisEventBus
+
+    ev = TradeEvent.create_order_created("XAUUSD", "tls-aio", "BUY", 2000.5, 0.1)
+
+    async def main(s: Settings) -> None:
+        async with AsyncRedisEventBus(settings=s) as bus, bus.events(symbol="XAUUSD") as stream:
+            assert (await bus.publish(ev)).subscribers == 1
+            assert await stream.__anext__() == ev
+            assert await bus.is_connected()
+
+    with tls_server(certs["ca"][0], certs["server"]) as server:
+        asyncio.run(main(_tls_settings(server.port, certs, dispatch=False)))
 
 
 def test_tls_wrong_ca_is_refused_with_a_clear_error(certs, tls_server) -> None:

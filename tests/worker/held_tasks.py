@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery_app.tasks.base import tradebus_task
+from celery_app import routed_task
 
 
-@tradebus_task("tradebus_test.retry_later")
+@routed_task(name="tradebus_test.retry_later")
 def retry_later(self: Any, event_json: str, route: str = "") -> None:
     """Record 'worker|retries|redelivered'; the first attempt retries after ``test:countdown`` seconds."""
     client, prefix = self.ctx.client, self.ctx.keys.prefix

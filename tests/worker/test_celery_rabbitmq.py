@@ -29,10 +29,8 @@ def _rabbit_answers() -> bool:
         return False
 
 
-pytestmark = [
-    pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq,
-    pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672"),
-]  # fmt: skip
+skip_without_rabbitmq = pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672")
+pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq, skip_without_rabbitmq]
 
 
 def test_publish_dispatches_over_amqp_and_worker_applies(redis_url, key_prefix, own_worker) -> None:

@@ -1,0 +1,44 @@
+"""Connections of the asyncio bus: a redis.asyncio client with the blocking client's options
+(bus/core/connection.py: ``client_options``), its unpooled connections, and the blocking twin a
+dispatcher is attached to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+
+from bus.config import Settings
+from bus.core.connection import BUS_RETRIES, RETRY_BASE, RETRY_CAP, client_options, make_client, unpooled_options
+
+
+def make_async_client(url: str, settings: Settings, *, retries: int = BUS_RETRIES) -> redis.asyncio.Redis:
+    """A redis.asyncio client with the settings' timeouts, keepalive, health checks, TLS and retries."""
+    kw = client_options(url, settings)
+    kw["retry"] = AsyncRetry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries)
+    return redis.asyncio.Redis.from_url(url, **kw)
+
+
+def raw_async_connection(client: redis.asyncio.Redis, timeout: float | None) -> Any:
+    """A new, unpooled asyncio connection with the client's settings and no retries (pub/sub, PING)."""
+    pool = client.connection_pool
+    kw = unpooled_options(pool.connection_kwargs, timeout, AsyncRetry(ExponentialBackoff(), 0))
+    return pool.connection_class(**kw)
+
+
+def blocking_twin(client: redis.asyncio.Redis, settings: Settings) -> redis.Redis:
+    """A blocking client for the server and database of ``client``, built with ``settings`` (TLS
+    included): what a dispatcher is attached to (it decides from it whether task messages can join
+    the publish transaction, and clears pending-dispatch entries with it from its worker thread)."""
+    kw = client.connection_pool.connection_kwargs
+    tls = issubclass(client.connection_pool.connection_class, redis.asyncio.SSLConnection)
+    where = {k: kw[k] for k in ("host", "port", "db", "username", "password") if kw.get(k) is not None}
+    if "path" in kw:
+        where = {"unix_socket_path": kw["path"], **{k: v for k, v in where.items() if k != "host"}}
+    if tls:
+        where["ssl"] = True
+    scheme = "unix" if "path" in kw else "rediss" if tls else "redis"
+    return make_client(f"{scheme}://", settings, connection=where)
