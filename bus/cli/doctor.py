@@ -13,6 +13,7 @@ from rich.table import Table
 from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, JsonOption, connect, console, print_json, unreachable
 from bus.config import Settings, safe_url
 from bus.core.keyspace import broker_families, bus_families, memory_by_family
+from bus.dispatch.messages import broker_sentinel_option
 
 #: seconds a worker has to answer `celery inspect ping`
 PING_TIMEOUT = 1.0
@@ -84,7 +85,12 @@ def _redis_checks(client: redis.Redis, settings: Settings) -> list[Check]:
             "REDIS_URL at yours; `tradebus demo` runs an embedded one"
         )
         return [Check("redis", "fail", unreachable(settings.bus_url, e, hint=False), fix)]
-    return [_version_check(info, url), _persistence_check(info, client), *_bus_data_checks(client, settings)]
+    return [
+        _version_check(info, url),
+        _persistence_check(info, client),
+        _topology_check(client, settings),
+        *_bus_data_checks(client, settings),
+    ]
 
 
 def _version_check(info: dict[str, Any], url: str) -> Check:
@@ -115,6 +121,24 @@ def _rdb_enabled(client: redis.Redis) -> bool:
     except redis.RedisError:  # CONFIG may be disabled (managed Redis): assume the provider snapshots
         return True
     return bool(str(save).strip())
+
+
+def _topology_check(client: redis.Redis, settings: Settings) -> Check:
+    from bus.core.deployment import deployment
+    from bus.core.keys import Keys
+
+    try:
+        found = deployment(client, Keys(settings.key_prefix))
+    except redis.RedisError as e:
+        return Check("topology", "warn", f"could not read the replication state: {e}")
+    need = settings.publish_replicas
+    short = [m.address for m in found.masters if m.online_replicas < need]
+    if short:
+        fix = f"add replicas, or lower TRADEBUS_PUBLISH_REPLICAS={need}: publishes there raise NotReplicatedError"
+        return Check("topology", "fail", found.describe(), fix)
+    if found.kind == "sentinel" and not found.masters[0].replicas:
+        return Check("topology", "warn", found.describe(), "Sentinel has no replica to promote: add one")
+    return Check("topology", "ok", found.describe())
 
 
 def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
@@ -174,7 +198,8 @@ def _broker_check(settings: Settings) -> Check:
     try:
         from kombu import Connection
 
-        with Connection(url, connect_timeout=2, transport_options={"max_retries": 0}) as conn:
+        options = {"max_retries": 0, **broker_sentinel_option(settings)}
+        with Connection(url, connect_timeout=2, transport_options=options) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
             if url.startswith(("redis", "rediss", "unix")):
                 conn.default_channel.client.ping()
@@ -197,7 +222,7 @@ def _worker_and_queue_checks(settings: Settings, timeout: float) -> list[Check]:
 
     app = make_celery(settings, set_as_current=False)
     queues = routed_queues(app, app.tradebus.routing)
-    depths = _queue_depths(settings.broker_url, list(queues))
+    depths = _queue_depths(settings.broker_url, list(queues), broker_sentinel_option(settings))
     try:
         workers, consumers = _ask_workers(app, timeout)
     except Exception as e:  # noqa: BLE001 - whatever stops the question, the workers are not known to run
@@ -262,12 +287,12 @@ def _routes_check(app: Any) -> Check:
     return Check("routes", "ok", f"{len(app.tradebus.routing)} route(s), each task a routed task")
 
 
-def _queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
+def _queue_depths(broker_url: str, queues: list[str], options: dict[str, str]) -> dict[str, int]:
     from kombu import Connection
 
     depths: dict[str, int] = {}
     try:
-        with Connection(broker_url, connect_timeout=2) as conn:
+        with Connection(broker_url, connect_timeout=2, transport_options=options) as conn:
             channel = conn.default_channel
             for q in queues:
                 try:

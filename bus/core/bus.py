@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from bus.config import Settings
 from bus.core import state
 from bus.core.connection import _client_where, describe_server, make_client, raw_connection, unreachable
 from bus.core.dispatching import TaskDispatcher
+from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.steps import Command, Steps, run
@@ -42,7 +44,7 @@ class RedisEventBus:
         self,
         url: str | None = None,
         *,
-        client: redis.Redis | None = None,
+        client: redis.Redis | RedisCluster | None = None,
         settings: Settings | None = None,
         key_prefix: str | None = None,
         log_maxlen: int | None = None,
@@ -58,7 +60,11 @@ class RedisEventBus:
         s = self.settings
         self.url = url or (None if client is not None else s.bus_url)
         self._own_client = client is None
-        self.client: redis.Redis = client if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        # A RedisCluster serves every command the bus sends (each names keys of one {symbol} slot, or is
+        # routed by redis-py); what needs a connection pool goes through connection.node_pool.
+        self.client: redis.Redis = (
+            cast(redis.Redis, client) if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        )
         self.where = describe_server(self.url) if self.url else _client_where(self.client)
         self.keys = Keys(key_prefix or s.key_prefix)
         self.publisher = Publisher(
@@ -68,6 +74,7 @@ class RedisEventBus:
             max_event_bytes=int(max_event_bytes or s.max_event_bytes),
             dispatcher=dispatcher,
             effects=self._effects(apply_state),
+            durability=Durability.from_settings(s),
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None

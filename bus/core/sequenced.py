@@ -84,7 +84,7 @@ class SequencedPublisher:
         slots: list[tuple[int, int]] = []  # per item: its script call, its place in that call's reply
         for run in self._runs(items):
             PUBLISH_SEQUENCED.stage(pipe, *self._script_call(run))
-            at = len(pipe.command_stack) - 1
+            at = len(pipe) - 1  # counts a ClusterPipeline's queue too (its command_stack stays empty)
             for k, item in enumerate(run):
                 for effect in p.effects:
                     effect.stage(pipe, item.event)
