@@ -8,6 +8,9 @@ DEFAULT_KEY_PREFIX = "tradebus"
 DEFAULT_LOG_MAXLEN = 100_000
 # An encoded event larger than this is refused: pub/sub and broker messages should stay small.
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+# Seconds an order / position is kept after it reached a terminal state (and a risk breach marker is
+# kept); 0 keeps them forever. A week covers redelivery, retries and dead-letter replays.
+DEFAULT_STATE_RETENTION = 7 * 24 * 3600
 # Symbols become part of channel and key names; longer ones are refused.
 MAX_SYMBOL_LENGTH = 64
 # Seconds a client waits to connect / for a reply before it gives up (half-open sockets, celery#10569).

@@ -6,7 +6,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bus.config import Settings
-from bus.dispatch.messages import MAX_PRIORITY, PRIORITY_STEPS, PUBLISH_RETRY_POLICY, broker_key_prefix_option
+from bus.dispatch.messages import (
+    MAX_PRIORITY,
+    PRIORITY_STEPS,
+    PUBLISH_RETRY_POLICY,
+    broker_key_prefix_option,
+    broker_sentinel_option,
+)
 from bus.dispatch.names import QUEUES, STATE_QUEUE
 from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 
@@ -23,6 +29,10 @@ OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
 MAX_MESSAGE_FACTOR = 16
 # A message redelivered more often than this (its worker died each time) is dead-lettered, not run.
 REDELIVERY_CAP = 3
+# Quorum queues (TRADEBUS_RABBITMQ_QUORUM_QUEUES): RabbitMQ drops a message delivered more often than
+# this. The base task dead-letters at REDELIVERY_CAP first; the limit catches a message whose worker
+# dies before the base task can count it (a crash while decoding, an OOM in the pool).
+QUORUM_DELIVERY_LIMIT = REDELIVERY_CAP + 2
 # Hard limit per task: a hung task is killed rather than holding its queue's only prefetch slot.
 TASK_TIME_LIMIT = 600
 
@@ -47,7 +57,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     routing = routing if routing is not None else RoutingTable.default()
     broker = settings.broker_url
     scheme = urlsplit(broker).scheme
-    is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket")
+    # sentinel://: kombu's Redis transport, finding the master through Sentinel (broker_sentinel_option)
+    is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket", "sentinel")
     ours = scheme in OUR_TRANSPORT_SCHEMES
     timeouts = {
         # Half-open sockets must fail, not hang a worker forever (celery#10569).
@@ -63,6 +74,7 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
             "priority_steps": list(PRIORITY_STEPS),
             **timeouts,
             **broker_key_prefix_option(broker, settings),
+            **broker_sentinel_option(settings),
         }
         # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
         if is_redis
@@ -72,7 +84,13 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,
                      interval_step=0.2, interval_max=0.5)  # fmt: skip
     tls = settings.ssl_options(broker)
-    queues = [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in routing.queues]
+    quorum = settings.rabbitmq_quorum_queues and not is_redis
+    queue_arguments = {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT} if quorum else None
+    # topic exchanges for quorum queues: RabbitMQ's native delayed delivery (countdowns) binds only to
+    # those; the routing key is the queue's full name, so a topic exchange routes exactly like direct.
+    exchange_type = "topic" if quorum else "direct"
+    queues = [Queue(q, Exchange(q, type=exchange_type), routing_key=q, queue_arguments=queue_arguments)
+              for q in routing.queues]  # fmt: skip
     conf: dict[str, Any] = {
         "broker_url": broker,
         # redis:// and rediss:// are served by celery_app.transport (make_celery registers it under those
@@ -123,8 +141,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         # started without -Q consumes them all, and the queues of routes the router places (celery_app.startup).
         "task_queues": queues,
         # Priorities 0-9, higher first: RabbitMQ queues are declared with x-max-priority (an existing queue
-        # declared without it must be deleted once: RabbitMQ refuses to redeclare it differently).
-        "task_queue_max_priority": MAX_PRIORITY,
+        # declared without it must be deleted once: RabbitMQ refuses to redeclare it differently). Quorum
+        # queues refuse x-max-priority: with them, priorities are not declared (RabbitMQ 4 has two levels).
+        "task_queue_max_priority": None if quorum else MAX_PRIORITY,
         # A task-sent event per task this app sends (Flower's "sent"), when TRADEBUS_TASK_SEND_SENT_EVENT is set.
         "task_send_sent_event": settings.task_send_sent_event,
         # Your task modules (TRADEBUS_TASK_MODULES), imported by the worker like -I would.
@@ -136,5 +155,8 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
+        # Quorum queues: Celery then uses per-consumer QoS (quorum queues refuse global QoS) and RabbitMQ's
+        # native delayed delivery for countdowns (routing's retry backoff) instead of holding them unacked.
+        **({"task_default_queue_type": "quorum", "worker_detect_quorum_queues": True} if quorum else {}),
     }  # fmt: skip
     return conf

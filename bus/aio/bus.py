@@ -32,6 +32,7 @@ from bus.core import state
 from bus.core.bus import PING_TIMEOUT, known_symbols_steps, read_log_steps
 from bus.core.connection import _client_where, describe_server, make_client, unreachable
 from bus.core.dispatching import TaskDispatcher
+from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.subscription import Counters, Handler
@@ -74,6 +75,7 @@ class AsyncRedisEventBus:
             max_event_bytes=int(max_event_bytes or s.max_event_bytes),
             dispatcher=dispatcher,
             effects=self._effects(apply_state),
+            durability=Durability.from_settings(s),
         )
         # A dispatcher is blocking: it is attached to a blocking client of the same server, used from
         # its worker thread only (pending-dispatch bookkeeping after a separate broker's send).

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from bus.cli.common import EXIT_OK, EXIT_PROBLEM, CliContext, JsonOption, connect, console, print_json, unreachable
 from bus.config import Settings, safe_url
+from bus.core.keyspace import broker_families, bus_families, memory_by_family
+from bus.dispatch.messages import broker_sentinel_option
 
 #: seconds a worker has to answer `celery inspect ping`
 PING_TIMEOUT = 1.0
@@ -83,8 +85,13 @@ def _redis_checks(client: redis.Redis, settings: Settings) -> list[Check]:
             "REDIS_URL at yours; `tradebus demo` runs an embedded one"
         )
         return [Check("redis", "fail", unreachable(settings.bus_url, e, hint=False), fix)]
-    return [_version_check(info, url), _persistence_check(info, client), *_bus_data_checks(client, settings),
-            *_log_route_checks(client, settings)]  # fmt: skip
+    return [
+        _version_check(info, url),
+        _persistence_check(info, client),
+        _topology_check(client, settings),
+        *_bus_data_checks(client, settings),
+        *_log_route_checks(client, settings),
+    ]
 
 
 def _version_check(info: dict[str, Any], url: str) -> Check:
@@ -117,6 +124,24 @@ def _rdb_enabled(client: redis.Redis) -> bool:
     return bool(str(save).strip())
 
 
+def _topology_check(client: redis.Redis, settings: Settings) -> Check:
+    from bus.core.deployment import deployment
+    from bus.core.keys import Keys
+
+    try:
+        found = deployment(client, Keys(settings.key_prefix))
+    except redis.RedisError as e:
+        return Check("topology", "warn", f"could not read the replication state: {e}")
+    need = settings.publish_replicas
+    short = [m.address for m in found.masters if m.online_replicas < need]
+    if short:
+        fix = f"add replicas, or lower TRADEBUS_PUBLISH_REPLICAS={need}: publishes there raise NotReplicatedError"
+        return Check("topology", "fail", found.describe(), fix)
+    if found.kind == "sentinel" and not found.masters[0].replicas:
+        return Check("topology", "warn", found.describe(), "Sentinel has no replica to promote: add one")
+    return Check("topology", "ok", found.describe())
+
+
 def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
     from bus.core.keys import Keys
 
@@ -137,6 +162,7 @@ def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
         detail = f"{pending} logged event(s) whose tasks are not recorded as enqueued"
         fix = "they are re-dispatched by celery beat: run `celery -A celery_app beat`"
         checks.append(Check("dispatch backlog", "warn", detail, fix))
+    checks.append(_memory_check(client, settings, keys.prefix))
     return checks
 
 
@@ -153,6 +179,27 @@ def _log_route_checks(client: redis.Redis, settings: Settings) -> list[Check]:
     return [] if found is None else [Check("log routes", *found)]
 
 
+def _memory_check(client: redis.Redis, settings: Settings, prefix: str) -> Check:
+    """Memory by key family (sampled, bounded: bus.core.keyspace), the broker's keys included when it is Redis."""
+    from bus.dispatch.messages import PRIORITY_STEPS, broker_key_prefix_option, redis_client_kwargs, redis_queue_key
+    from bus.dispatch.routing import RoutingTable
+
+    try:
+        lines = memory_by_family(client, bus_families(prefix)).lines()
+        broker_kw = redis_client_kwargs(settings.broker_url)
+        if broker_kw is not None:
+            gp = broker_key_prefix_option(settings.broker_url, settings).get("global_keyprefix", "")
+            queue_keys = [redis_queue_key(q, p, gp) for q in RoutingTable.default().queues for p in PRIORITY_STEPS]
+            broker = redis.Redis(**broker_kw, **settings.ssl_options(settings.broker_url), socket_timeout=5)
+            try:
+                lines += memory_by_family(broker, broker_families(gp, queue_keys)).lines()
+            finally:
+                broker.close()
+    except (redis.RedisError, OSError) as e:
+        return Check("memory", "warn", f"could not measure: {e}")
+    return Check("memory", "ok", "\n".join(lines) or "no tradebus keys")
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -165,7 +212,8 @@ def _broker_check(settings: Settings) -> Check:
     try:
         from kombu import Connection
 
-        with Connection(url, connect_timeout=2, transport_options={"max_retries": 0}) as conn:
+        options = {"max_retries": 0, **broker_sentinel_option(settings)}
+        with Connection(url, connect_timeout=2, transport_options=options) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
             if url.startswith(("redis", "rediss", "unix")):
                 conn.default_channel.client.ping()
@@ -188,7 +236,7 @@ def _worker_and_queue_checks(settings: Settings, timeout: float) -> list[Check]:
 
     app = make_celery(settings, set_as_current=False)
     queues = routed_queues(app, app.tradebus.routing)
-    depths = _queue_depths(settings.broker_url, list(queues))
+    depths = _queue_depths(settings.broker_url, list(queues), broker_sentinel_option(settings))
     try:
         workers, consumers = _ask_workers(app, timeout)
     except Exception as e:  # noqa: BLE001 - whatever stops the question, the workers are not known to run
@@ -253,12 +301,12 @@ def _routes_check(app: Any) -> Check:
     return Check("routes", "ok", f"{len(app.tradebus.routing)} route(s), each task a routed task")
 
 
-def _queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:
+def _queue_depths(broker_url: str, queues: list[str], options: dict[str, str]) -> dict[str, int]:
     from kombu import Connection
 
     depths: dict[str, int] = {}
     try:
-        with Connection(broker_url, connect_timeout=2) as conn:
+        with Connection(broker_url, connect_timeout=2, transport_options=options) as conn:
             channel = conn.default_channel
             for q in queues:
                 try:

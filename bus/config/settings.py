@@ -38,6 +38,14 @@ from bus.config.groups import (
     RiskSettings,
     groups_of,
 )
+from bus.config.topology import (
+    CLUSTER_SCHEMES,
+    KOMBU_SENTINEL_SCHEME,
+    SENTINEL_SCHEMES,
+    SINGLE_SCHEMES,
+    Topology,
+    parse_topology,
+)
 from bus.defaults import (
     BROKER_DB_OFFSET,
     DEFAULT_CONNECT_TIMEOUT,
@@ -46,6 +54,7 @@ from bus.defaults import (
     DEFAULT_LOG_MAXLEN,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_SOCKET_TIMEOUT,
+    DEFAULT_STATE_RETENTION,
 )
 from bus.errors import ConfigError
 
@@ -59,7 +68,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    # Redis (the bus). REDIS_URL, when set, wins over the host/port/db/user/password parts.
+    # Redis (the bus). REDIS_URL, when set, wins over the host/port/db/user/password parts. Besides one
+    # server it may name a Sentinel master (redis+sentinel://h:p,h:p/name[/db]) or a Cluster
+    # (redis+cluster://h:p,h:p): bus.config.topology.
     redis_url: SecretStr | None = _env("REDIS_URL")
     redis_host: str = Field("localhost", validation_alias="REDIS_HOST")
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias="REDIS_PORT")
@@ -82,6 +93,13 @@ class Settings(BaseSettings):
 
     # Celery broker. Default: the bus's Redis, database REDIS_DB + 1. amqp:// works too.
     celery_broker_url: SecretStr | None = _env("CELERY_BROKER_URL")
+    # The Sentinel master's name for a broker URL in kombu's spelling (sentinel://h:p/db;sentinel://...),
+    # which names none. Default: the bus's, when the bus is a redis+sentinel:// URL.
+    broker_master_name: str | None = _env("TRADEBUS_BROKER_MASTER_NAME")
+
+    # RabbitMQ broker: declare the tradebus queues as quorum queues (replicated on a RabbitMQ cluster,
+    # with a delivery limit as a second poison-message guard: celery_app.config). Off: classic queues.
+    rabbitmq_quorum_queues: bool = Field(False, validation_alias="TRADEBUS_RABBITMQ_QUORUM_QUEUES")
 
     # Dispatch: publish() also enqueues the Celery tasks its routes pick (at-least-once tasks).
     # Off: log + broadcast only.
@@ -101,6 +119,12 @@ class Settings(BaseSettings):
     # Seconds within which a task held by a worker that died (SIGKILL, OOM, machine lost) runs on another one.
     worker_lost_timeout: float = Field(60.0, ge=3, validation_alias="TRADEBUS_WORKER_LOST_TIMEOUT")
 
+    # Durability on a replicated Redis (bus.core.durability): publish() confirms an event only once this
+    # many replicas have it (WAIT, in the publish's round trip), else raises NotReplicatedError after the
+    # timeout. 0: confirmed when the master has it (a failover can lose it).
+    publish_replicas: int = Field(0, ge=0, validation_alias="TRADEBUS_PUBLISH_REPLICAS")
+    publish_replicas_timeout_ms: int = Field(1000, ge=1, validation_alias="TRADEBUS_PUBLISH_REPLICAS_TIMEOUT_MS")
+
     # Observability: a worker serves Prometheus /metrics on this port when set (bus.observability.metrics);
     # log lines as JSON objects with the event's fields when "json" (bus.observability.logs).
     metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="TRADEBUS_METRICS_PORT")
@@ -110,6 +134,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, validation_alias="TRADEBUS_KEY_PREFIX")
     log_maxlen: int = Field(DEFAULT_LOG_MAXLEN, ge=1, validation_alias="TRADEBUS_LOG_MAXLEN")
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=256, validation_alias="TRADEBUS_MAX_EVENT_BYTES")
+    # Seconds finished orders / positions and breach markers are kept (0: forever); bounds memory.
+    state_retention: int = Field(DEFAULT_STATE_RETENTION, ge=0, validation_alias="TRADEBUS_STATE_RETENTION")
 
     # The parts configured by variables of their own, gathered by GroupedSource. NoDecode: a variable
     # named like a group (RISK=...) is not JSON to decode; GroupedSource drops it.
@@ -158,16 +184,37 @@ class Settings(BaseSettings):
         if v is None or not v.get_secret_value():
             return None
         scheme = urlsplit(v.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix", "redis+socket", "amqp", "amqps", "pyamqp", "memory"):
+        if scheme not in ("redis", "rediss", "unix", "redis+socket", "amqp", "amqps", "pyamqp", "memory",
+                          KOMBU_SENTINEL_SCHEME, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES):  # fmt: skip
             raise ValueError(f"unsupported URL scheme {scheme!r}")
+        if scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+            parse_topology(v.get_secret_value())  # malformed: ValueError names the problem, not the password
         return v
 
     @model_validator(mode="after")
     def _v_bus_url(self) -> Settings:
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url.get_secret_value()).scheme
-            if scheme not in ("redis", "rediss", "unix"):
-                raise ValueError(f"REDIS_URL must be redis://, rediss:// or unix://, not {scheme}://")
+            if scheme not in SINGLE_SCHEMES + SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+                raise ValueError(
+                    "REDIS_URL must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://,"
+                    f" not {scheme}://"
+                )
+        topology = self.topology
+        if self.dispatch and self.celery_broker_url is None and topology is not None and topology.kind == "cluster":
+            raise ValueError(
+                "REDIS_URL is a Redis Cluster, which cannot be the Celery broker: set CELERY_BROKER_URL"
+                " (amqp:// or a separate redis://) or TRADEBUS_DISPATCH=false"
+            )
+        if self.celery_broker_url is not None:
+            broker_scheme = urlsplit(self.celery_broker_url.get_secret_value()).scheme
+            if broker_scheme in CLUSTER_SCHEMES:
+                raise ValueError("CELERY_BROKER_URL cannot be a Redis Cluster: kombu has no Cluster transport")
+            if broker_scheme == KOMBU_SENTINEL_SCHEME and self.broker_sentinel_master() is None:
+                raise ValueError(
+                    "a sentinel:// CELERY_BROKER_URL names no master: set TRADEBUS_BROKER_MASTER_NAME"
+                    " (or use redis+sentinel://host:port/master_name/db)"
+                )
         return self
 
     # --- derived -----------------------------------------------------------------------------------
@@ -180,14 +227,41 @@ class Settings(BaseSettings):
         return self._compose_url(self.redis_db)
 
     @property
+    def topology(self) -> Topology | None:
+        """The bus's Sentinel or Cluster deployment, or None for one server."""
+        url = self.bus_url
+        return parse_topology(url) if urlsplit(url).scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES else None
+
+    @property
     def broker_url(self) -> str:
-        """The Celery broker URL (may contain a password: never log it)."""
+        """The Celery broker URL in kombu's spelling (may contain a password: never log it). A Sentinel
+        broker is ``sentinel://...``: celery_config passes broker_sentinel_master() as ``master_name``."""
         if self.celery_broker_url is not None:
-            return self.celery_broker_url.get_secret_value()
+            url = self.celery_broker_url.get_secret_value()
+            if urlsplit(url).scheme in SENTINEL_SCHEMES:
+                broker = parse_topology(url)
+                return broker.kombu_url(broker.db)
+            return url
+        topology = self.topology
+        if topology is not None:  # a Cluster is refused above unless CELERY_BROKER_URL is set
+            return topology.kombu_url(topology.db + BROKER_DB_OFFSET)
         parts = urlsplit(self.bus_url)
         if parts.scheme == "unix":
             return f"redis+socket://{parts.path}?virtual_host={self._bus_db() + BROKER_DB_OFFSET}"
         return urlunsplit(parts._replace(path=f"/{self._bus_db() + BROKER_DB_OFFSET}"))
+
+    def broker_sentinel_master(self) -> str | None:
+        """The master name kombu needs for a Sentinel broker (None when the broker is not one)."""
+        url = self.celery_broker_url.get_secret_value() if self.celery_broker_url is not None else None
+        if url is not None and urlsplit(url).scheme in SENTINEL_SCHEMES:
+            return parse_topology(url).service_name
+        bus = self.topology if self.redis_url is not None else None
+        bus_master = bus.service_name if bus is not None and bus.kind == "sentinel" else None
+        if url is None:
+            return bus_master
+        if urlsplit(url).scheme == KOMBU_SENTINEL_SCHEME:
+            return self.broker_master_name or bus_master
+        return None
 
     def _bus_db(self) -> int:
         if self.redis_url is None:
@@ -213,8 +287,8 @@ class Settings(BaseSettings):
 
     def ssl_options(self, url: str | None = None) -> dict[str, Any]:
         """redis-py TLS arguments (REDIS_SSL_*) when ``url`` (default: the bus URL) is rediss://;
-        the same certificates serve a rediss:// Celery broker."""
-        if urlsplit(url or self.bus_url).scheme != "rediss":
+        the same certificates serve a rediss:// Celery broker and a Sentinel's or Cluster's nodes."""
+        if not urlsplit(url or self.bus_url).scheme.startswith("rediss"):  # rediss+sentinel, rediss+cluster too
             return {}
         opts: dict[str, Any] = {"ssl_cert_reqs": self.redis_ssl_cert_reqs}
         if self.redis_ssl_ca_certs:
@@ -232,14 +306,15 @@ class Settings(BaseSettings):
 
 def safe_url(url: str) -> str:
     """The URL with its password replaced by ``***`` — the only form that may be logged."""
+    if ";" in url:  # kombu's failover lists (sentinel://...;sentinel://...): each URL has its password
+        return ";".join(safe_url(one) for one in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # the hosts as written: a Sentinel or Cluster URL lists several (h:p,h:p), which .port cannot read
+    hosts = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def LoadEnvironmentVariables(path: str | Path | None = ".env", **overrides: Any) -> Settings:  # noqa: N802

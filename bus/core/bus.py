@@ -9,15 +9,18 @@ gap detection and catch-up from the log). A bus built from settings with its dis
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from bus.config import Settings
 from bus.core import state
 from bus.core.connection import _client_where, describe_server, make_client, raw_connection, unreachable
 from bus.core.dispatching import TaskDispatcher
+from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_pattern
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.steps import Command, Steps, run
@@ -41,7 +44,7 @@ class RedisEventBus:
         self,
         url: str | None = None,
         *,
-        client: redis.Redis | None = None,
+        client: redis.Redis | RedisCluster | None = None,
         settings: Settings | None = None,
         key_prefix: str | None = None,
         log_maxlen: int | None = None,
@@ -57,7 +60,11 @@ class RedisEventBus:
         s = self.settings
         self.url = url or (None if client is not None else s.bus_url)
         self._own_client = client is None
-        self.client: redis.Redis = client if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        # A RedisCluster serves every command the bus sends (each names keys of one {symbol} slot, or is
+        # routed by redis-py); what needs a connection pool goes through connection.node_pool.
+        self.client: redis.Redis = (
+            cast(redis.Redis, client) if client is not None else make_client(self.url, s)  # type: ignore[arg-type]
+        )
         self.where = describe_server(self.url) if self.url else _client_where(self.client)
         self.keys = Keys(key_prefix or s.key_prefix)
         self.publisher = Publisher(
@@ -67,6 +74,7 @@ class RedisEventBus:
             max_event_bytes=int(max_event_bytes or s.max_event_bytes),
             dispatcher=dispatcher,
             effects=self._effects(apply_state),
+            durability=Durability.from_settings(s),
         )
         self._subscriber: Subscriber | None = None
         self._ping_conn: Any = None
@@ -119,7 +127,7 @@ class RedisEventBus:
         self.publisher.effects = self._effects(on)
 
     def _effects(self, apply_state: bool) -> tuple[state.StateEffect, ...]:
-        return (state.StateEffect(self.keys),) if apply_state else ()
+        return (state.StateEffect(self.keys, self.settings.state_retention),) if apply_state else ()
 
     @property
     def publish_run_max(self) -> int:
@@ -190,7 +198,9 @@ class RedisEventBus:
 
     def apply_state_event(self, event: TradeEvent) -> bool:
         """Run the state projection for one event now (what the Celery state task does)."""
-        return state.apply_event(self.client, self.keys, event)
+        return state.apply_event(
+            self.client, self.keys, event, retention=self.settings.state_retention, now=time.time()
+        )
 
     def get_order(self, symbol: str, order_id: str) -> dict[str, str] | None:
         return state.get_order(self.client, self.keys, symbol, order_id)

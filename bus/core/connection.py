@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from bus.config import Settings
-from bus.errors import BusConnectionError
+from bus.config.topology import Topology, is_topology_url, parse_topology
+from bus.errors import BusConnectionError, ConfigError
 
 
 def describe_server(url: str) -> str:
-    """``host:port`` (or the socket path) of a Redis URL, never its password."""
+    """``host:port`` (or the socket path) of a Redis URL, never its password; a Sentinel or Cluster
+    URL is described by its nodes (and the master's name)."""
+    if is_topology_url(url):
+        return parse_topology(url).where()
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
@@ -41,11 +47,19 @@ def make_client(
     ``retries``: how often a command that failed on a broken connection is re-sent (short exponential
     backoff). ``connection``: host, port, db... already parsed from ``url``, for a Celery broker URL
     that redis-py cannot read (``redis+socket://``, ``virtual_host``); ``url`` still selects TLS.
+    A ``redis+sentinel://`` URL gives a client of the current master, ``redis+cluster://`` a RedisCluster.
     """
     kw = client_options(url, settings)
     kw["retry"] = Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries)
     if connection is not None:
         return redis.Redis(**connection, **kw)
+    if is_topology_url(url):
+        topology = parse_topology(url)
+        if topology.kind == "cluster":
+            # typed as a Redis: a RedisCluster serves every command the bus and the workers send (each
+            # names keys of one {symbol} slot, or redis-py routes it); pools: node_pool
+            return cast(redis.Redis, make_cluster_client(url, settings, retries=retries))
+        return _sentinel_master(topology, kw)
     return redis.Redis.from_url(url, **kw)
 
 
@@ -67,9 +81,50 @@ def client_options(url: str, settings: Settings) -> dict[str, Any]:
     return kw
 
 
+def _sentinel_master(topology: Topology, kw: dict[str, Any]) -> redis.Redis:
+    """A client of the master Sentinel currently names: each new connection asks the sentinels, so
+    after a failover the next attempt (a retry, or the caller's) reaches the new master."""
+    ssl = {"ssl": True} if topology.tls else {}
+    # the sentinels: the same timeouts and TLS, no password (Sentinel's own ACL is rarely the master's)
+    sentinel_kw = {k: v for k, v in kw.items() if k.startswith(("socket_", "ssl"))} | ssl
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
+    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
+    return sentinel.master_for(
+        topology.service_name, redis_class=redis.Redis, db=topology.db,
+        username=topology.username, password=topology.password, **kw, **ssl,
+    )  # fmt: skip
+
+
+def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETRIES) -> RedisCluster:
+    """A Redis Cluster client (``redis+cluster://h:p[,h:p...]``) with the settings' timeouts, keepalive,
+    TLS options and the same bounded retry policy as make_client."""
+    topology = parse_topology(url)
+    if topology.kind != "cluster":
+        raise ConfigError(f"{topology.where()} is not a Redis Cluster URL")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
+        username=topology.username, password=topology.password,
+        socket_connect_timeout=settings.redis_connect_timeout, socket_timeout=settings.redis_socket_timeout,
+        socket_keepalive=True, health_check_interval=settings.redis_health_check_interval,
+        retry=Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), retries), decode_responses=False,
+        ssl=topology.tls, **settings.ssl_options(url),
+    )  # fmt: skip
+
+
+def node_pool(client: redis.Redis | RedisCluster) -> redis.ConnectionPool:
+    """The pool whose settings a new unpooled connection copies: the client's own, or for a Redis
+    Cluster one node's (pub/sub and PING may go to any node: a Cluster forwards every PUBLISH to all)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        if node is None or node.redis_connection is None:
+            raise redis.ConnectionError("the Redis Cluster client knows no node yet")
+        return node.redis_connection.connection_pool
+    return client.connection_pool
+
+
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
     """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
-    pool = client.connection_pool
+    pool = node_pool(client)
     return pool.connection_class(**unpooled_options(pool.connection_kwargs, timeout, Retry(ExponentialBackoff(), 0)))
 
 
@@ -91,7 +146,12 @@ def unreachable(where: str, e: Exception) -> BusConnectionError:
 
 
 def _client_where(client: redis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
+    if isinstance(client, RedisCluster):
+        return "cluster " + ",".join(sorted(node.name for node in client.get_nodes()))
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return f"sentinel {pool.service_name}"
+    kw = pool.connection_kwargs
     if "path" in kw:
         return str(kw["path"])
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"

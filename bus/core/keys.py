@@ -94,9 +94,10 @@ class Keys:
         """Set of position ids not yet closed."""
         return f"{self._sym(symbol)}:positions:active"
 
-    def applied(self, symbol: str, kind: str, entity_id: str) -> str:
-        """Set of event ids already applied to one order/position (idempotency)."""
-        return f"{self._sym(symbol)}:applied:{kind}:{entity_id}"
+    def seen(self, symbol: str, kind: str, entity_id: str) -> str:
+        """Sorted set: ids of the last events applied to one order/position (idempotency window; score:
+        event time in µs) and a floor marker below which every event counts as applied (bus.core.state)."""
+        return f"{self._sym(symbol)}:seen:{kind}:{entity_id}"
 
     def pending_dispatch_for(self, symbol: str) -> str:
         """Sorted set: log ids of ``symbol`` whose routed tasks are not yet recorded as enqueued
@@ -139,9 +140,9 @@ class Keys:
         """Stream: tasks that failed past their retries, and malformed messages."""
         return f"{self.prefix}:deadletters"
 
-    def breaches(self) -> str:
-        """Set of 'rule|event_id' risk breaches already raised (exactly once per rule and event)."""
-        return f"{self.prefix}:risk:breaches"
+    def breach(self, rule: str, event_id: str) -> str:
+        """String: marker of a risk breach already raised for (rule, event); expires after the retention."""
+        return f"{self.prefix}:risk:breach:{rule}|{event_id}"
 
     def daily_loss(self, day: str) -> str:
         return f"{self.prefix}:risk:loss:{day}"

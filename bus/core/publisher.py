@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import redis
 
 from bus.core.dispatching import LogRouteWaker, NamedRoute, RouteNames, TaskDispatcher, WakeArgs
+from bus.core.durability import Durability
 from bus.core.keys import Keys, channel
 from bus.core.scripts import LuaScript, pipeline_steps
 from bus.core.steps import Blocking, Steps, run
@@ -111,6 +112,7 @@ class Publisher:
         dispatcher: TaskDispatcher[Any] | None = None,
         effects: Sequence[InlineEffect] = (),
         run_max: int = PUBLISH_RUN_MAX,
+        durability: Durability | None = None,
     ) -> None:
         self.client, self.keys = client, keys
         self.log_maxlen, self.max_event_bytes = log_maxlen, max_event_bytes
@@ -119,6 +121,8 @@ class Publisher:
         self.effects = tuple(effects)
         #: events per publish_many.lua call; 1 publishes every event with its own publish.lua call
         self.run_max = run_max
+        #: replicas each publish waits for (bus.core.durability); None: confirmed once the master has it
+        self.durability = durability
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
         self._channels: dict[tuple[str, EventType], tuple[str, str]] = {}  # channel, type value
         self._symbols_sent: set[str] = set()
@@ -147,7 +151,8 @@ class Publisher:
         started = perf_counter() if recorder is not None else 0.0
         item = self._prepare(event)
         staged = bool(item.routes) and not item.tracked
-        if not staged and not self.effects and event.symbol in self._symbols_sent:  # one command does it
+        one_command = not staged and not self.effects and self.durability is None
+        if one_command and event.symbol in self._symbols_sent:  # one command does it
             raw_id, n, woken, unsent = yield from PUBLISH.steps(item.keys, item.args)
             yield from self.send_wakes_steps(event.symbol, item.wake, woken, unsent, raw_id)
             names = NOT_ROUTED
@@ -270,7 +275,11 @@ class Publisher:
             pipe.sadd(self.keys.symbols(), *sorted(new_symbols))
         after_commit: list[Callable[[], object]] = []
         slots = [slot for i, j in runs for slot in self._stage_run(pipe, batch[i:j], many, stager, after_commit)]
-        results = yield from pipeline_steps(pipe, scripts)
+        durable = self.durability
+        in_pipeline = durable is not None and stager is None  # WAIT inside MULTI would not wait: after EXEC
+        if durable is not None and in_pipeline:
+            durable.stage(pipe)
+        results = yield from pipeline_steps(pipe, scripts, repeat_last=in_pipeline)
         published = self._published(results, slots, staged_tasks=stager is not None)
         for slot in slots:
             reply = results[slot.command]
@@ -279,8 +288,12 @@ class Publisher:
                 yield from self.send_wakes_steps(slot.symbol, slot.wake, reply[-2], reply[-1], last_id)
         self._symbols_sent |= new_symbols
         if after_commit and not any(isinstance(r, Exception) for r in results):
-            for committed in after_commit:  # the staged task messages are on the broker now
-                committed()
+            # the staged task messages are on the broker now; Celery's after_task_publish receivers and
+            # task-sent events may do broker I/O: a blocking step (the asyncio driver runs it in a thread)
+            yield Blocking(_call_each, (after_commit,))
+        if durable is not None:  # after the callbacks: the task messages are sent, replicated or not
+            acked = results[-1] if in_pipeline else (yield from durable.wait_steps())
+            durable.check(acked, [p.log_id.decode() for p in published])
         return published
 
     def _stage_run(
@@ -303,7 +316,7 @@ class Publisher:
         else:
             wake = run[0].wake
             PUBLISH.stage(pipe, run[0].keys, run[0].args)
-        at = len(pipe.command_stack) - 1
+        at = len(pipe) - 1  # len() counts the queued commands of a Pipeline and a ClusterPipeline alike
         slots = []
         for k, item in enumerate(run):
             for effect in self.effects:
@@ -360,7 +373,7 @@ class Publisher:
         item = self._prepare(event)
         PUBLISH.load(pipe)  # a NOSCRIPT inside MULTI would fail this command alone
         PUBLISH.stage(pipe, item.keys, item.args)
-        at = len(pipe.command_stack) - 1
+        at = len(pipe) - 1
         after_commit: list[Callable[[], object]] = []
         if item.routes and not item.tracked and self.dispatcher is not None:
             self.dispatcher.stage(pipe, event, item.payload, item.routes, after_commit)
@@ -389,6 +402,11 @@ class Publisher:
         except Exception:  # noqa: BLE001 - the event is logged; beat re-dispatches what stays pending
             log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
             return [((), tuple(r.name for r in s.routes)) for s in items]
+
+
+def _call_each(callbacks: Sequence[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def _logged(wake: WakeArgs | None) -> tuple[str, ...]:

@@ -51,27 +51,42 @@ class LuaScript:
         return client_or_pipe.execute_command("SCRIPT", "LOAD", self.body)
 
 
-def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = ()) -> list[Any]:
+def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_last: bool = False) -> list[Any]:
     """Execute ``pipe`` (built with raise_on_error semantics off) and return its results.
 
     For a transaction pipeline the caller must have queued ``script.load(pipe)`` first (a NOSCRIPT
     inside MULTI would let the other commands run without the script). For a plain pipeline every
-    EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client.
+    EVALSHA that failed with NOSCRIPT is re-run as EVAL, in order, on the same client; with
+    ``repeat_last`` the pipeline's last command (a WAIT) is sent again after them, so it covers them.
     """
-    return run(None, pipeline_steps(pipe, scripts))
+    return run(None, pipeline_steps(pipe, scripts, repeat_last=repeat_last))
 
 
-def pipeline_steps(pipe: Any, scripts: tuple[LuaScript, ...] = ()) -> Steps[list[Any]]:
-    """``execute_pipeline`` as steps (``pipe`` may be a redis-py or a redis.asyncio pipeline)."""
-    commands = list(pipe.command_stack)
+def pipeline_steps(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_last: bool = False) -> Steps[list[Any]]:
+    """``execute_pipeline`` as steps (``pipe`` may be a redis-py or a redis.asyncio pipeline, or a
+    ClusterPipeline)."""
+    commands = queued_commands(pipe)
     results: list[Any] = yield Execute(pipe)
     retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if retry:
         by_sha = {s.sha: s for s in scripts}
         for i in retry:  # the pipeline is reset after execute and reusable
-            args = commands[i][0]
+            args = commands[i]
             pipe.execute_command("EVAL", by_sha[str(args[1])].body, *args[2:])
+        if repeat_last:
+            retry.append(len(commands) - 1)
+            pipe.execute_command(*commands[-1])
         redo = yield Execute(pipe)
         for i, r in zip(retry, redo, strict=True):
             results[i] = r
     return results
+
+
+def queued_commands(pipe: Any) -> list[tuple[Any, ...]]:
+    """The arguments of each command queued on ``pipe``: a Pipeline keeps ``(args, options)`` pairs in
+    ``command_stack``; a ClusterPipeline (redis-py 6+) keeps PipelineCommand objects in its execution
+    strategy and leaves ``command_stack`` empty."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    if strategy is not None:
+        return [tuple(command.args) for command in strategy.command_queue]
+    return [tuple(args) for args, _ in pipe.command_stack]

@@ -91,7 +91,7 @@ class SequencedPublisher:
         for run in self._runs(items):
             keys, args, wake = self._script_call(run)
             PUBLISH_SEQUENCED.stage(pipe, keys, args)
-            at = len(pipe.command_stack) - 1
+            at = len(pipe) - 1  # counts a ClusterPipeline's queue too (its command_stack stays empty)
             calls.append((at, run, wake))
             for k, item in enumerate(run):
                 for effect in p.effects:

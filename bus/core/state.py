@@ -1,21 +1,37 @@
 """The state projection: order and position events -> Redis hashes, one atomic Lua step per event.
 
-Used inline by ``RedisEventBus(apply_state=True)`` (``StateEffect``, staged in the publish pipeline)
-and by the Celery state task; both call the same script, so both produce identical hashes.
-Guarantees (effectively-once effects):
+Used inline by ``RedisEventBus(apply_state=True)`` (``StateEffect``, staged in the publish pipeline,
+also by the sequenced publish), by the Celery state task and by rebuild; all call the same script, so
+all produce identical hashes. Guarantees (effectively-once effects):
 
-* idempotent: each entity keeps the set of event ids applied to it; a repeat changes nothing;
+* idempotent: each entity remembers the ids of its last ``WINDOW`` applied events (a sorted set scored
+  by event time) and a floor, the newest time it forgot; a repeat, or any event at or below the floor,
+  changes nothing. Memory per entity is bounded whatever its number of events;
 * monotonic: ``pending -> partially_filled -> filled``; ``cancelled``/``rejected`` are terminal too;
   ``active -> closed``. A late or out-of-order event never moves an entity backwards, but may fill
   in fields still missing (``order.created`` arriving after ``order.filled`` adds the price);
 * exact: partial fills / partial closes are summed in integer units of 1e-8 inside Lua and stored as
-  decimal strings (``'0.3'``, never ``'0.30000000000000004'``).
+  decimal strings (``'0.3'``, never ``'0.30000000000000004'``);
+* bounded: once an entity is terminal (filled, cancelled, rejected; closed) its hash and idempotency
+  window expire ``retention`` seconds after the last event applied to it (0 keeps them forever); it
+  left its open/active index in the same step, so queries then know it no more than an unknown one.
+
+Late events after expiry. Every event applied to an expired entity is older than the retention window
+(the expiry counts from the last one applied). A worker applying an event passes ``now``: an event older
+than ``now - retention`` then never *creates* an entity — a late ``order.created`` (a dead-letter
+replay, a re-dispatch after a long outage) would otherwise bring a filled order back as pending, listed
+in the open orders and never expiring. Such an event still updates an entity that exists. The cost: an
+entity whose first event reaches the worker more than ``retention`` after its timestamp (an event
+stamped by a clock that far behind, a backfill of old orders) is not projected by the worker; the log
+keeps it and rebuild (bus.domain.rebuild, replaying with ``now=None``) restores it. The publish-time
+projection passes no ``now``: an event being logged is never late.
 
 Hashes hold strings only: ``{'order_id': '12345', 'status': 'pending', 'price': '2000.5', ...}``.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -26,16 +42,29 @@ from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
 from bus.core.steps import Command, Execute, Steps, run
 from bus.core.wire import text
+from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.events.model import PRICE_FIELDS, VOLUME_FIELDS, TradeEvent
 from bus.events.registry import SPECS, CustomEffect
 
 SCRIPT = LuaScript("bus.core", "state.lua")
+#: what the script returns
+DUPLICATE, APPLIED, REFUSED_LATE = 0, 1, 2
+#: event ids remembered per entity (state.lua's WINDOW): its sorted set stays a compact listpack
+WINDOW = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EXACT_FIELDS = VOLUME_FIELDS | {"pnl"}
 _QUANTUM = Decimal("0.00000001")
 
 
 def _decimal_text(value: float | int, exact: bool) -> str:
-    d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    if isinstance(value, int):
+        return int.__repr__(value)
+    # repr is the shortest text that reads back as the same float: already the decimal we store,
+    # unless it has an exponent or an exact amount has more than 8 decimals (Decimal is ~10x slower)
+    shortest = float.__repr__(value)
+    if "." in shortest and "e" not in shortest and not (exact and len(shortest) - shortest.index(".") > 9):
+        return shortest
+    d = Decimal(shortest)
     if exact and d.as_tuple().exponent < -8:  # type: ignore[operator]
         d = d.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN).normalize()
     return format(d, "f")
@@ -61,7 +90,14 @@ def _entity(event: TradeEvent) -> tuple[str, str] | None:
     return None
 
 
-def _call(keys: Keys, event: TradeEvent) -> tuple[list[str], list[str]] | None:
+def _event_us(timestamp: str) -> int:
+    """Microseconds since the epoch, exactly (a float would round)."""
+    t = datetime.fromisoformat(timestamp)
+    delta = (t if t.tzinfo else t.replace(tzinfo=UTC)) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _call(keys: Keys, event: TradeEvent, retention: int, now: float | None) -> tuple[list[str], list[Any]] | None:
     entity = _entity(event)
     if entity is None:
         return None
@@ -71,11 +107,14 @@ def _call(keys: Keys, event: TradeEvent) -> tuple[list[str], list[str]] | None:
         hash_key, index = keys.order(symbol, entity_id), keys.open_orders(symbol)
     else:
         hash_key, index = keys.position(symbol, entity_id), keys.active_positions(symbol)
-    args = [event.event_id, event.event_type.value, event.timestamp, kind, entity_id, symbol]
+    event_us = _event_us(event.timestamp)
+    may_create = now is None or retention == 0 or event_us >= (now - retention) * 1_000_000
+    args: list[Any] = [event.event_id, event.event_type.value, event.timestamp, kind, entity_id, symbol]
+    args += (event_us, retention, "1" if may_create else "0")
     for field, value in event.data.items():
         if value is not None:
             args += (field, _text(field, value))
-    return [hash_key, keys.applied(symbol, kind, entity_id), index], args
+    return [hash_key, keys.seen(symbol, kind, entity_id), index], args
 
 
 def _effect(event: TradeEvent) -> CustomEffect | None:
@@ -83,14 +122,29 @@ def _effect(event: TradeEvent) -> CustomEffect | None:
     return SPECS[event.event_type.value].effect
 
 
+def is_entity_event(event: TradeEvent) -> bool:
+    """True for order.* and position.* events: state.lua's reply is APPLIED, DUPLICATE or REFUSED_LATE
+    (a custom effect's first reply is its own)."""
+    return _entity(event) is not None
+
+
 def is_state_event(event: TradeEvent) -> bool:
     """True for order.* and position.* events, and custom types with a state effect."""
     return _entity(event) is not None or _effect(event) is not None
 
 
-def apply_event(client: redis.Redis, keys: Keys, event: TradeEvent) -> bool:
-    """Apply one event; True if it was applied now, False if it was a duplicate or not a state event."""
-    call = _call(keys, event)
+def apply_event(
+    client: redis.Redis,
+    keys: Keys,
+    event: TradeEvent,
+    *,
+    retention: int = DEFAULT_STATE_RETENTION,
+    now: float | None = None,
+) -> bool:
+    """Apply one event; True if it was applied now, False if it was a duplicate, refused as too late
+    to create its entity (``now`` given, see above) or not a state event. ``retention``: seconds a
+    terminal entity is kept (0: forever); ``now``: epoch seconds of a late application (a worker)."""
+    call = _call(keys, event, retention, now)
     if call is None:
         effect = _effect(event)
         if effect is None:
@@ -99,12 +153,20 @@ def apply_event(client: redis.Redis, keys: Keys, event: TradeEvent) -> bool:
         effect(pipe, keys, event)
         pipe.execute()
         return True
-    return bool(SCRIPT.call(client, *call))
+    return bool(SCRIPT.call(client, *call) == APPLIED)
 
 
-def stage_apply(pipe: Any, keys: Keys, event: TradeEvent) -> bool:
-    """Queue the same step on a pipeline; returns whether a command was queued."""
-    call = _call(keys, event)
+def stage_apply(
+    pipe: Any,
+    keys: Keys,
+    event: TradeEvent,
+    *,
+    retention: int = DEFAULT_STATE_RETENTION,
+    now: float | None = None,
+) -> bool:
+    """Queue the same step on a pipeline (its reply: APPLIED, DUPLICATE or REFUSED_LATE); returns
+    whether a command was queued."""
+    call = _call(keys, event, retention, now)
     if call is None:
         effect = _effect(event)
         if effect is None:
@@ -117,15 +179,17 @@ def stage_apply(pipe: Any, keys: Keys, event: TradeEvent) -> bool:
 
 class StateEffect:
     """The projection as an inline effect of publish: each order/position event is applied in the
-    publish pipeline, right after it is logged (``RedisEventBus(apply_state=True)``)."""
+    publish pipeline, right after it is logged (``RedisEventBus(apply_state=True)``). No ``now``: an
+    event being logged is never late. ``retention``: seconds a terminal entity is kept (0: forever)."""
 
     scripts = (SCRIPT,)
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, retention: int = DEFAULT_STATE_RETENTION) -> None:
         self.keys = keys
+        self.retention = retention
 
     def stage(self, pipe: Any, event: TradeEvent) -> bool:
-        return stage_apply(pipe, self.keys, event)
+        return stage_apply(pipe, self.keys, event, retention=self.retention)
 
 
 # --- queries -------------------------------------------------------------------------------------

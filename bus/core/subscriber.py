@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from bus.config import Settings
-from bus.core.connection import raw_connection
+from bus.core.connection import node_pool, raw_connection
 from bus.core.healing import (
     Healer,
     Liveness,
@@ -174,7 +174,7 @@ class Subscriber:
             self._idle.set()
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
-        user = self._client.connection_pool.connection_kwargs.get("username")
+        user = node_pool(self._client).connection_kwargs.get("username")
         with self._lock:
             subs = list(self._subs.values())
         return permission_error(e, user, subs, self._prefix)

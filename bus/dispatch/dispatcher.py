@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from bus.config import Settings, safe_url
 from bus.core.connection import NO_RETRIES, make_client
@@ -46,6 +47,7 @@ from bus.dispatch.messages import (
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
     broker_key_prefix_option,
+    broker_sentinel_option,
     redis_client_kwargs,
     routed_queue,
     same_redis_server,
@@ -95,7 +97,7 @@ def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
                                   "socket_connect_timeout": s.redis_connect_timeout,
                                   "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                   "interval_max": 0.5,
-                                  **broker_key_prefix_option(broker_url, s)},
+                                  **broker_key_prefix_option(broker_url, s), **broker_sentinel_option(s)},
     )  # fmt: skip
     return app
 
@@ -156,6 +158,9 @@ class Dispatcher:
     def attach(self, client: redis.Redis, keys: Keys) -> Dispatcher:
         """Bind to the bus's client; decides whether task messages can join the bus's transaction."""
         self.client, self.keys = client, keys
+        if isinstance(client, RedisCluster):  # refuses SELECT: task messages take the pending-record path
+            self.stages_in_bus_pipeline, self._select = False, None
+            return self
         bus_kw = client.connection_pool.connection_kwargs
         same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
         # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.

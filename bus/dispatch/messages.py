@@ -226,8 +226,15 @@ def same_redis_server(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(f) == b.get(f) for f in fields)
 
 
+def broker_sentinel_option(settings: Settings) -> dict[str, str]:
+    """kombu's ``master_name`` transport option, which a Sentinel broker (``sentinel://``) needs."""
+    master = settings.broker_sentinel_master()
+    return {"master_name": master} if master else {}
+
+
 def broker_key_prefix_option(broker_url: str, settings: Settings) -> dict[str, str]:
     """kombu's ``global_keyprefix`` transport option for a Redis broker with a key prefix set."""
-    if settings.broker_key_prefix and redis_client_kwargs(broker_url) is not None:
+    is_redis = redis_client_kwargs(broker_url) is not None or urlsplit(broker_url).scheme == "sentinel"
+    if settings.broker_key_prefix and is_redis:
         return {"global_keyprefix": settings.broker_key_prefix}
     return {}

@@ -2,8 +2,10 @@
 
 Per symbol: replay the log (up to ``now - grace``) through the real projection into scratch keys, then
 compare every entity the log fully describes with the live hash and index. A drifted entity is
-repaired by one fenced Lua step that copies the rebuilt hash, unions the applied-event-id set (so a
-later redelivery of a replayed event stays a no-op) and fixes the index membership.
+repaired by one fenced Lua step that copies the rebuilt hash and idempotency window (so a later
+redelivery of a replayed event stays a no-op), with their expiry, and fixes the index membership.
+A terminal entity absent from the live state whose last log entry is older than the retention expired
+as designed (bus.core.state): it is counted, not restored.
 
 Safety against concurrent writers: an entity with log entries younger than ``grace`` is left alone (its
 events may still be in flight to the state task); the repair script refuses when the live entity has
@@ -26,6 +28,7 @@ from bus.core.scripts import execute_pipeline
 from bus.core.state import SCRIPT as STATE_SCRIPT
 from bus.core.state import stage_apply
 from bus.core.wire import decode_entry, parse_id, text
+from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.domain.lease import fenced_script
 from bus.events.model import TradeEvent, TradeEventType
 from bus.events.types import EventType
@@ -37,12 +40,14 @@ _Entries = list[tuple[bytes | str, dict[Any, Any]]]
 _CREATION = {"order": TradeEventType.ORDER_CREATED, "position": TradeEventType.POSITION_OPENED}
 _ACTIVE = {"order": ("pending", "partially_filled"), "position": ("active",)}
 
+# The live window may only hold ids the replay saw ('' is the window's floor marker); COPY keeps the TTL.
 _REPAIR = """
-if #redis.call('SDIFF', KEYS[3], KEYS[6]) > 0 then return 0 end
-redis.call('DEL', KEYS[2])
-local h = redis.call('HGETALL', KEYS[5])
-for i = 1, #h, 2 do redis.call('HSET', KEYS[2], h[i], h[i + 1]) end
-redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[6])
+for _, id in ipairs(redis.call('ZDIFF', 2, KEYS[3], KEYS[6])) do
+  if id ~= '' then return 0 end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('COPY', KEYS[5], KEYS[2])
+redis.call('COPY', KEYS[6], KEYS[3])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[2]) else redis.call('SREM', KEYS[4], ARGV[2]) end
 return 1
 """
@@ -82,11 +87,14 @@ def rebuild_symbol(
     grace_ms: int,
     now_ms: int,
     repair: bool = True,
+    retention: int = DEFAULT_STATE_RETENTION,
 ) -> dict[str, Any]:
-    """Rebuild one symbol; return ``{"symbol", "checked", "drift": [...], "in_flight", "incomplete", ...}``."""
+    """Rebuild one symbol; return ``{"symbol", "checked", "drift": [...], "in_flight", "incomplete",
+    "expired", ...}``."""
     scratch = keys.scratch(uuid.uuid4().hex[:12])
     cutoff = now_ms - grace_ms
     first_type: dict[tuple[str, str], EventType] = {}
+    last_ms: dict[tuple[str, str], int] = {}
     recent: set[tuple[str, str]] = set()
     STATE_SCRIPT.load(client)
     start = "-"
@@ -101,16 +109,20 @@ def rebuild_symbol(
                 entity = _entity(event) if event is not None and event.symbol == symbol else None
                 if entity is None or event is None:  # entity is None whenever event is
                     continue
-                if parse_id(log_id)[0] > cutoff:
+                logged_ms = parse_id(log_id)[0]
+                if logged_ms > cutoff:
                     recent.add(entity)
                     continue
                 first_type.setdefault(entity, event.event_type)
-                stage_apply(pipe, scratch, event)
+                last_ms[entity] = logged_ms
+                stage_apply(pipe, scratch, event, retention=retention)  # no `now`: a replay is never late
             execute_pipeline(pipe, (STATE_SCRIPT,))
             if len(entries) < READ_BATCH:
                 break
             start = "(" + text(entries[-1][0])
-        return _compare_and_repair(client, keys, scratch, symbol, first_type, recent, token, repair)
+        expired_before = now_ms - retention * 1000 if retention else None
+        expired = {e for e, ms in last_ms.items() if expired_before is not None and ms < expired_before}
+        return _compare_and_repair(client, keys, scratch, symbol, first_type, recent, expired, token, repair)
     finally:
         _delete_scratch(client, scratch)
 
@@ -122,6 +134,7 @@ def _compare_and_repair(
     symbol: str,
     first_type: dict[tuple[str, str], EventType],
     recent: set[tuple[str, str]],
+    expired: set[tuple[str, str]],
     token: int,
     repair: bool,
 ) -> dict[str, Any]:
@@ -131,6 +144,7 @@ def _compare_and_repair(
         "drift": [],
         "in_flight": len(recent),
         "incomplete": 0,
+        "expired": 0,
         "dangling_removed": [],
         "skipped_changed": [],
     }
@@ -146,6 +160,9 @@ def _compare_and_repair(
         live_key, rebuilt_key = _hash_key(keys, symbol, kind, entity_id), _hash_key(scratch, symbol, kind, entity_id)
         live, rebuilt = _decoded(client.hgetall(live_key)), _decoded(client.hgetall(rebuilt_key))
         should_index = rebuilt.get("status") in _ACTIVE[kind]
+        if not live and not should_index and (kind, entity_id) in expired:
+            report["expired"] += 1
+            continue
         in_index = bool(client.sismember(_index_key(keys, symbol, kind), entity_id))
         fields = {
             f: [live.get(f), rebuilt.get(f)] for f in sorted(set(live) | set(rebuilt)) if live.get(f) != rebuilt.get(f)
@@ -164,10 +181,10 @@ def _compare_and_repair(
                 keys=[
                     fence,
                     live_key,
-                    keys.applied(symbol, kind, entity_id),
+                    keys.seen(symbol, kind, entity_id),
                     _index_key(keys, symbol, kind),
                     rebuilt_key,
-                    scratch.applied(symbol, kind, entity_id),
+                    scratch.seen(symbol, kind, entity_id),
                 ],
                 args=[token, entity_id, "1" if should_index else "0"],
             )
@@ -208,6 +225,7 @@ def rebuild_state(
     now_ms: int,
     repair: bool = True,
     heartbeat: Callable[[], None] | None = None,
+    retention: int = DEFAULT_STATE_RETENTION,
 ) -> dict[str, Any]:
     """Rebuild every symbol in turn (``heartbeat`` between symbols renews the lease)."""
     per_symbol = []
@@ -215,7 +233,9 @@ def rebuild_state(
         if heartbeat is not None:
             heartbeat()
         per_symbol.append(
-            rebuild_symbol(client, keys, symbol, token=token, grace_ms=grace_ms, now_ms=now_ms, repair=repair)
+            rebuild_symbol(
+                client, keys, symbol, token=token, grace_ms=grace_ms, now_ms=now_ms, repair=repair, retention=retention
+            )
         )
     drift = [dict(d, symbol=r["symbol"]) for r in per_symbol for d in r["drift"]]
     return {
@@ -225,6 +245,7 @@ def rebuild_state(
         "drift": drift,
         "in_flight": sum(r["in_flight"] for r in per_symbol),
         "incomplete": sum(r["incomplete"] for r in per_symbol),
+        "expired": sum(r["expired"] for r in per_symbol),
         "dangling_removed": [f"{r['symbol']}:{x}" for r in per_symbol for x in r["dangling_removed"]],
         "skipped_changed": [f"{r['symbol']}:{x}" for r in per_symbol for x in r["skipped_changed"]],
     }

@@ -25,6 +25,7 @@ import redis
 from bus.config import ReconcileSettings
 from bus.core.keys import Keys
 from bus.core.state import active_positions, open_orders
+from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.dispatch.logroutes.monitor import oldest_needed
 from bus.domain.lease import DEFAULT_LEASE_TTL_MS, Lease, StaleTokenError, fenced_script
 from bus.domain.rebuild import rebuild_state
@@ -151,6 +152,7 @@ def rebuild(
     repair: bool = True,
     symbols: list[str] | None = None,
     heartbeat: Callable[[], None] | None = None,
+    retention: int = DEFAULT_STATE_RETENTION,
 ) -> dict[str, Any]:
     """Rebuild orders/positions from the log and repair drift (see bus.reconcile_state)."""
     return rebuild_state(
@@ -162,6 +164,7 @@ def rebuild(
         now_ms=server_ms(client),
         repair=repair,
         heartbeat=heartbeat,
+        retention=retention,
     )
 
 

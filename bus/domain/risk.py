@@ -31,6 +31,7 @@ import redis
 from bus.config import RiskSettings
 from bus.core.keys import Keys
 from bus.core.state import active_positions
+from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.errors import ConfigError
 from bus.events.model import TradeEvent, TradeEventType
 
@@ -312,21 +313,27 @@ def breach_event(breach: Breach, cause: TradeEvent) -> TradeEvent:
 
 
 def raise_breaches(
-    client: redis.Redis, keys: Keys, event: TradeEvent, breaches: list[Breach], publish: Publish
+    client: redis.Redis,
+    keys: Keys,
+    event: TradeEvent,
+    breaches: list[Breach],
+    publish: Publish,
+    retention: int = DEFAULT_STATE_RETENTION,
 ) -> list[Breach]:
-    """Publish each breach unless already raised. The 'rule|event_id' marker is SADDed first, so
+    """Publish each breach unless already raised. Its (rule, event) marker is SET NX first, so
     concurrent or repeated checks publish once; if publishing fails the marker is removed and the
-    error propagates (the task retries)."""
+    error propagates (the task retries). The marker expires after ``retention`` seconds (0: never):
+    a check of the same event repeated later than that would raise the breach again."""
     out = []
     for b in breaches:
-        marker = f"{b.rule}|{b.event_id}"
-        if not client.sadd(keys.breaches(), marker):
+        marker = keys.breach(b.rule, b.event_id)
+        if not client.set(marker, 1, nx=True, ex=retention or None):
             out.append(b)
             continue
         try:
             publish(breach_event(b, event))
         except BaseException:
-            client.srem(keys.breaches(), marker)
+            client.delete(marker)
             raise
         log.warning("risk breach %s on %s: %s", b.rule, b.symbol, b.message)
         out.append(Breach(**{**b.__dict__, "raised": True}))
@@ -334,10 +341,16 @@ def raise_breaches(
 
 
 def check_event(
-    client: redis.Redis, keys: Keys, event: TradeEvent, limits: RiskLimits, publish: Publish | None = None
+    client: redis.Redis,
+    keys: Keys,
+    event: TradeEvent,
+    limits: RiskLimits,
+    publish: Publish | None = None,
+    retention: int = DEFAULT_STATE_RETENTION,
 ) -> list[Breach]:
-    """Evaluate ``event``; with ``publish`` (e.g. ``RedisEventBus.publish``), raise new breaches."""
+    """Evaluate ``event``; with ``publish`` (e.g. ``RedisEventBus.publish``), raise new breaches
+    (each once per rule and event within ``retention`` seconds; 0: forever)."""
     breaches = evaluate(client, keys, event, limits)
     if publish is None or not breaches:
         return breaches
-    return raise_breaches(client, keys, event, breaches, publish)
+    return raise_breaches(client, keys, event, breaches, publish, retention)

@@ -84,7 +84,12 @@ def rebuild(self: Any) -> dict[str, Any]:
         self,
         "rebuild",
         lambda token, hb: reconcile.rebuild(
-            ctx.client, ctx.keys, token=token, grace_s=reconcile_config(ctx).rebuild_grace, heartbeat=hb
+            ctx.client,
+            ctx.keys,
+            token=token,
+            grace_s=reconcile_config(ctx).rebuild_grace,
+            heartbeat=hb,
+            retention=ctx.settings.state_retention,
         ),
     )
 

@@ -38,5 +38,7 @@ def event_bus(task: Any) -> Any:
 @routed_task(name=RISK_TASK)
 def check(self: Any, event_json: str, route: str = "risk") -> dict[str, Any]:
     ctx = self.ctx
-    breaches = check_event(ctx.client, ctx.keys, self.event, risk_limits(ctx), event_bus(self).publish)
+    breaches = check_event(
+        ctx.client, ctx.keys, self.event, risk_limits(ctx), event_bus(self).publish, ctx.settings.state_retention
+    )
     return {"event_id": self.event.event_id, "breaches": [b.to_dict() for b in breaches]}

@@ -3,6 +3,7 @@ effects): a redelivered or re-dispatched event changes nothing the second time."
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bus.core import state
@@ -16,7 +17,8 @@ from .base import routed_task
 def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     ctx = self.ctx
     pipe = ctx.client.pipeline(transaction=False)
-    if not state.stage_apply(pipe, ctx.keys, self.event):
+    # now: a task may run long after the publish (retries, re-dispatch, dead-letter replay)
+    if not state.stage_apply(pipe, ctx.keys, self.event, retention=ctx.settings.state_retention, now=time.time()):
         return {"changed": False, "reason": "not a state event"}
     self.count("run", pipe)  # the counter shares the projection's round trip
     self.request.tradebus_counted = True
@@ -24,4 +26,8 @@ def apply(self: Any, event_json: str, route: str = "state") -> dict[str, Any]:
     failed = next((r for r in results if isinstance(r, Exception)), None)  # a custom effect queues several
     if failed is not None:
         raise failed
-    return {"changed": bool(results[0])}
+    if not state.is_entity_event(self.event):
+        return {"changed": bool(results[0])}
+    if results[0] == state.REFUSED_LATE:
+        return {"changed": False, "reason": "older than the state retention and its entity is unknown (expired)"}
+    return {"changed": results[0] == state.APPLIED}

@@ -7,6 +7,7 @@ through make_bus; these are what only asyncio code can see.) Each test is one ``
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -353,3 +354,29 @@ def test_publishes_are_counted_and_traced_as_the_blocking_bus_does(redis_url, ke
         tracing.set_tracer_provider(None)
         provider.shutdown()
         metrics.disable_metrics()
+
+
+def test_celery_publish_hooks_run_off_the_event_loop(settings):
+    # Given an after_task_publish receiver (OpenTelemetry's Celery instrumentation is one): it may do
+    # broker I/O, so the asyncio bus runs the staged messages' after-commit hooks in a worker thread
+    from celery import signals
+
+    calls: list[tuple[str, int]] = []
+
+    def receiver(sender: str | None = None, **kw: Any) -> None:
+        calls.append((str(sender), threading.get_ident()))
+
+    signals.after_task_publish.connect(receiver, weak=False)
+    try:
+
+        async def main() -> int:
+            async with AsyncEventBusFactory.create_from_env(settings) as bus:
+                assert bus.dispatcher is not None and bus.dispatcher.stages_in_bus_pipeline
+                receipt = await bus.publish(order(1, "AIOM"))
+                assert "state" in receipt.dispatched
+                return threading.get_ident()
+
+        loop_thread = run(main())
+    finally:
+        signals.after_task_publish.disconnect(receiver)
+    assert calls and all(thread != loop_thread for _, thread in calls)

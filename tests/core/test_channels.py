@@ -32,7 +32,7 @@ def test_per_symbol_keys_share_one_hash_tag() -> None:
         k.position("XAU", "2"),
         k.open_orders("XAU"),
         k.active_positions("XAU"),
-        k.applied("XAU", "order", "1"),
+        k.seen("XAU", "order", "1"),
         k.risk("XAU"),
     ]
     for key in per_symbol:

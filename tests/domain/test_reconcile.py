@@ -123,7 +123,7 @@ def test_concurrently_changed_entity_is_not_overwritten(bus, redis_client, keys)
     trading_day(bus)
     redis_client.hset(keys.order(SYM, "o1"), "filled_volume", "0.9")
     # an event applied to the live entity that the replay did not see (arrived after the log read)
-    redis_client.sadd(keys.applied(SYM, "order", "o1"), "event-from-the-future")
+    redis_client.zadd(keys.seen(SYM, "order", "o1"), {"event-from-the-future": 1})
     report = rebuild(redis_client, keys, token=1, grace_s=0)
     assert report["skipped_changed"] == [f"{SYM}:order:o1"]
     assert redis_client.hget(keys.order(SYM, "o1"), "filled_volume") == "0.9"

@@ -4,6 +4,7 @@ fields kept; another MAJOR is refused with SchemaVersionError, and a worker dead
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -65,8 +66,10 @@ def test_a_worker_dead_letters_another_major_and_applies_a_newer_minor(
 ) -> None:
     app = worker_app()
     keys = Keys(settings.key_prefix)
-    older = json.dumps(_wire(schema_version=2, event_id="ev-major"))
-    newer = json.dumps(_wire(schema_version="1.7", event_id="ev-minor", trace_id="t-1"))
+    # stamped now: a worker creates no order from an event older than the state retention (bus.core.state)
+    now = datetime.now(UTC).isoformat()
+    older = json.dumps(_wire(schema_version=2, event_id="ev-major", timestamp=now))
+    newer = json.dumps(_wire(schema_version="1.7", event_id="ev-minor", trace_id="t-1", timestamp=now))
     with worker():
         for payload in (older, newer):
             app.send_task("tradebus.state.apply", args=[payload], kwargs={"route": "state"}, queue="tradebus.state")
