@@ -372,8 +372,9 @@ def test_celery_publish_hooks_run_off_the_event_loop(settings):
         async def main() -> int:
             async with AsyncEventBusFactory.create_from_env(settings) as bus:
                 assert bus.dispatcher is not None and bus.dispatcher.stages_in_bus_pipeline
-                receipt = await bus.publish(order(1, "AIOM"))
-                assert "state" in receipt.dispatched
+                # notify is an event route (state and risk, log routes, get no message per event)
+                receipt = await bus.publish(TradeEvent.create_trade_failed("AIOM", "boom"))
+                assert "notify" in receipt.dispatched
                 return threading.get_ident()
 
         loop_thread = run(main())

@@ -20,6 +20,7 @@ after them and before the commit) and can use ``entry.log_id`` to recognise a re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ import redis
 from bus.core import state
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
+from bus.defaults import DEFAULT_STATE_RETENTION
 from bus.dispatch.names import RISK_TASK, STATE_TASK
 from bus.dispatch.routing import Route
 from bus.errors import BusError
@@ -128,8 +130,12 @@ def effect_for(route: Route) -> Effect:
 
 @register_effect(STATE_EFFECT, replayable=True)
 def project_state(batch: Batch) -> None:
-    """The state projection (bus/core/state.lua), one call per order/position event, in log order.
-    Replayable: the projection is idempotent per event and monotonic per entity."""
+    """The state projection (bus/core/state.lua), one call per order/position event, in log order, as the
+    state task applies it (``retention`` from the worker's settings; ``now``: a drain may apply an entry
+    long after its publish). Replayable: the projection is idempotent per event and monotonic per entity."""
+    settings = getattr(batch.context, "settings", None)
+    retention = settings.state_retention if settings is not None else DEFAULT_STATE_RETENTION
     batch.load(state.SCRIPT)
+    now = time.time()
     for entry in batch.entries:
-        state.stage_apply(batch.tx, batch.keys, entry.event)
+        state.stage_apply(batch.tx, batch.keys, entry.event, retention=retention, now=now)
