@@ -101,12 +101,12 @@ def _bus(s: Any) -> Any:
     return RedisEventBus(settings=s, dispatcher=Dispatcher(s.broker_url, table, settings=s, app=app))
 
 
-def _worker(s: Any, queues: str, *, app: str = "support_worker_app", include: str = "bench_logroutes",
+def _worker(s: Any, queues: str, *, app: str = "celery_app", include: str = "bench_logroutes",
             concurrency: int = 2, **env: str) -> Any:  # fmt: skip
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{s.key_prefix}-worker.log"
-    path = os.pathsep.join([str(REPO / "tests"), str(REPO / "bench"), str(REPO)])
+    path = os.pathsep.join([str(REPO / "bench"), str(REPO)])
     environ = dict(os.environ, REDIS_URL=s.bus_url, CELERY_BROKER_URL=s.broker_url, TRADEBUS_KEY_PREFIX=s.key_prefix,
-                   TRADEBUS_TEST_GLOBAL_KEYPREFIX=f"{s.key_prefix}:", TRADEBUS_ROUTES_FILE=s.routes_file or "",
+                   TRADEBUS_BROKER_KEY_PREFIX=f"{s.key_prefix}:", TRADEBUS_ROUTES_FILE=s.routes_file or "",
                    PYTHONPATH=path, **env)  # fmt: skip
     cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", str(concurrency), "-Q", queues,
            "--include", include, "--without-gossip", "--without-mingle",
