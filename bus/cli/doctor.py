@@ -144,10 +144,11 @@ def _topology_check(client: redis.Redis, settings: Settings) -> Check:
 
 def _bus_data_checks(client: redis.Redis, settings: Settings) -> list[Check]:
     from bus.core.keys import Keys
+    from bus.dispatch.deadletters import count_dead_letters
 
     keys = Keys(settings.key_prefix)
     try:
-        dead = int(client.xlen(keys.dead_letters()))
+        dead = count_dead_letters(client, keys)
         symbols = [_text(s) for s in client.smembers(keys.symbols())]
         pending = sum(int(client.zcard(keys.pending_dispatch_for(s))) for s in symbols)
     except redis.RedisError as e:

@@ -122,6 +122,25 @@ def node_pool(client: redis.Redis | RedisCluster) -> redis.ConnectionPool:
     return client.connection_pool
 
 
+def slot_client(client: redis.Redis | RedisCluster, key: str) -> redis.Redis:
+    """The client that serves ``key``'s slot: ``client`` itself, or on a Redis Cluster the plain client of
+    the master holding that slot now (a log route's drain sends its WATCH and MULTI there: every key of
+    one transaction is in the symbol's slot). A failover or resharding moves the slot: the next command
+    there is refused with MOVED (or cannot connect), and ``refresh_slots`` lets the next call find it."""
+    if not isinstance(client, RedisCluster):
+        return client
+    node = client.get_node_from_key(key)
+    if node is None or node.redis_connection is None:
+        raise redis.ConnectionError(f"the Redis Cluster client knows no master for {key!r}")
+    return node.redis_connection
+
+
+def refresh_slots(client: redis.Redis | RedisCluster) -> None:
+    """Re-read the Cluster's slot map (after a MOVED or a lost master); a no-op on one server."""
+    if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
+
+
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
     """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
     pool = node_pool(client)

@@ -113,6 +113,16 @@ class Keys:
         """Hash: per-symbol risk counters."""
         return f"{self._sym(symbol)}:risk"
 
+    # what a log route's drain writes besides state: in the symbol's slot, so its one transaction (effects +
+    # XACK) stays in one Redis Cluster slot; readers merge them with the global keys below
+    def symbol_dead_letters(self, symbol: str) -> str:
+        """Stream: the dead letters of ``symbol``'s log routes (entries they could not apply)."""
+        return f"{self._sym(symbol)}:deadletters"
+
+    def symbol_daily_loss(self, symbol: str, day: str) -> str:
+        """Hash: realised pnl of ``symbol`` on ``day`` recorded by the risk log route (field ``total``)."""
+        return f"{self._sym(symbol)}:risk:loss:{day}"
+
     # log routes (bus/dispatch/logroutes): the log's consumer group per route is named after the route
     def wake_flag(self, route: str, symbol: str) -> str:
         """String with a TTL: a wake-up task for (route, symbol) is on its way or a drainer is at work."""

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bus.demo.environment import DemoEnvironment
+from bus.dispatch.deadletters import count_dead_letters
 from bus.demo.session import Session
 from bus.executor.paper import PaperVenue
 from bus.monitor.snapshot import snapshot
@@ -113,7 +114,7 @@ def _tasks(session: Session, drained: bool) -> dict[str, Any]:
         "run": total("run"),
         "retried": total("retried"),
         "dead_lettered": total("dead_lettered"),
-        "dead_letters_stream": int(client.xlen(keys.dead_letters())),
+        "dead_letters_stream": count_dead_letters(client, keys),
         "by_task": {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("run:")},
         "task_events": dict(session.monitor.counts),
         "all_finished": drained,

@@ -1,8 +1,11 @@
 """Dead letters: tasks that failed past their retries, and malformed task messages (bad input).
 
-One Redis stream, ``keys.dead_letters()``, one entry per failure with the event JSON (or the raw message
-a worker refused), route, task, queue, attempts and reason, so an operator can list it, replay it
-(re-enqueue through a Dispatcher) or purge it.
+Streams of entries, one per failure with the event JSON (or the raw message a worker refused), route, task,
+queue, attempts and reason, so an operator can list it, replay it (re-enqueue through a Dispatcher) or purge
+it. Tasks and workers write to the global stream ``keys.dead_letters()``; a log route's drain writes to its
+symbol's stream ``keys.symbol_dead_letters(symbol)``, inside the transaction that acknowledges the entry,
+which must stay in the symbol's Redis Cluster slot (effectively-once effects). The readers here merge
+them: a symbol's dead letter has the id ``SYMBOL/<stream id>``, a global one the bare stream id.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ class Replayer(Protocol):
              strict: bool | None = None) -> Any: ...  # fmt: skip
 
 
-# Dead letters kept (approximately); the oldest go first.
+# Dead letters kept (approximately) in the global stream and in each symbol's; the oldest go first.
 DEAD_LETTER_MAXLEN = 100_000
+SYMBOL_DEAD_LETTER_MAXLEN = 10_000
+# between a symbol and the stream id in a symbol's dead-letter id (a stream id has none)
+SYMBOL_SEPARATOR = "/"
 # Bytes of a refused message's content kept in its dead letter: enough to see what it was, while a
 # stream of huge hostile messages cannot grow the stream by more than this per entry.
 MAX_CONTENT_BYTES = 64 * 1024
@@ -94,8 +100,10 @@ def dead_letter(
     task_id: str = "",
     queue: str = "",
     log_id: str = "",
+    symbol: str = "",
 ) -> str:
-    """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute()).
+    """Append one dead letter; ``client`` may be a pipeline (then the id comes from execute()). With
+    ``symbol`` (a log route's drain) it goes to that symbol's stream, in the symbol's slot.
 
     ``event_json`` may be any bytes a worker refused: kept as text when it is UTF-8, else base64 (with
     ``encoding`` saying so), either way cut to MAX_CONTENT_BYTES (``size`` keeps the full length).
@@ -119,20 +127,47 @@ def dead_letter(
     }
     if log_id:
         fields["log_id"] = log_id
-    result = client.xadd(keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-    return text(result) if isinstance(result, bytes | str) else ""
+    if symbol:
+        stream, maxlen = keys.symbol_dead_letters(symbol), SYMBOL_DEAD_LETTER_MAXLEN
+    else:
+        stream, maxlen = keys.dead_letters(), DEAD_LETTER_MAXLEN
+    result = client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+    if not isinstance(result, bytes | str):
+        return ""
+    return f"{symbol}{SYMBOL_SEPARATOR}{text(result)}" if symbol else text(result)
 
 
-def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
-    """Oldest first, ``count`` entries after id ``after`` (exclusive when given)."""
-    start = f"({after}" if after != "-" else "-"
-    rows = cast(_Rows, client.xrange(keys.dead_letters(), start, "+", count=count))
-    return [_parse(i, f) for i, f in rows]
+def list_dead_letters(client: redis.Redis, keys: Keys, *, count: int = 100) -> list[DeadLetter]:
+    """The oldest ``count`` dead letters of every stream (global and per symbol), oldest first."""
+    merged: list[DeadLetter] = []
+    for symbol, stream in _streams(client, keys):
+        rows = cast(_Rows, client.xrange(stream, "-", "+", count=count))
+        merged += [_parse(i, f, symbol) for i, f in rows]
+    merged.sort(key=lambda d: (d.at, d.id))
+    return merged[:count]
+
+
+def count_dead_letters(client: redis.Redis, keys: Keys) -> int:
+    """Dead letters in every stream, global and per symbol."""
+    return sum(int(client.xlen(stream)) for _, stream in _streams(client, keys))
 
 
 def get_dead_letter(client: redis.Redis, keys: Keys, dead_letter_id: str) -> DeadLetter | None:
-    rows = cast(_Rows, client.xrange(keys.dead_letters(), dead_letter_id, dead_letter_id))
-    return _parse(*rows[0]) if rows else None
+    symbol, stream, entry_id = _locate(keys, dead_letter_id)
+    rows = cast(_Rows, client.xrange(stream, entry_id, entry_id))
+    return _parse(*rows[0], symbol) if rows else None
+
+
+def _streams(client: redis.Redis, keys: Keys) -> list[tuple[str, str]]:
+    """(symbol or "", stream) of the global stream and of every known symbol's."""
+    symbols = sorted(text(s) for s in cast(set[Any], client.smembers(keys.symbols())))
+    return [("", keys.dead_letters())] + [(s, keys.symbol_dead_letters(s)) for s in symbols]
+
+
+def _locate(keys: Keys, dead_letter_id: str) -> tuple[str, str, str]:
+    """(symbol, stream, stream id) of a dead-letter id as the readers give it."""
+    symbol, _, entry_id = dead_letter_id.rpartition(SYMBOL_SEPARATOR)
+    return symbol, keys.symbol_dead_letters(symbol) if symbol else keys.dead_letters(), entry_id
 
 
 def replay(client: redis.Redis, keys: Keys, dispatcher: Replayer, ids: list[str] | None = None) -> list[str]:
@@ -153,7 +188,8 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Replayer, ids: list[str]
             continue
         route = dispatcher.routing.get(d.route) or Route(d.route or "replay", d.task, _queue_of(d.task))
         dispatcher.send(d.event, d.event_json, [route], strict=True)
-        client.xdel(keys.dead_letters(), d.id)
+        _, stream, entry_id = _locate(keys, d.id)
+        client.xdel(stream, entry_id)
         replayed.append(d.id)
     return replayed
 
@@ -161,9 +197,11 @@ def replay(client: redis.Redis, keys: Keys, dispatcher: Replayer, ids: list[str]
 def purge(client: redis.Redis, keys: Keys, ids: list[str] | None = None) -> int:
     """Delete the given dead letters, or all of them; returns how many were removed."""
     if ids:
-        return int(client.xdel(keys.dead_letters(), *ids))
-    n = int(client.xlen(keys.dead_letters()))
-    client.delete(keys.dead_letters())
+        return sum(int(client.xdel(stream, entry_id)) for _, stream, entry_id in (_locate(keys, i) for i in ids))
+    n = 0
+    for _, stream in _streams(client, keys):  # one key per DELETE: a Cluster keeps them on different nodes
+        n += int(client.xlen(stream))
+        client.delete(stream)
     return n
 
 
@@ -184,10 +222,10 @@ def _utf8(data: bytes, *, cut: bool) -> str | None:
     return None
 
 
-def _parse(entry_id: Any, fields: dict[Any, Any]) -> DeadLetter:
+def _parse(entry_id: Any, fields: dict[Any, Any], symbol: str = "") -> DeadLetter:
     f = {text(k): text(v) for k, v in fields.items()}
     return DeadLetter(
-        id=text(entry_id),
+        id=f"{symbol}{SYMBOL_SEPARATOR}{text(entry_id)}" if symbol else text(entry_id),
         event_json=f.get("event", ""),
         route=f.get("route", ""),
         task=f.get("task", ""),

@@ -191,9 +191,20 @@ def record_realised_pnl(client: redis.Redis, keys: Keys, event: TradeEvent) -> D
 
 
 def daily_realised_pnl(client: redis.Redis, keys: Keys, day: str) -> Decimal:
-    """Net realised pnl recorded for ``day`` (``YYYY-MM-DD``, UTC)."""
-    total = client.hget(keys.daily_loss(day), "total")
-    return Decimal(int(total)) / PNL_SCALE if total is not None else Decimal(0)
+    """Net realised pnl recorded for ``day`` (``YYYY-MM-DD``, UTC): the risk task's total plus the risk log
+    route's per-symbol totals (bus.domain.risklog)."""
+    return Decimal(daily_pnl_units(client, keys, day)) / PNL_SCALE
+
+
+def daily_pnl_units(client: redis.Redis, keys: Keys, day: str, *, without: str | None = None) -> int:
+    """``day``'s realised pnl in PNL_SCALE units: the global total and every known symbol's (but
+    ``without``'s), read in one pipeline (on a Redis Cluster it spans the masters)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.daily_loss(day), "total")
+    for symbol in known_symbols(client, keys):
+        if symbol != without:
+            pipe.hget(keys.symbol_daily_loss(symbol, day), "total")
+    return sum(int(total or 0) for total in pipe.execute())
 
 
 def evaluate(

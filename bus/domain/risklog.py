@@ -3,7 +3,8 @@
 Each breach is published in the batch's transaction (``batch.publish``): logged, broadcast and routed
 (to notify) exactly when the batch's entries are acknowledged, so it is raised once per rule and event
 without a record of raised breaches. Realised pnl is added to its day's total in the same transaction,
-without per-event markers; the events of one batch see each other's pnl through a running total.
+without per-event markers, in the symbol's own day total (its slot); the events of one batch see each
+other's pnl through a running total.
 """
 
 from __future__ import annotations
@@ -17,28 +18,36 @@ import redis
 
 from bus.core.keys import Keys
 from bus.dispatch.logroutes.effects import Batch
-from bus.domain.risk import DAILY_PNL_TTL_SECONDS, PNL_SCALE, Breach, RiskLimits, breach_event, evaluate
+from bus.domain.risk import (DAILY_PNL_TTL_SECONDS, PNL_SCALE, Breach, RiskLimits, breach_event, daily_pnl_units,
+                             evaluate)  # fmt: skip
 from bus.events.model import TradeEvent
 
 log = logging.getLogger("tradebus.risk")
 
 
 class _DayTotals:
-    """Realised pnl per UTC day: read once per batch, summed in Python, written in the batch's transaction."""
+    """Realised pnl per UTC day. The batch's symbol keeps its own total per day in its slot
+    (``keys.symbol_daily_loss``), written in the batch's transaction: effects and acknowledgements stay
+    in one Redis Cluster slot (effectively-once effects). The day's net adds the other symbols' totals
+    and the risk task's, read once per batch like every read of the rules (another symbol's drainer may
+    commit meanwhile, as before)."""
 
     def __init__(self, batch: Batch) -> None:
-        self.tx = batch.tx
-        self.units: dict[str, int] = {}
+        self.tx, self.symbol = batch.tx, batch.symbol
+        self.others: dict[str, int] = {}
+        self.own: dict[str, int] = {}
 
     def record(self, client: redis.Redis, keys: Keys, event: TradeEvent) -> Decimal:
         units = int((Decimal(str(event.data.get("pnl", 0))) * PNL_SCALE).to_integral_value())
-        day, key = event.timestamp[:10], keys.daily_loss(event.timestamp[:10])
-        if day not in self.units:
-            self.units[day] = int(client.hget(key, "total") or 0)
-        self.units[day] += units
+        day = event.timestamp[:10]
+        key = keys.symbol_daily_loss(self.symbol, day)
+        if day not in self.own:
+            self.others[day] = daily_pnl_units(client, keys, day, without=self.symbol)
+            self.own[day] = int(client.hget(key, "total") or 0)
+        self.own[day] += units
         self.tx.hincrby(key, "total", units)
         self.tx.expire(key, DAILY_PNL_TTL_SECONDS)
-        return Decimal(self.units[day]) / PNL_SCALE
+        return Decimal(self.others[day] + self.own[day]) / PNL_SCALE
 
 
 def _logged(breach: Breach, _results: object) -> None:

@@ -25,19 +25,25 @@ class BusSnapshot:
 
 
 def snapshot(client: redis.Redis, keys: Keys) -> BusSnapshot:
-    """Read the figures in one pipeline (O(1) commands plus the stats and kill-switch hashes)."""
+    """Read the figures in two pipelines (O(1) commands plus the stats and kill-switch hashes, then one
+    XLEN per symbol: its log routes' dead letters, bus.dispatch.deadletters)."""
     pipe = client.pipeline(transaction=False)
     pipe.zcard(keys.pending_dispatch())
     pipe.xlen(keys.dead_letters())
     pipe.hgetall(keys.kill_switch())
-    pipe.scard(keys.symbols())
+    pipe.smembers(keys.symbols())
     pipe.hgetall(keys.stats())
     pending, dead, switches, symbols, stats = pipe.execute()
+    if symbols:
+        pipe = client.pipeline(transaction=False)
+        for symbol in sorted(symbols):
+            pipe.xlen(keys.symbol_dead_letters(_s(symbol)))
+        dead += sum(int(n) for n in pipe.execute())
     return BusSnapshot(
         pending_dispatch=int(pending),
         dead_letters=int(dead),
         kill_switches={_s(k): _s(v) for k, v in switches.items()},
-        symbols=int(symbols),
+        symbols=len(symbols),
         task_counts={_s(k): int(v) for k, v in stats.items()},
     )
 

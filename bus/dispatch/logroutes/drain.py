@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import (AskError, ClusterDownError, MasterDownError, MovedError, NoScriptError, ReadOnlyError,
+                              TryAgainError)  # fmt: skip
 
+from bus.core.connection import refresh_slots, slot_client
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
 from bus.core.wire import MAX_SEQ, format_id, parse_id
@@ -48,6 +50,10 @@ from bus.errors import EventValidationError
 from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
+
+#: replies that mean the symbol's slot is not (or no longer) served where the drain sent its commands: a
+#: Cluster failover or resharding moved it, or a demoted master refuses writes
+MOVED_ON = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyError, MasterDownError)
 
 READ = LuaScript("bus.dispatch.logroutes", "drain.lua")
 #: Drainer.run outcomes
@@ -81,8 +87,17 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+class SlotMovedError(redis.ConnectionError):
+    """The symbol's slot moved (a Cluster failover or resharding) mid-drain: nothing of the batch in flight
+    committed (its transaction was refused as a whole); the slot map is refreshed, drain again."""
+
+
 class Drainer:
-    """Drains one (route, symbol) with ``effect``; ``context`` and ``publisher`` are handed to the effect."""
+    """Drains one (route, symbol) with ``effect``; ``context`` and ``publisher`` are handed to the effect.
+
+    Reads (the effect's ``batch.client``) go through ``client``, which may be a RedisCluster; the lease,
+    the read and the transaction go to the master of the symbol's slot (``slot_client``): every key they
+    name is in the symbol's slot, dead letters and risk's day totals included (bus.core.keys)."""
 
     def __init__(
         self,
@@ -107,7 +122,12 @@ class Drainer:
     def run(self, token: str | None = None) -> Outcome:
         """Drain until nothing is left, the time budget is spent or an effect needs a retry."""
         token = token or new_token()
-        rt = RoundTrips(self.client)
+        self.writer = slot_client(self.client, self.log_key)
+        try:
+            rt = RoundTrips(self.writer)
+        except (redis.ConnectionError, redis.TimeoutError):
+            refresh_slots(self.client)  # the slot's master is gone: the next drain asks the Cluster again
+            raise
         try:
             # one round trip: take the lease (or find it ours: a redelivered wake-up), WATCH it, read
             _, _, reply = rt.send(("SET", self.lease_key, token, "NX", "PX", self.config.lease_ms),
@@ -116,6 +136,12 @@ class Drainer:
             if _text(reply[0]) == LOST:
                 return Outcome(BUSY)
             return self._drain(rt, token, reply)
+        except MOVED_ON as e:
+            refresh_slots(self.client)
+            raise SlotMovedError(f"{self.route.name}/{self.symbol}: the slot moved mid-drain ({e})") from e
+        except (redis.ConnectionError, redis.TimeoutError):
+            refresh_slots(self.client)
+            raise
         finally:
             rt.close()
 
@@ -141,7 +167,7 @@ class Drainer:
             if kind in (DONE, LOST):
                 out.status = kind
                 return out
-            tx = self.client.pipeline(transaction=True)  # collects the effect's commands
+            tx = self.writer.pipeline(transaction=True)  # collects the effect's commands
             hooks: list[Callable[[list[Any]], None]] = []
             if kind == "gap":
                 settled = self._skip_gap(tx, reply)
@@ -163,7 +189,11 @@ class Drainer:
             ]
             if go_on:
                 commands.append(self._read(token))
-            results = rt.send(*commands, ("EXEC",))[-1]
+            replies = rt.send(*commands, ("EXEC",))
+            results = replies[-1]
+            moved = next((r for r in replies if isinstance(r, MOVED_ON)), None)
+            if moved is not None:  # the slot left this master: EXEC refused the whole batch (EXECABORT)
+                raise moved
             if results is None:  # the lease changed hands since the WATCH: nothing of this batch applied
                 out.status = LOST
                 return out
@@ -248,7 +278,8 @@ class Drainer:
         """Dead-letter one entry with its log id, acknowledged in the same transaction."""
         log_id = _text(raw_id)
         dead_letter(tx, self.keys, event_json=payload or "", route=self.route.name, task=self.route.task,
-                    attempts=attempts, reason=why, task_id=f"{self.symbol}@{log_id}", log_id=log_id)  # fmt: skip
+                    attempts=attempts, reason=why, task_id=f"{self.symbol}@{log_id}", log_id=log_id,
+                    symbol=self.symbol)  # fmt: skip
         settled.acked.append(raw_id)
         settled.dead += 1
         log.error("%s/%s: log entry %s dead-lettered: %s", self.route.name, self.symbol, log_id, why)
@@ -260,7 +291,8 @@ class Drainer:
         before = format_id((ms, seq - 1) if seq else (ms - 1, MAX_SEQ))
         why = f"{lost} log entries after {after} and before {first} were trimmed before the route read them"
         dead_letter(tx, self.keys, event_json="", route=self.route.name, task=self.route.task, attempts=0,
-                    reason=why, task_id=f"{self.symbol}@{after}..{first}", log_id=f"{after}..{first}")  # fmt: skip
+                    reason=why, task_id=f"{self.symbol}@{after}..{first}", log_id=f"{after}..{first}",
+                    symbol=self.symbol)  # fmt: skip
         tx.execute_command("XGROUP", "SETID", self.log_key, self.route.name, before, "ENTRIESREAD", entries_read)
         log.error("%s/%s: %s (see `tradebus deadletters list`)", self.route.name, self.symbol, why)
         return _Settled(dead=1)
@@ -275,7 +307,7 @@ class Drainer:
         why = f"{len(errors)} command(s) of the batch failed inside its transaction: {errors[0]}"
         dead_letter(self.client, self.keys, event_json="", route=self.route.name, task=self.route.task,
                     attempts=1, reason=why, task_id=f"{self.symbol}@{ids[0] if ids else ''}",
-                    log_id=f"{ids[0]}..{ids[-1]}" if ids else "")  # fmt: skip
+                    log_id=f"{ids[0]}..{ids[-1]}" if ids else "", symbol=self.symbol)  # fmt: skip
         log.error("%s/%s: %s", self.route.name, self.symbol, why)
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import redis
 
+from bus.core.connection import slot_client
 from bus.core.keys import Keys
 from bus.core.wire import LogEntries, decode_entry
 from bus.dispatch.logroutes.config import LogRouteConfig
@@ -51,7 +52,7 @@ def replay_range(client: redis.Redis, keys: Keys, route: Route, symbol: str, eff
                 event = decode_entry(fields)
                 if event is not None and route.matches(event.event_type.value, event.symbol):
                     entries.append(LogEntry(raw_id.decode(), event, fields.get(b"event", b"")))
-            with client.pipeline(transaction=True) as tx:
+            with slot_client(client, lease).pipeline(transaction=True) as tx:  # a Cluster: the slot's master
                 tx.watch(lease)
                 if tx.get(lease) != token.encode():
                     raise LogRouteError(f"log route {route.name!r}: replay lost its lease for {symbol}")

@@ -15,21 +15,13 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from bus.dispatch.logroutes.effects import LogRouteError
-
 
 class RoundTrips:
-    """Owns one connection of ``client``'s pool until ``close``; a WATCH still active is cleared then."""
+    """Owns one connection of ``client``'s pool until ``close``; a WATCH still active is cleared then.
+    ``client`` is one server's (on a Redis Cluster, the slot's master: bus.core.connection.slot_client)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        pool = getattr(client, "connection_pool", None)  # a RedisCluster client has none
-        if pool is None:
-            raise LogRouteError(
-                "log routes need a single Redis server or a Sentinel master: on a Redis Cluster a drain's "
-                "transaction would span the symbol's slot and the dead-letter stream; make these routes event "
-                'routes ("modes": {"state": "event", "risk": "event"} in TRADEBUS_ROUTES_FILE)'
-            )
-        self.pool = pool
+        self.pool = client.connection_pool
         try:
             self.conn = self.pool.get_connection()
         except TypeError:  # redis-py < 5.3 wants a command name
