@@ -63,3 +63,13 @@ def wake_args(raw: bytes) -> tuple[str, str, str]:
 def routes_file(path: Any, routes: list[dict[str, Any]], include_defaults: bool = False) -> str:
     path.write_text(orjson.dumps({"include_defaults": include_defaults, "routes": routes}).decode())
     return str(path)
+
+
+@register_effect("tradebus_test.log_record_slot")
+def log_record_slot(batch: Batch) -> None:
+    """``log_record`` without the global drainers set: every key in the symbol's slot (a Redis Cluster)."""
+    for entry in batch.entries:
+        batch.tx.rpush(applied_key(batch.keys, batch.route.name, batch.symbol), entry.event.event_id)
+    for entry in batch.entries:
+        if entry.event.data.get("poison"):
+            raise RuntimeError(f"poison {entry.event.event_id}")

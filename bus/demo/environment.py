@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import redis
 
 from bus.config import LoadEnvironmentVariables, Settings, safe_url
+from bus.config.topology import SINGLE_SCHEMES
 from bus.core.connection import make_client
 from bus.core.keyspace import delete_matching
 from bus.demo.errors import DemoError
@@ -26,6 +28,8 @@ from bus.embedded import EmbeddedRedis, redis_answers, stop_process
 if TYPE_CHECKING:
     from celery import Celery
 
+#: broker URL schemes of RabbitMQ (kombu's py-amqp transport)
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 #: seconds the worker has to answer a ping after it is started
 WORKER_START_TIMEOUT = 45.0
 #: risk limit the demo's worker enforces: an order above this many lots is a breach
@@ -76,13 +80,20 @@ class DemoEnvironment:
 
     def start(self) -> None:
         url = self.base.bus_url
-        if not self.force_embedded and redis_answers(url, timeout=1.0):
-            # The configured Redis answers: the bus lives there under our own prefix; the broker is a
-            # private embedded server, so the demo's worker never takes anybody else's tasks.
+        if not self.force_embedded and self._answers(url):
+            # The configured Redis answers (one server, a Sentinel master or a Cluster): the bus lives there
+            # under our own prefix. The broker is a private embedded server, so the demo's worker never
+            # takes anybody else's tasks; unless the broker configured is RabbitMQ, which the demo then uses
+            # (a broker that is not Redis is what the user came to try: its tradebus queues are shared).
             self.shared = True
             bus_url = url
-            broker = self._embed()
-            broker_url = broker.url
+            configured = self.base.broker_url
+            if urlsplit(configured).scheme in AMQP_SCHEMES:
+                broker_url = configured
+                self.log(f"broker: RabbitMQ at {safe_url(configured)} (its tradebus queues: no other worker "
+                         "should consume them during the demo)")  # fmt: skip
+            else:
+                broker_url = self._embed().url
             self.redis_desc = f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
         else:
             why = "asked for" if self.force_embedded else f"nothing answers at {safe_url(url)}"
@@ -95,6 +106,21 @@ class DemoEnvironment:
             None, redis_url=bus_url, celery_broker_url=broker_url, key_prefix=self.prefix
         )
         self._start_worker()
+
+    def _answers(self, url: str) -> bool:
+        """The configured Redis answers PING (any topology: bus.core.connection.make_client)."""
+        if urlsplit(url).scheme in SINGLE_SCHEMES:
+            return redis_answers(url, timeout=1.0)
+        try:
+            client = make_client(url, self.base.model_copy(update={"redis_connect_timeout": 1.0}), retries=0)
+        except (redis.RedisError, OSError):
+            return False
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
 
     def _embed(self) -> EmbeddedRedis:
         directory = self.workdir / f"redis{len(self.servers)}"

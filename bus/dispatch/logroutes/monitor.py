@@ -65,8 +65,8 @@ def route_lag(
         pipe.exists(keys.drain_lease(route.name, symbol))
         if int(g["pending"]):
             pipe.xpending(keys.log(symbol), route.name)
-        else:
-            pipe.echo("")
+        else:  # a placeholder that names a key: a Cluster pipeline refuses keyless commands (ECHO)
+            pipe.exists(keys.log(symbol))
         pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=1)
     replies = pipe.execute(raise_on_error=False)
     out = []
