@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -64,6 +65,7 @@ class DemoEnvironment:
         self.settings: Settings = base
         self.redis_desc = ""
         self.app: Celery | None = None
+        self.routes_file: Path | None = None  # private queues on a shared (RabbitMQ) broker
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -90,8 +92,8 @@ class DemoEnvironment:
             configured = self.base.broker_url
             if urlsplit(configured).scheme in AMQP_SCHEMES:
                 broker_url = configured
-                self.log(f"broker: RabbitMQ at {safe_url(configured)} (its tradebus queues: no other worker "
-                         "should consume them during the demo)")  # fmt: skip
+                self.routes_file = self._private_queues()
+                self.log(f"broker: RabbitMQ at {safe_url(configured)}, queues {self.prefix}.* (deleted after)")
             else:
                 broker_url = self._embed().url
             self.redis_desc = f"Redis at {safe_url(url)} (shared; prefix {self.prefix}, cleaned up after)"
@@ -103,9 +105,21 @@ class DemoEnvironment:
             self.redis_desc = f"embedded redis-server on port {server.port} ({why})"
         self.log(self.redis_desc)
         self.settings = LoadEnvironmentVariables(
-            None, redis_url=bus_url, celery_broker_url=broker_url, key_prefix=self.prefix
-        )
+            None, redis_url=bus_url, celery_broker_url=broker_url, key_prefix=self.prefix,
+            routes_file=str(self.routes_file) if self.routes_file else None,
+        )  # fmt: skip
         self._start_worker()
+
+    def _private_queues(self) -> Path:
+        """A routes file of the default routes on queues of the demo's own (``<prefix>.tradebus.state``...):
+        a RabbitMQ broker is shared, and another worker consuming the tradebus queues would take the demo's
+        tasks (a Redis broker is private: embedded)."""
+        from bus.dispatch.routing import RoutingTable
+
+        table = RoutingTable.default()
+        return RoutingTable(replace(r, queue=f"{self.prefix}.{r.queue}") for r in table).to_file(
+            self.workdir / "routes.json"
+        )
 
     def _answers(self, url: str) -> bool:
         """The configured Redis answers PING (any topology: bus.core.connection.make_client)."""
@@ -146,15 +160,17 @@ class DemoEnvironment:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.routes_file is not None:
+            env["TRADEBUS_ROUTES_FILE"] = str(self.routes_file)
         for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_USERNAME"):
             env.pop(name, None)  # REDIS_URL above carries them
         return env
 
     def _start_worker(self) -> None:
-        from bus.dispatch.routing import RoutingTable
+        from celery_app import routing_from_settings
         from celery_app import make_celery
 
-        queues = ",".join(RoutingTable.default().queues)
+        queues = ",".join(q for q in routing_from_settings(self.settings).queues if q.startswith(self._queue_prefix))
         self.log(
             f"starting a Celery worker: celery -A celery_app worker -P {self.pool} -c {self.concurrency} -Q {queues}"
         )
@@ -203,6 +219,21 @@ class DemoEnvironment:
                 return
         raise DemoError(f"the Celery worker did not answer within {WORKER_START_TIMEOUT:.0f}s: {self.worker_tail()}")
 
+    @property
+    def _queue_prefix(self) -> str:
+        return f"{self.prefix}." if self.routes_file is not None else ""
+
+    def _delete_private_queues(self, app: Celery) -> None:
+        from celery_app import routing_from_settings
+
+        try:
+            with app.connection_for_write() as conn:
+                for queue in routing_from_settings(self.settings).queues:
+                    if queue.startswith(self._queue_prefix):
+                        conn.default_channel.queue_delete(queue)
+        except Exception as e:  # noqa: BLE001 - leftover empty queues are not worth failing the demo for
+            self.log(f"could not delete the demo's queues: {e}")
+
     def worker_tail(self, lines: int = 3) -> str:
         try:
             text = self.worker_log.read_text(errors="replace").strip().splitlines()
@@ -218,6 +249,8 @@ class DemoEnvironment:
             stop_process(self.worker, timeout=15)  # SIGTERM: a warm shutdown finishes the tasks in hand
             self.worker = None
         if self.app is not None:
+            if self.routes_file is not None:
+                self._delete_private_queues(self.app)
             self.app.close()
             self.app = None
         if self.shared:

@@ -160,13 +160,13 @@ class Dispatcher:
         self.client, self.keys = client, keys
         if isinstance(client, RedisCluster):  # refuses SELECT: task messages take the pending-record path
             self.stages_in_bus_pipeline, self._select = False, None
-            return self
-        bus_kw = client.connection_pool.connection_kwargs
-        same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
-        # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
-        self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int) and not self.eager
-        if self.stages_in_bus_pipeline:
-            self._select = (int(self._redis_kw["db"]), int(bus_kw.get("db", 0)))  # type: ignore[index]
+        else:
+            bus_kw = client.connection_pool.connection_kwargs
+            same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
+            self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int) and not self.eager
+            if self.stages_in_bus_pipeline:
+                self._select = (int(self._redis_kw["db"]), int(bus_kw.get("db", 0)))  # type: ignore[index]
+        # the wake flags are the bus's keys (its prefix), whatever the topology
         self.waker.attach(keys, self._select)
         self._split.clear()
         return self

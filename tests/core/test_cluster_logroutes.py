@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from bus import RedisEventBus, TradeEvent
@@ -61,7 +62,7 @@ def order(i: int, symbol: str, **data: object) -> TradeEvent:
     return TradeEvent.create_order_created(symbol, f"{symbol}-{i}", "BUY", 100.0 + i, 1.0, **data)
 
 
-def test_drains_on_every_master_apply_in_order_once_and_dead_letter_in_the_symbols_slot(bus) -> None:
+def test_drains_on_every_master_apply_in_order_once_and_dead_letter_in_the_symbols_slot(bus, broker_url) -> None:
     client: RedisCluster = bus.client  # type: ignore[assignment]
     masters = {client.get_node_from_key(bus.keys.log(s)).name for s in SYMBOLS}
     assert len(masters) == 3  # the symbols' logs are spread over the three masters
@@ -69,6 +70,12 @@ def test_drains_on_every_master_apply_in_order_once_and_dead_letter_in_the_symbo
     stream = [per_symbol[s][i] for i in range(20) for s in SYMBOLS]
     receipts = bus.publish_many(stream[:50]) + [bus.publish(e) for e in stream[50:]]
     assert all("rec" in r.dispatched and "state" in r.dispatched for r in receipts)
+    # each (route, symbol) was woken under the bus's own prefix: its flag is set and its wake-up on the broker
+    assert all(client.exists(bus.keys.wake_flag(route, s)) for route in ("rec", "state", "risk") for s in SYMBOLS)
+    broker = redis.Redis.from_url(broker_url)
+    queued = sum(broker.llen(key) for key in broker.scan_iter(f"{bus.keys.prefix}:*", _type="list"))
+    broker.close()
+    assert queued == 3 * len(SYMBOLS)  # one per (route, symbol): later publishes found the flag set
 
     rec, state = RoutingTable([RECORD]).get("rec"), RoutingTable.default().get("state")
     for s in SYMBOLS:
