@@ -181,34 +181,40 @@ def _answers(client: redis.Redis) -> bool:
 
 
 class ClusterSet:
-    """A Redis Cluster of three masters (no replicas), slots split by ``redis-cli --cluster create``."""
+    """A Redis Cluster of three masters, slots split by ``redis-cli --cluster create``; with ``replicas``,
+    that many replicas per master (for failover tests)."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
         self.binary = binary_or_skip()
         self.cli = binary_or_skip("redis-cli")
         self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.servers: list[EmbeddedRedis] = []
 
     def start(self) -> ClusterSet:
         try:
-            for _ in range(self.masters):
+            for _ in range(self.masters * (1 + self.replicas)):
                 args = (
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    str(self.node_timeout_ms),
                 )
                 server = EmbeddedRedis(binary=self.binary, port=cluster_port(), extra_args=args)
                 self.servers.append(server.start())
             nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
-            subprocess.run([self.cli, "--cluster", "create", *nodes, "--cluster-yes"], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)  # fmt: skip
+            subprocess.run([self.cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas),
+                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30)  # fmt: skip
             for server in self.servers:
                 client = server.client(socket_timeout=2)
                 wait_for(lambda c=client: c.cluster("info")["cluster_state"] == "ok", 10, "cluster state ok")
                 client.close()
+            if self.replicas:  # every master lists its replicas, and each replica's link is up
+                wait_for(self._replicated, 30, "replicas in sync")
         except BaseException:
             self.close()
             raise
@@ -218,6 +224,104 @@ class ClusterSet:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
 
+    def server(self, port: int) -> EmbeddedRedis:
+        return next(s for s in self.servers if s.port == port)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot, as a live node sees it."""
+        for s in self.alive():
+            try:
+                slot = int(self._ask(s, "CLUSTER", "KEYSLOT", key))
+                for first, last, master, *_ in self._ask(s, "CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return int(master[1])
+            except redis.RedisError:
+                continue
+        raise RuntimeError(f"no live node knows the master of {key!r}")
+
+    def replica_of(self, master_port: int) -> EmbeddedRedis:
+        return next(s for s in self.alive() if self._info(s).get("master_port") == master_port)
+
+    def failover(self, master_port: int) -> int:
+        """CLUSTER FAILOVER on a replica of ``master_port`` (a planned switch, no write lost); returns the
+        new master's port once every live node agrees. An election the replica did not win (its request
+        timed out: busy box) is asked for again, the last time with FORCE."""
+        replica = self.replica_of(master_port)
+        for attempt in ("", "", "FORCE"):
+            self._ask(replica, "CLUSTER", "FAILOVER", *([attempt] if attempt else []))
+            try:
+                wait_for(lambda: self._info(replica).get("role") == "master", 8, f"{replica.port} promoted")
+                break
+            except AssertionError:
+                continue
+        return self.wait_for_new_master(master_port, replica.port)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL a node (a crash): its replica is promoted after the node timeout."""
+        self.server(port).kill()
+
+    def wait_for_new_master(self, old: int, new: int | None = None, timeout: float = 30) -> int:
+        """Once the live nodes' slot map names no master at ``old`` (``new`` among them when given) and the
+        cluster state is ok on every live node: the port of the master that took ``old``'s slots."""
+        before = {(first, last) for first, last, master, *_ in self._slots() if int(master[1]) == old}
+
+        def promoted() -> int | None:
+            masters = {(first, last): int(master[1]) for first, last, master, *_ in self._slots()}
+            if not masters or old in masters.values() or (new is not None and new not in masters.values()):
+                return None
+            return next((masters[r] for r in before if r in masters), new)
+
+        port = int(wait_for(promoted, timeout, f"a master in place of {old}"))
+        wait_for(lambda: all(self._state_ok(s) for s in self.alive()), timeout, "cluster state ok again")
+        return port
+
+    def alive(self) -> list[EmbeddedRedis]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+    # --- plumbing --------------------------------------------------------------------------------------
+
+    def _slots(self) -> list[Any]:
+        for s in self.alive():
+            try:
+                return list(self._ask(s, "CLUSTER", "SLOTS"))
+            except redis.RedisError:
+                continue
+        return []
+
+    def _state_ok(self, server: EmbeddedRedis) -> bool:
+        try:
+            return self._ask(server, "CLUSTER", "INFO").find(b"cluster_state:ok") >= 0
+        except redis.RedisError:
+            return False
+
+    def _replicated(self) -> bool:
+        slots = self._slots()
+        if len(slots) < self.masters or any(len(r) < 3 + self.replicas for r in slots):
+            return False
+        infos = [self._info(s) for s in self.alive()]
+        replicas = [i for i in infos if i.get("role") == "slave"]
+        return len(replicas) == self.masters * self.replicas and all(
+            i.get("master_link_status") == "up" for i in replicas
+        )
+
+    @staticmethod
+    def _ask(server: EmbeddedRedis, *command: Any) -> Any:
+        client = server.client(socket_timeout=2)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _info(server: EmbeddedRedis) -> dict[str, Any]:
+        client = server.client(socket_timeout=2)
+        try:
+            return dict(client.info("replication"))
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -9,6 +10,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MasterDownError, MovedError, ReadOnlyError, TryAgainError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -135,14 +137,35 @@ def slot_client(client: redis.Redis | RedisCluster, key: str) -> redis.Redis:
     return node.redis_connection
 
 
+def _next_node(client: RedisCluster) -> None:
+    refresh_slots(client)
+    nodes = sorted(client.get_nodes(), key=lambda n: n.name)
+    if not nodes:
+        return
+    current = client.get_default_node()
+    at = next((i for i, n in enumerate(nodes) if current is not None and n.name == current.name), -1)
+    client.set_default_node(nodes[(at + 1) % len(nodes)])
+
+
+#: replies that mean a slot is not (or no longer) served where a command was sent: a Cluster failover or
+#: resharding moved it, or a demoted master refuses writes. The command was refused: nothing was written.
+SLOT_MOVED = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyError, MasterDownError)
+
+
 def refresh_slots(client: redis.Redis | RedisCluster) -> None:
-    """Re-read the Cluster's slot map (after a MOVED or a lost master); a no-op on one server."""
+    """Re-read the Cluster's slot map (after a MOVED or a lost master); a no-op on one server. A Cluster
+    that cannot answer now is left for the next call to ask again."""
     if isinstance(client, RedisCluster):
-        client.nodes_manager.initialize()
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.nodes_manager.initialize()
 
 
 def raw_connection(client: redis.Redis, timeout: float | None) -> Any:
-    """A new, unpooled connection with the client's settings and no retries (pub/sub, PING)."""
+    """A new, unpooled connection with the client's settings and no retries (pub/sub, PING). On a Cluster,
+    each new connection goes to the next node of the slot map (re-read first): any node hears every
+    classic PUBLISH, and a subscriber whose node died reconnects to a live one (self-healing subscribers)."""
+    if isinstance(client, RedisCluster):
+        _next_node(client)
     pool = node_pool(client)
     return pool.connection_class(**unpooled_options(pool.connection_kwargs, timeout, Retry(ExponentialBackoff(), 0)))
 

@@ -21,12 +21,14 @@ from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 import redis
+from redis.cluster import RedisCluster
 
+from bus.core.connection import SLOT_MOVED, refresh_slots, slot_client
 from bus.core.dispatching import LogRouteWaker, NamedRoute, RouteNames, TaskDispatcher, WakeArgs
 from bus.core.durability import Durability
 from bus.core.keys import Keys, channel
 from bus.core.scripts import LuaScript, pipeline_steps
-from bus.core.steps import Blocking, Steps, run
+from bus.core.steps import Blocking, Command, Steps, run
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.events.types import EventType
@@ -157,7 +159,7 @@ class Publisher:
             yield from self.send_wakes_steps(event.symbol, item.wake, woken, unsent, raw_id)
             names = NOT_ROUTED
         else:
-            raw_id, n, names = (yield from self._pipeline_steps([item]))[0]
+            raw_id, n, names = (yield from self._durable_per_master_steps([item]))[0]
         log_id = raw_id.decode()
         if item.tracked:
             names = (yield from self._send_steps([item], [log_id]))[0]
@@ -173,7 +175,7 @@ class Publisher:
         batch = [self._prepare(e) for e in events]
         if not batch:
             return []
-        results = yield from self._pipeline_steps(batch)
+        results = yield from self._durable_per_master_steps(batch)
         to_send = [i for i, item in enumerate(batch) if item.tracked]
         if to_send:
             outcome = yield from self._send_steps(
@@ -251,7 +253,42 @@ class Publisher:
             i = j
         return runs
 
-    def _pipeline_steps(self, batch: Sequence[Staged]) -> Steps[list[Published]]:
+    def _durable_per_master_steps(self, batch: Sequence[Staged]) -> Steps[list[Published]]:
+        """``_pipeline_steps``; on a Redis Cluster with replicated publish, one pipeline per master, each
+        ending with its own WAIT: WAIT counts the replicas that have *this connection's* writes, so it must
+        follow them on the master's connection (replicated publish). Order per symbol holds: a symbol's
+        events all go to its slot's master, in batch order."""
+        groups = self._by_master(batch)
+        if groups is None:
+            return (yield from self._pipeline_steps(batch))
+        new_symbols = {s.event.symbol for s in batch} - self._symbols_sent
+        if new_symbols:  # the global set is on some master: its own command, not on a slot's pipeline
+            yield Command(("SADD", self.keys.symbols(), *sorted(new_symbols)))
+            self._symbols_sent |= new_symbols
+        results: list[Published | None] = [None] * len(batch)
+        for node, indices in groups.items():
+            try:
+                published = yield from self._pipeline_steps([batch[i] for i in indices], node)
+            except SLOT_MOVED as e:  # refused, nothing of this pipeline written: the caller may publish again
+                refresh_slots(self.client)
+                raise redis.ConnectionError(f"the slot moved to another master ({e}); publish again") from e
+            except (redis.ConnectionError, redis.TimeoutError):
+                refresh_slots(self.client)  # the master is gone: the next publish asks the Cluster where to go
+                raise
+            for i, p in zip(indices, published, strict=True):
+                results[i] = p
+        return [p for p in results if p is not None]
+
+    def _by_master(self, batch: Sequence[Staged]) -> dict[redis.Redis, list[int]] | None:
+        """Batch indices per master client, when publishes wait for replicas on a (blocking) Cluster client."""
+        if self.durability is None or not isinstance(self.client, RedisCluster):
+            return None
+        groups: dict[redis.Redis, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(slot_client(self.client, item.keys[0]), []).append(i)
+        return groups
+
+    def _pipeline_steps(self, batch: Sequence[Staged], client: redis.Redis | None = None) -> Steps[list[Published]]:
         """One pipeline for the batch; MULTI when the dispatcher stages task messages in it.
 
         A batch is one publish_many.lua call per run of consecutive same-symbol events (at most
@@ -266,7 +303,7 @@ class Publisher:
         # one event only (a single publish, symbols alternating) keep the cheaper publish.lua.
         many = len(runs) < len(batch)
         scripts = ((PUBLISH_MANY,) if many else (PUBLISH,)) + tuple(s for e in self.effects for s in e.scripts)
-        pipe = self.client.pipeline(transaction=stager is not None)
+        pipe = (client or self.client).pipeline(transaction=stager is not None)
         if stager is not None:  # a NOSCRIPT inside MULTI would let the task messages go out without the log
             for script in scripts:
                 script.load(pipe)

@@ -167,8 +167,7 @@ class DemoEnvironment:
         return env
 
     def _start_worker(self) -> None:
-        from celery_app import routing_from_settings
-        from celery_app import make_celery
+        from celery_app import make_celery, routing_from_settings
 
         queues = ",".join(q for q in routing_from_settings(self.settings).queues if q.startswith(self._queue_prefix))
         self.log(

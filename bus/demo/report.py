@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bus.demo.environment import DemoEnvironment
-from bus.dispatch.deadletters import count_dead_letters
 from bus.demo.session import Session
+from bus.dispatch.deadletters import count_dead_letters
 from bus.executor.paper import PaperVenue
 from bus.monitor.snapshot import snapshot
 

@@ -18,8 +18,15 @@ import redis
 
 from bus.core.keys import Keys
 from bus.dispatch.logroutes.effects import Batch
-from bus.domain.risk import (DAILY_PNL_TTL_SECONDS, PNL_SCALE, Breach, RiskLimits, breach_event, daily_pnl_units,
-                             evaluate)  # fmt: skip
+from bus.domain.risk import (
+    DAILY_PNL_TTL_SECONDS,
+    PNL_SCALE,
+    Breach,
+    RiskLimits,
+    breach_event,
+    daily_pnl_units,
+    evaluate,
+)
 from bus.events.model import TradeEvent
 
 log = logging.getLogger("tradebus.risk")

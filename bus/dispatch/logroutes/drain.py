@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.exceptions import (AskError, ClusterDownError, MasterDownError, MovedError, NoScriptError, ReadOnlyError,
-                              TryAgainError)  # fmt: skip
+from redis.exceptions import NoScriptError
 
-from bus.core.connection import refresh_slots, slot_client
+from bus.core.connection import SLOT_MOVED, refresh_slots, slot_client
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
 from bus.core.wire import MAX_SEQ, format_id, parse_id
@@ -50,10 +49,6 @@ from bus.errors import EventValidationError
 from bus.events.model import TradeEvent
 
 log = logging.getLogger(__name__)
-
-#: replies that mean the symbol's slot is not (or no longer) served where the drain sent its commands: a
-#: Cluster failover or resharding moved it, or a demoted master refuses writes
-MOVED_ON = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyError, MasterDownError)
 
 READ = LuaScript("bus.dispatch.logroutes", "drain.lua")
 #: Drainer.run outcomes
@@ -136,7 +131,7 @@ class Drainer:
             if _text(reply[0]) == LOST:
                 return Outcome(BUSY)
             return self._drain(rt, token, reply)
-        except MOVED_ON as e:
+        except SLOT_MOVED as e:
             refresh_slots(self.client)
             raise SlotMovedError(f"{self.route.name}/{self.symbol}: the slot moved mid-drain ({e})") from e
         except (redis.ConnectionError, redis.TimeoutError):
@@ -191,7 +186,7 @@ class Drainer:
                 commands.append(self._read(token))
             replies = rt.send(*commands, ("EXEC",))
             results = replies[-1]
-            moved = next((r for r in replies if isinstance(r, MOVED_ON)), None)
+            moved = next((r for r in replies if isinstance(r, SLOT_MOVED)), None)
             if moved is not None:  # the slot left this master: EXEC refused the whole batch (EXECABORT)
                 raise moved
             if results is None:  # the lease changed hands since the WATCH: nothing of this batch applied

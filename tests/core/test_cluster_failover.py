@@ -1,0 +1,137 @@
+"""A 3-master Redis Cluster with a replica each, which the test fails over: ``CLUSTER FAILOVER`` on a replica (a
+planned switch), then a master SIGKILLed (its replica is promoted after the node timeout). Publishes wait for
+one replica (TRADEBUS_PUBLISH_REPLICAS=1, replicated publish) and are retried by the caller within a bound;
+a subscriber heals from the log; the log routes' drains resume on the new masters; nothing confirmed is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bus import RedisEventBus, TradeEvent
+from bus.config import Settings
+from bus.core.state import get_order
+from bus.dispatch.dispatcher import Dispatcher
+from bus.dispatch.logroutes.config import LogRouteConfig
+from bus.dispatch.logroutes.drain import DONE, Drainer
+from bus.dispatch.logroutes.effects import effect_for
+from bus.dispatch.routing import RoutingTable
+from bus.errors import BusError
+from tests.helpers import wait_for
+from tests.topology_servers import ClusterSet
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
+
+SYMBOLS = ("XAUUSD", "EURUSD", "BTCUSD")
+#: a publish is retried at most this long across a failover (node timeout 2 s + election + slot map refresh)
+RETRY_BOUND_S = 30.0
+FAST = LogRouteConfig(batch=10, claim_after=2.0, time_budget=10.0)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterSet]:
+    topology = ClusterSet(replicas=1).start()
+    yield topology
+    topology.close()
+
+
+def publish_retrying(
+    bus: RedisEventBus, event: TradeEvent, unsure: set[str], errors: Counter[str]
+) -> tuple[str, float]:
+    """Publish, retrying what failed until RETRY_BOUND_S; (log id, seconds it took). An event whose publish
+    failed may still be logged (the reply was lost, or NotReplicatedError): it goes to ``unsure``."""
+    started = time.monotonic()
+    while True:
+        try:
+            return bus.publish(event).log_id, time.monotonic() - started
+        except (BusError, redis.RedisError) as e:
+            errors[type(e).__name__] += 1
+            unsure.add(event.event_id)
+            if time.monotonic() - started > RETRY_BOUND_S:
+                raise
+            time.sleep(0.05)  # a retry's backoff, not a synchronisation
+
+
+def drain_all(bus: RedisEventBus) -> None:
+    """The state route's drain on every symbol, retried while the Cluster moves the slot (SlotMovedError)."""
+    state = RoutingTable.default().get("state")
+    for symbol in SYMBOLS:
+
+        def drained(symbol: str = symbol) -> bool:
+            try:
+                return Drainer(bus.client, bus.keys, state, symbol, effect_for(state), config=FAST).run().status == DONE
+            except redis.RedisError:
+                return False
+
+        wait_for(drained, RETRY_BOUND_S, f"state drained on {symbol}")
+
+
+def test_failover_and_a_killed_master_lose_no_confirmed_event(cluster: ClusterSet, key_prefix: str,
+                                                              broker_url: str) -> None:  # fmt: skip
+    s = Settings(redis_url=cluster.url, celery_broker_url=broker_url, key_prefix=key_prefix,
+                 broker_key_prefix=f"{key_prefix}:", publish_replicas=1, publish_replicas_timeout_ms=2000)  # fmt: skip
+    bus = RedisEventBus(settings=s, dispatcher=Dispatcher.from_settings(s, log_routes=FAST))
+    sub = RedisEventBus(settings=s.model_copy(update={"dispatch": False}))
+    seen: dict[str, list[str]] = {sym: [] for sym in SYMBOLS}
+    for sym in SYMBOLS:
+        sub.subscribe_all(sym, lambda e: seen[e.symbol].append(e.event_id))
+    handle = sub.listen_in_thread()
+    assert handle.wait_ready(10)
+    confirmed: dict[str, list[str]] = {sym: [] for sym in SYMBOLS}
+    unsure: set[str] = set()
+    errors: Counter[str] = Counter()
+    slowest = 0.0
+    n = 0
+
+    def burst(count: int) -> None:
+        nonlocal n, slowest
+        for _ in range(count):
+            for sym in SYMBOLS:
+                e = TradeEvent.create_order_created(sym, f"o{n}", "BUY", 100.0, 1.0)
+                _, took = publish_retrying(bus, e, unsure, errors)
+                confirmed[sym].append(e.event_id)
+                slowest = max(slowest, took)
+                n += 1
+
+    burst(20)
+    drain_all(bus)
+    # a planned failover of XAUUSD's master, then a crash of EURUSD's (whichever node serves it now)
+    old = cluster.master_of(bus.keys.log("XAUUSD"))
+    new = cluster.failover(old)
+    assert cluster.master_of(bus.keys.log("XAUUSD")) == new != old
+    burst(20)
+    drain_all(bus)
+    crashed = cluster.master_of(bus.keys.log("EURUSD"))
+    cluster.kill(crashed)
+
+    def recover() -> None:  # what an operator does: the crashed node comes back, as the new master's replica
+        cluster.wait_for_new_master(crashed)
+        cluster.server(crashed).start()
+
+    operator = threading.Thread(target=recover)
+    operator.start()
+    # publishes to EURUSD fail (BusConnectionError) until its replica is promoted, then are not confirmed
+    # (NotReplicatedError: the new master has no replica) until the old node rejoins; the caller retries them
+    burst(20)
+    operator.join()
+    assert cluster.master_of(bus.keys.log("EURUSD")) != crashed
+    assert errors["BusConnectionError"] + errors["NotReplicatedError"] > 0, errors
+    drain_all(bus)
+
+    assert slowest < RETRY_BOUND_S
+    for sym in SYMBOLS:
+        logged = [e.event_id for _, e in bus.read_log(sym)]
+        # every confirmed event is in the log, in publish order; a second copy only of a publish that failed
+        assert [i for i in dict.fromkeys(logged)] == confirmed[sym]
+        assert all(i in unsure for i in logged if logged.count(i) > 1)
+        # the subscriber healed its gaps from the log: each log entry once, in log order
+        wait_for(lambda sym=sym, logged=logged: seen[sym] == logged, 30, f"{sym} delivered\n{seen[sym][-5:]}")
+        # the state drains resumed on the new masters: the last order is projected
+        assert get_order(bus.client, bus.keys, sym, f"o{n - len(SYMBOLS) + SYMBOLS.index(sym)}") is not None
+    sub.close()
+    bus.close()
