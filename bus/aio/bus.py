@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection
+from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection, read_nodes
 from bus.aio.steps import run
 from bus.aio.stream import EventStream, Types, Wanted, stop_reader, subscriptions_for
 from bus.aio.subscriber import DEFAULT_BUFFER, AsyncSubscriber
@@ -268,11 +268,14 @@ class AsyncRedisEventBus:
         """A live PING on a dedicated connection with a short timeout (no retries)."""
         try:
             if self._ping_conn is None:
+                await read_nodes(self.client)
                 self._ping_conn = raw_async_connection(self.client, PING_TIMEOUT)
             await self._ping_conn.send_command("PING")
             return await self._ping_conn.read_response() in (b"PONG", "PONG", True)
         except (redis.RedisError, OSError):
-            await self._ping_conn.disconnect(nowait=True)
+            if self._ping_conn is not None:
+                await self._ping_conn.disconnect(nowait=True)
+                self._ping_conn = None  # the next check opens a new one (on a Cluster: on the next node)
             return False
 
     async def aclose(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bus.aio.connection import raw_async_connection
+from bus.aio.connection import connection_username, raw_async_connection, read_nodes
 from bus.aio.steps import run
 from bus.config import Settings
 from bus.core.healing import Healer, Liveness, is_confirmation, message_of, permission_error, subscribe_commands
@@ -128,7 +128,7 @@ class AsyncSubscriber:
                     await self._pump()
                 except redis.exceptions.NoPermissionError as e:
                     # an ACL refusal is permanent: stop with an error that says what to grant
-                    user = self._client.connection_pool.connection_kwargs.get("username")
+                    user = connection_username(self._client)
                     error = permission_error(e, user, self._subs.values(), self._prefix)
                     log.error("%s", error)
                     raise error from None
@@ -189,6 +189,7 @@ class AsyncSubscriber:
     async def _connect(self) -> None:
         self._take_unsent()  # everything is (re)subscribed below
         s = self._settings
+        await read_nodes(self._client)
         self._conn = raw_async_connection(self._client, s.redis_socket_timeout)
         await self._conn.connect()
         self._liveness = Liveness(

@@ -85,8 +85,11 @@ def pipeline_steps(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_las
 def queued_commands(pipe: Any) -> list[tuple[Any, ...]]:
     """The arguments of each command queued on ``pipe``: a Pipeline keeps ``(args, options)`` pairs in
     ``command_stack``; a ClusterPipeline (redis-py 6+) keeps PipelineCommand objects in its execution
-    strategy and leaves ``command_stack`` empty."""
+    strategy and leaves ``command_stack`` empty (``command_queue``; ``_command_queue`` in redis.asyncio's)."""
     strategy = getattr(pipe, "_execution_strategy", None)
     if strategy is not None:
-        return [tuple(command.args) for command in strategy.command_queue]
+        queue = getattr(strategy, "command_queue", None)
+        if queue is None:
+            queue = strategy._command_queue
+        return [tuple(command.args) for command in queue]
     return [tuple(args) for args, _ in pipe.command_stack]
