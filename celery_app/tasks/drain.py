@@ -13,6 +13,7 @@ import logging
 from time import perf_counter
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 
 from bus.dispatch.logroutes import drain as drains
@@ -30,6 +31,10 @@ from .base import TradebusTask
 from .risk import event_bus, risk_limits
 
 log = logging.getLogger(__name__)
+
+#: a drain that lost Redis (or its slot's master) tries again this often, backing off from the base to the cap
+DRAIN_CONNECTION_RETRIES = 8
+DRAIN_RETRY_BASE, DRAIN_RETRY_CAP = 0.25, 5.0
 
 
 def log_route_config(ctx: Any) -> LogRouteConfig:
@@ -80,7 +85,14 @@ def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[
         return {"status": "refused"}
     drainer = drains.Drainer(ctx.client, ctx.keys, r, symbol, effect_for(r), config=log_route_config(ctx),
                              context=ctx, publisher=event_bus(self).publisher)  # fmt: skip
-    out = drainer.run(token or self.request.id)
+    try:
+        out = drainer.run(token or self.request.id)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        # Redis is down, or (a Cluster failover) the symbol's slot moved: nothing of the batch in flight
+        # committed; drain again with the same token (the task id) once the slot answers. Past the cap the
+        # task fails and beat's wake job covers the group (its lease expires).
+        countdown = min(DRAIN_RETRY_BASE * 2**self.request.retries, DRAIN_RETRY_CAP)
+        raise self.retry(exc=e, countdown=countdown, max_retries=DRAIN_CONNECTION_RETRIES) from e
     if out.status in (drains.MORE, drains.RETRY):  # the same lease token: nothing overtakes the chain
         self.apply_async((route, symbol), {"token": out.token}, queue=r.queue, priority=r.priority,
                          countdown=out.countdown or None)  # fmt: skip

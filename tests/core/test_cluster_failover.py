@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,9 +24,11 @@ from bus.dispatch.logroutes.effects import effect_for
 from bus.dispatch.routing import RoutingTable
 from bus.errors import BusError
 from tests.helpers import wait_for
+from tests.logroute_effects import applied, routes_file
 from tests.topology_servers import ClusterSet
+from tests.worker.test_logroutes_workers import log_worker, publisher, tail
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.faults]
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.faults, pytest.mark.celery]
 
 SYMBOLS = ("XAUUSD", "EURUSD", "BTCUSD")
 #: a publish is retried at most this long across a failover (node timeout 2 s + election + slot map refresh)
@@ -135,3 +138,48 @@ def test_failover_and_a_killed_master_lose_no_confirmed_event(cluster: ClusterSe
         assert get_order(bus.client, bus.keys, sym, f"o{n - len(SYMBOLS) + SYMBOLS.index(sym)}") is not None
     sub.close()
     bus.close()
+
+
+RECORD = {"name": "rec", "task": "tradebus_test.log_record_slot", "queue": "tradebus.state",
+          "event_types": ["order.*"], "mode": "log"}  # fmt: skip
+STATE = {"name": "state", "task": "tradebus.state.apply", "queue": "tradebus.state", "event_types": ["order.*"],
+         "mode": "log"}  # fmt: skip
+
+
+def test_workers_drains_resume_across_a_failover_and_a_killed_master_each_entry_once(
+    cluster: ClusterSet, key_prefix: str, broker_url: str, tmp_path: Path
+) -> None:
+    """Real workers (prefork, with beat) drain a recorder route and the state projection while the masters
+    change: every log entry is applied once, in log order, on whichever master serves the symbol now."""
+    s = Settings(redis_url=cluster.url, celery_broker_url=broker_url, key_prefix=key_prefix,
+                 broker_key_prefix=f"{key_prefix}:", publish_replicas=1, publish_replicas_timeout_ms=2000)  # fmt: skip
+    routes = routes_file(tmp_path / "routes.json", [RECORD, STATE])
+    unsure: set[str] = set()
+    errors: Counter[str] = Counter()
+    with log_worker(s, "a", routes, beat=True) as a, log_worker(s, "b", routes) as b, publisher(s, routes) as bus:
+        sent = 0
+
+        def burst(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                for sym in SYMBOLS:
+                    publish_retrying(bus, TradeEvent.create_order_created(sym, f"w{sent}", "BUY", 1.0, 1.0),
+                                     unsure, errors)  # fmt: skip
+                    sent += 1
+
+        burst(15)
+        cluster.failover(cluster.master_of(bus.keys.log("BTCUSD")))
+        burst(15)
+        crashed = cluster.master_of(bus.keys.log("XAUUSD"))
+        cluster.kill(crashed)
+        operator = threading.Thread(target=lambda: (cluster.wait_for_new_master(crashed),
+                                                    cluster.server(crashed).start()))  # fmt: skip
+        operator.start()
+        burst(15)
+        operator.join()
+        for sym in SYMBOLS:
+            logged = [e.event_id for _, e in bus.read_log(sym)]
+            wait_for(lambda sym=sym, logged=logged: applied(bus.client, bus.keys, "rec", sym) == logged, 90,
+                     f"{sym} applied once each, in log order\n{tail(a)}\n{tail(b)}")  # fmt: skip
+            last = f"w{sent - len(SYMBOLS) + SYMBOLS.index(sym)}"
+            wait_for(lambda sym=sym, last=last: get_order(bus.client, bus.keys, sym, last), 60, f"{sym} state")
