@@ -4,6 +4,9 @@ day's realised pnl across symbols) find what the drains wrote on every master.""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -24,6 +27,7 @@ from bus.dispatch.routing import LOG, RetryPolicy, Route, RoutingTable
 from bus.domain.risk import RiskLimits, daily_realised_pnl
 from bus.domain.risklog import check_batch
 from bus.events.types import TradeEventType
+from tests.helpers import cli_env
 from tests.logroute_effects import applied
 from tests.topology_servers import ClusterSet
 
@@ -95,6 +99,11 @@ def test_drains_on_every_master_apply_in_order_once_and_dead_letter_in_the_symbo
     assert dl.event.event_id == per_symbol["BTCUSD"][4].event_id and dl.log_id
     assert client.xlen(bus.keys.symbol_dead_letters("BTCUSD")) == 1
     assert count_dead_letters(client, bus.keys) == 1
+    env = cli_env(REDIS_URL=bus.settings.bus_url, CELERY_BROKER_URL=broker_url, TRADEBUS_KEY_PREFIX=bus.keys.prefix)
+    listed = subprocess.run([sys.executable, "-m", "bus.cli", "deadletters", "list", "--json"], capture_output=True,
+                            text=True, timeout=60, env=env)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert [d["id"] for d in json.loads(listed.stdout)["dead_letters"]] == [dl.id]  # `tradebus deadletters` finds it
     assert caught_up(client, bus.keys, bus.dispatcher.routing, route_lag(client, bus.keys, bus.dispatcher.routing))  # type: ignore[union-attr]
     assert purge(client, bus.keys, [dl.id]) == 1 and count_dead_letters(client, bus.keys) == 0
 
