@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection, read_nodes
 from bus.aio.steps import run
@@ -36,6 +37,7 @@ from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.subscription import Counters, Handler
+from bus.errors import ConfigError
 from bus.events.model import TradeEvent, TradeEventType
 
 __all__ = ["AsyncRedisEventBus"]
@@ -64,6 +66,9 @@ class AsyncRedisEventBus:
         self.url = url or (None if client is not None else s.bus_url)
         self._own_client = client is None
         self.client = client if client is not None else make_async_client(self.url or s.bus_url, s)
+        if isinstance(self.client, AsyncRedisCluster) and s.publish_replicas:
+            # WAIT must follow the writes on each master's own connection (the blocking bus does so)
+            raise ConfigError("TRADEBUS_PUBLISH_REPLICAS is not supported by the asyncio bus on a Redis Cluster")
         self.where = describe_server(self.url) if self.url else _client_where(self.client)  # type: ignore[arg-type]
         self.keys = Keys(key_prefix or s.key_prefix)
         #: deliveries read ahead of a slow consumer, per subscriber (backpressure beyond it)

@@ -28,8 +28,6 @@ def make_async_client(url: str, settings: Settings, *, retries: int = BUS_RETRIE
         topology = parse_topology(url)
         if topology.kind != "cluster":
             raise ConfigError(f"the asyncio bus takes one server or a Redis Cluster, not {topology.where()}")
-        if settings.publish_replicas:  # WAIT must follow the writes on each master's connection: not here yet
-            raise ConfigError("TRADEBUS_PUBLISH_REPLICAS is not supported by the asyncio bus on a Redis Cluster")
         return RedisCluster(  # type: ignore[return-value]
             startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
             username=topology.username, password=topology.password,

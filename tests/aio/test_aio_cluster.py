@@ -85,6 +85,9 @@ def test_replicated_publish_is_refused_on_an_asyncio_cluster_bus(cluster: Cluste
     s = Settings(redis_url=cluster.url, dispatch=False, key_prefix=key_prefix, publish_replicas=1)
     with pytest.raises(ConfigError, match="PUBLISH_REPLICAS"):
         AsyncRedisEventBus(settings=s)
+    given = AsyncRedisCluster(host="127.0.0.1", port=cluster.servers[0].port)
+    with pytest.raises(ConfigError, match="PUBLISH_REPLICAS"):  # a client of the user's own, likewise
+        AsyncRedisEventBus(client=given, settings=s)  # type: ignore[arg-type]
 
 
 def test_a_stream_heals_when_its_node_is_killed(key_prefix: str) -> None:
