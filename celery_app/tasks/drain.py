@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from redis.exceptions import ClusterDownError
 
 from bus.dispatch.logroutes import drain as drains
 from bus.dispatch.logroutes.config import LogRouteConfig
@@ -105,7 +106,13 @@ def wake(self: Any) -> dict[str, Any]:
     ctx = self.ctx
     config = log_route_config(ctx)
     woken = []
-    for g in stale(route_lag(ctx.client, ctx.keys, ctx.routing), config.wake_grace_ms):
+    try:
+        lags = route_lag(ctx.client, ctx.keys, ctx.routing)
+    except (redis.ConnectionError, redis.TimeoutError, ClusterDownError) as e:
+        # Redis (or a Cluster master) is down: the next tick looks again; no traceback every tick of an outage
+        log.warning("log route wake job: Redis did not answer (%s: %s); the next tick tries again", type(e).__name__, e)
+        return {"woken": [], "unreachable": True}
+    for g in stale(lags, config.wake_grace_ms):
         r = ctx.routing.get(g.route)
         ctx.client.set(ctx.keys.wake_flag(g.route, g.symbol), "1", px=config.flag_ttl_ms)
         self.app.send_task(DRAIN_TASK, args=[g.route, g.symbol], queue=r.queue, priority=r.priority)
