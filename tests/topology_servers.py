@@ -269,7 +269,8 @@ class ClusterSet:
             masters = {(first, last): int(master[1]) for first, last, master, *_ in self._slots()}
             if not masters or old in masters.values() or (new is not None and new not in masters.values()):
                 return None
-            return next((masters[r] for r in before if r in masters), new)
+            # ``before`` is empty when the switch was over before this call: any master stands in
+            return next((masters[r] for r in before if r in masters), new) or min(masters.values())
 
         port = int(wait_for(promoted, timeout, f"a master in place of {old}"))
         wait_for(lambda: all(self._state_ok(s) for s in self.alive()), timeout, "cluster state ok again")
