@@ -5,6 +5,7 @@ a subscriber heals from the log; the log routes' drains resume on the new master
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ import redis
 
 from bus import RedisEventBus, TradeEvent
 from bus.config import Settings
+from bus.core.durability import NotReplicatedError
 from bus.core.state import get_order
 from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.logroutes.config import LogRouteConfig
@@ -183,3 +185,47 @@ def test_workers_drains_resume_across_a_failover_and_a_killed_master_each_entry_
                      f"{sym} applied once each, in log order\n{tail(a)}\n{tail(b)}")  # fmt: skip
             last = f"w{sent - len(SYMBOLS) + SYMBOLS.index(sym)}"
             wait_for(lambda sym=sym, last=last: get_order(bus.client, bus.keys, sym, last), 60, f"{sym} state")
+
+
+def test_which_confirmed_events_a_crash_loses_with_and_without_wait() -> None:
+    """The replica of XAUUSD's master is cut off (stopped, its link killed), then the master is SIGKILLed and
+    the replica promoted. Without WAIT a publish confirmed meanwhile is lost; with WAIT 1 the same publish is
+    never confirmed (NotReplicatedError), and every event it confirmed survives (replicated publish)."""
+    topology = ClusterSet(replicas=1).start()
+    try:
+        base = Settings(redis_url=topology.url, dispatch=False, key_prefix="tbtest-wait")
+        plain = RedisEventBus(settings=base)
+        durable = RedisEventBus(settings=base.model_copy(update={"publish_replicas": 1,
+                                                                  "publish_replicas_timeout_ms": 500}))  # fmt: skip
+        kept = durable.publish(TradeEvent.create_order_created("XAUUSD", "kept", "BUY", 1.0, 1.0))
+        master = topology.master_of(durable.keys.log("XAUUSD"))
+        replica = topology.replica_of(master)
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)
+        admin = topology.server(master).client()
+        admin.client_kill_filter(_type="replica")  # its link is cut: nothing written from now on reaches it
+        admin.close()
+        try:
+            unconfirmed = TradeEvent.create_order_created("XAUUSD", "waited", "BUY", 1.0, 1.0)
+            with pytest.raises(NotReplicatedError):
+                durable.publish(unconfirmed)  # logged on the master only: not confirmed
+            lost = plain.publish(TradeEvent.create_order_created("XAUUSD", "lost", "BUY", 1.0, 1.0))
+            topology.kill(master)
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        topology.wait_for_new_master(master, replica.port)
+
+        def log_ids() -> list[str] | None:
+            try:
+                return [e.event_id for _, e in plain.read_log("XAUUSD")]
+            except redis.RedisError:
+                return None  # the client is still finding the new master
+
+        logged = wait_for(log_ids, RETRY_BOUND_S, "the log on the promoted master")
+        assert kept.event_id in logged  # confirmed with WAIT 1: survived
+        assert lost.event_id not in logged  # confirmed without WAIT: lost with the master
+        assert unconfirmed.event_id not in logged  # never confirmed
+        plain.close()
+        durable.close()
+    finally:
+        topology.close()
