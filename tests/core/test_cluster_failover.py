@@ -62,6 +62,14 @@ def publish_retrying(
             time.sleep(0.05)  # a retry's backoff, not a synchronisation
 
 
+def log_of(bus: RedisEventBus, symbol: str) -> list[str] | None:
+    """The event ids of ``symbol``'s log, or None while the client is still finding the new master."""
+    try:
+        return [e.event_id for _, e in bus.read_log(symbol)]
+    except redis.RedisError:
+        return None
+
+
 def drain_all(bus: RedisEventBus) -> None:
     """The state route's drain on every symbol, retried while the Cluster moves the slot (SlotMovedError)."""
     state = RoutingTable.default().get("state")
@@ -130,7 +138,7 @@ def test_failover_and_a_killed_master_lose_no_confirmed_event(cluster: ClusterSe
 
     assert slowest < RETRY_BOUND_S
     for sym in SYMBOLS:
-        logged = [e.event_id for _, e in bus.read_log(sym)]
+        logged = wait_for(lambda sym=sym: log_of(bus, sym), RETRY_BOUND_S, f"{sym} log")
         # every confirmed event is in the log, in publish order; a second copy only of a publish that failed
         assert [i for i in dict.fromkeys(logged)] == confirmed[sym]
         assert all(i in unsure for i in logged if logged.count(i) > 1)
@@ -180,7 +188,7 @@ def test_workers_drains_resume_across_a_failover_and_a_killed_master_each_entry_
         burst(15)
         operator.join()
         for sym in SYMBOLS:
-            logged = [e.event_id for _, e in bus.read_log(sym)]
+            logged = wait_for(lambda sym=sym: log_of(bus, sym), RETRY_BOUND_S, f"{sym} log")
             wait_for(lambda sym=sym, logged=logged: applied(bus.client, bus.keys, "rec", sym) == logged, 90,
                      f"{sym} applied once each, in log order\n{tail(a)}\n{tail(b)}")  # fmt: skip
             last = f"w{sent - len(SYMBOLS) + SYMBOLS.index(sym)}"
@@ -215,17 +223,41 @@ def test_which_confirmed_events_a_crash_loses_with_and_without_wait() -> None:
             replica.process.send_signal(signal.SIGCONT)
         topology.wait_for_new_master(master, replica.port)
 
-        def log_ids() -> list[str] | None:
-            try:
-                return [e.event_id for _, e in plain.read_log("XAUUSD")]
-            except redis.RedisError:
-                return None  # the client is still finding the new master
-
-        logged = wait_for(log_ids, RETRY_BOUND_S, "the log on the promoted master")
+        logged = wait_for(lambda: log_of(plain, "XAUUSD"), RETRY_BOUND_S, "the log on the promoted master")
         assert kept.event_id in logged  # confirmed with WAIT 1: survived
         assert lost.event_id not in logged  # confirmed without WAIT: lost with the master
         assert unconfirmed.event_id not in logged  # never confirmed
         plain.close()
         durable.close()
+    finally:
+        topology.close()
+
+
+def test_a_subscriber_whose_node_is_killed_reconnects_to_another_and_heals(key_prefix: str) -> None:
+    """Each new pub/sub connection goes to the next node of the slot map: killing the node a subscriber
+    listens on, it reconnects to a live one and reads what it missed from the log (self-healing subscribers)."""
+    topology = ClusterSet(replicas=1).start()
+    try:
+        s = Settings(redis_url=topology.url, dispatch=False, key_prefix=key_prefix)
+        pub, sub = RedisEventBus(settings=s), RedisEventBus(settings=s)
+        seen: list[str] = []
+        sub.subscribe_all("XAUUSD", lambda e: seen.append(e.event_id))
+        handle = sub.listen_in_thread()
+        assert handle.wait_ready(10)
+        listened = sub.client.get_default_node()  # type: ignore[attr-defined]
+        assert listened is not None
+        events = [TradeEvent.create_order_created("XAUUSD", f"o{i}", "BUY", 1.0, 1.0) for i in range(10)]
+        for e in events[:5]:
+            pub.publish(e)
+        wait_for(lambda: len(seen) == 5, 10, "the first five delivered")
+        topology.kill(listened.port)  # the subscriber's node; if it served XAUUSD, its replica takes over
+        unsure: set[str] = set()
+        for e in events[5:]:
+            publish_retrying(pub, e, unsure, Counter())
+        logged = wait_for(lambda: log_of(pub, "XAUUSD"), RETRY_BOUND_S, "the log after the kill")
+        wait_for(lambda: seen == logged, RETRY_BOUND_S, f"every log entry delivered once, in order: {seen}")
+        assert [i for i in dict.fromkeys(logged)] == [e.event_id for e in events]
+        sub.close()
+        pub.close()
     finally:
         topology.close()
