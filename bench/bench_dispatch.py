@@ -109,7 +109,8 @@ def _closed(i: int):  # type: ignore[no-untyped-def]
 def bench_publish(n: int) -> dict[str, float]:
     from bus.core.bus import RedisEventBus
     from bus.core.keys import channel
-    from bus.dispatch.dispatcher import Dispatcher, publisher_app
+    from bus.dispatch.dispatcher import Dispatcher
+    from bus.dispatch.messages import publisher_app
 
     s = _settings(f"bench-{uuid.uuid4().hex[:8]}")
     app = _app(s)

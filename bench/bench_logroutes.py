@@ -302,8 +302,7 @@ def latency(mode: str, rate: int, seconds: float, symbols: int = 10) -> dict[str
 def publish(n: int, rounds: int = 9) -> dict[str, float]:
     from bus.core.bus import RedisEventBus
     from bus.core.keys import channel
-    from bus.dispatch.dispatcher import publisher_app
-    from bus.dispatch.messages import MessageBuilder
+    from bus.dispatch.messages import MessageBuilder, publisher_app
     from bus.events.model import TradeEvent
 
     p = _prefix()
