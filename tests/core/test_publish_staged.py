@@ -107,3 +107,29 @@ def test_a_message_the_broker_refuses_leaves_its_event_pending_for_redispatch(ma
     assert sorted(queued(broker, "tradebus.state")) == sorted(f"{x.event_id}:state" for x in (r, *rs))
     assert bus.client.zcard(bus.keys.pending_dispatch_for("REF")) == 0
     broker.close()
+
+
+def test_outbox_publish_a_refused_message_leaves_its_event_pending_and_a_resend_adds_none(server, key_prefix) -> None:
+    """The exactly-once outbox's script (publish_sequenced.lua) runs the staged messages the same way."""
+    from bus.core.bus import RedisEventBus
+    from bus.core.sequenced import SequencedPublisher
+    from bus.dispatch.dispatcher import Dispatcher
+
+    base = server.url.rsplit("/", 1)[0]
+    broker = redis.Redis.from_url(f"{base}/1")
+    dispatcher = Dispatcher(f"{base}/1", EVENT_ROUTES)
+    with RedisEventBus(f"{base}/0", key_prefix=key_prefix, dispatcher=dispatcher) as bus:
+        assert dispatcher.stages_in_bus_pipeline
+        outbox = SequencedPublisher(bus.publisher, source="executor", origin="test")
+        ok = outbox.publish([(1, order(1, "SEQ"))])[0]
+        broker.set("tradebus.risk", "not a list")  # Given the risk queue refusing LPUSH
+        refused = outbox.publish([(2, order(2, "SEQ")), (3, order(3, "SEQ"))])
+        again = outbox.publish([(3, order(3, "SEQ"))])[0]  # a resend of number 3 (a crash before delete)
+        pending = bus.client.zrange(bus.keys.pending_dispatch_for("SEQ"), 0, -1)
+    assert ok.dispatched == ("state", "risk") and ok.not_dispatched == ()
+    assert all(r.dispatched == () and r.not_dispatched == ("state", "risk") for r in refused)
+    assert sorted(pending) == sorted(r.log_id.encode() for r in refused)
+    assert again.already_logged and again.dispatched == ()
+    # the state messages of the refused events went out with them (re-dispatch resends them: same task ids)
+    assert queued(broker, "tradebus.state") == [f"{r.event_id}:state" for r in (ok, *refused)]
+    broker.close()
