@@ -6,7 +6,7 @@ bus.aio.steps awaits on a redis.asyncio client. So the wire format, the Lua scri
 dispatch exist once; only the I/O is awaited.
 
 * ``await publish(event)`` / ``await publish_many(events)``: one atomic round trip, the same receipts
-  (durable publish). Task messages for a broker on the bus's Redis join the same MULTI; a separate
+  (durable publish). Task messages for a broker on the bus's Redis ride in the same script call; a separate
   broker's ``send_many`` (blocking, in the dispatcher protocol) runs in a worker thread after the event
   is logged (pending-dispatch entry first, as in the blocking bus).
 * ``async for event in bus.events(symbol=..., types=...)``, or handlers (sync or async) with
