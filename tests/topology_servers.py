@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,14 @@ def binary_or_skip(name: str = "redis-server") -> str:
     if found is None:
         pytest.skip(f"no {name} on this machine: the topology tests start their own servers with it")
     return found
+
+
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    """A Sentinel set of this test's own (a plugin of tests/conftest.py): stopped afterwards."""
+    topology = SentinelSet().start()
+    yield topology
+    topology.close()
 
 
 class SentinelSet:
@@ -93,6 +102,17 @@ class SentinelSet:
         port = self.master_port()
         self.servers[port].kill()
         return port
+
+    def rejoin(self, port: int, timeout: float = 30) -> None:
+        """Start the (killed) server on ``port`` again as a replica of the current master, as an operator
+        restarts a failed master (Sentinel would convert it too, but only after ~8 s of it claiming to be
+        master); returns once its link is up (its data replaced by the master's)."""
+        server = self.servers[port]
+        server.start()
+        client = server.client(socket_timeout=2)
+        client.replicaof("127.0.0.1", self.master_port())
+        client.close()
+        wait_for(lambda: self._info(server).get("master_link_status") == "up", timeout, "the old master a replica")
 
     def pause(self, server: EmbeddedRedis) -> None:
         assert server.process is not None

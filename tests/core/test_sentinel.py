@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -31,13 +30,6 @@ OUTAGE_BOUND = 15.0
 def event(i: int, symbol: str) -> TradeEvent:
     return TradeEvent.create_trade_executed(symbol=symbol, trade_id=f"t{i}", side="BUY", price=100.0,
                                             volume=1.0, seq=i)  # fmt: skip
-
-
-@pytest.fixture
-def sentinels() -> Iterator[SentinelSet]:
-    topology = SentinelSet().start()
-    yield topology
-    topology.close()
 
 
 def bus_on(topology: SentinelSet, key_prefix: str, **settings: object) -> RedisEventBus:
