@@ -84,15 +84,20 @@ def client_options(url: str, settings: Settings) -> dict[str, Any]:
 def _sentinel_master(topology: Topology, kw: dict[str, Any]) -> redis.Redis:
     """A client of the master Sentinel currently names: each new connection asks the sentinels, so
     after a failover the next attempt (a retry, or the caller's) reaches the new master."""
+    sentinel_kw, master_kw = sentinel_options(topology, kw)
+    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
+    return sentinel.master_for(topology.service_name, redis_class=redis.Redis, **master_kw)
+
+
+def sentinel_options(topology: Topology, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options of the sentinels and of the master's connections, from a client's options ``kw``
+    (blocking or asyncio: bus.aio.connection builds its master the same way)."""
     ssl = {"ssl": True} if topology.tls else {}
     # the sentinels: the same timeouts and TLS, no password (Sentinel's own ACL is rarely the master's)
     sentinel_kw = {k: v for k, v in kw.items() if k.startswith(("socket_", "ssl"))} | ssl
-    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
-    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
-    return sentinel.master_for(
-        topology.service_name, redis_class=redis.Redis, db=topology.db,
-        username=topology.username, password=topology.password, **kw, **ssl,
-    )  # fmt: skip
+    master_kw = {"db": topology.db, "username": topology.username, "password": topology.password, **kw, **ssl}
+    return sentinel_kw, master_kw
 
 
 def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETRIES) -> RedisCluster:
