@@ -22,8 +22,11 @@ from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 # routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that. Our transport needs no such wait
 # (recovery_options).
 VISIBILITY_TIMEOUT = int(2 * MAX_BACKOFF_SECONDS)
-# Broker URL schemes served by celery_app.transport once registered (redis+socket:// keeps kombu's own).
-OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
+# Broker URL schemes served by celery_app.transport once registered (redis+socket:// keeps kombu's own):
+# one server, and a Sentinel master (kombu's spelling, sentinel://h:p/db;sentinel://h:p/db).
+SINGLE_TRANSPORT_SCHEMES = ("redis", "rediss")
+SENTINEL_TRANSPORT_SCHEME = "sentinel"
+OUR_TRANSPORT_SCHEMES = (*SINGLE_TRANSPORT_SCHEMES, SENTINEL_TRANSPORT_SCHEME)
 # A task message is refused unparsed past this many times TRADEBUS_MAX_EVENT_BYTES: an event becomes a
 # body JSON-escaped (at most ~6x for \uXXXX escapes) then base64'd (4/3), plus Celery's headers.
 MAX_MESSAGE_FACTOR = 16
@@ -57,7 +60,7 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
     routing = routing if routing is not None else RoutingTable.default()
     broker = settings.broker_url
     scheme = urlsplit(broker).scheme
-    # sentinel://: kombu's Redis transport, finding the master through Sentinel (broker_sentinel_option)
+    # sentinel://: our transport on kombu's SentinelChannel, finding the master (broker_sentinel_option)
     is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket", "sentinel")
     ours = scheme in OUR_TRANSPORT_SCHEMES
     timeouts = {

@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
 
 from bus.config import Settings
@@ -19,6 +20,7 @@ from bus.core.connection import (
     RETRY_BASE,
     RETRY_CAP,
     client_options,
+    is_demoted_master_error,
     make_client,
     sentinel_options,
     unpooled_options,
@@ -39,8 +41,30 @@ def make_async_client(url: str, settings: Settings, *, retries: int = BUS_RETRIE
         sentinel_kw, master_kw = sentinel_options(topology, kw)
         assert topology.service_name is not None
         sentinel = AsyncSentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
-        return sentinel.master_for(topology.service_name, redis_class=redis.asyncio.Redis, **master_kw)
+        # our connection class replaces the one SentinelConnectionPool picks by the "ssl" flag
+        connection_class = MasterSSLConnection if master_kw.pop("ssl", False) else MasterConnection
+        return sentinel.master_for(
+            topology.service_name, redis_class=redis.asyncio.Redis, connection_class=connection_class, **master_kw
+        )
     return redis.asyncio.Redis.from_url(url, **kw)
+
+
+class MasterConnection(SentinelManagedConnection):  # type: ignore[misc]
+    """bus.core.connection.MasterConnection for asyncio: a write that reached a demoted master drops the
+    connection and fails as a connection error, so the next connect asks the sentinels."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except redis.ResponseError as e:
+            if is_demoted_master_error(e) and self.connection_pool.is_master:
+                await self.disconnect()
+                raise redis.ConnectionError(f"the master was demoted: {e}") from e
+            raise
+
+
+class MasterSSLConnection(MasterConnection, SentinelManagedSSLConnection):  # type: ignore[misc]
+    pass
 
 
 async def close_async_client(client: redis.asyncio.Redis) -> None:
