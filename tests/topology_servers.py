@@ -41,8 +41,10 @@ def sentinels() -> Iterator[SentinelSet]:
 class SentinelSet:
     """A master, one replica and three sentinels monitoring them as ``name``."""
 
-    def __init__(self, name: str = "tbmaster") -> None:
+    def __init__(self, name: str = "tbmaster", down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.name = name
+        #: a master silent this long is down: longer for tests whose load could stall a healthy one
+        self.down_after_ms = down_after_ms
         self.binary = binary_or_skip()
         self.directory = Path(tempfile.mkdtemp(prefix="tradebus-sentinel-"))
         self.servers: dict[int, EmbeddedRedis] = {}  # by port: the master changes, the processes do not
@@ -97,6 +99,12 @@ class SentinelSet:
 
         return int(wait_for(promoted, timeout, "a new master"))
 
+    def failovers(self) -> int:
+        """How many failovers the sentinels have run (the master's config epoch): a test that caused one
+        can tell a spurious second one (a master too slow to answer under load) from its own."""
+        info = self._sentinel_client(self.sentinels[0][0]).sentinel_master(self.name)
+        return int(info.get("config-epoch", info.get("config_epoch", 0)))
+
     def kill_master(self) -> int:
         """SIGKILL the master process (a crash); returns its port."""
         port = self.master_port()
@@ -144,7 +152,7 @@ class SentinelSet:
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {self.directory}\nlogfile {self.directory}/sentinel-{port}.log\n"
             f"sentinel monitor {self.name} 127.0.0.1 {master_port} 2\n"
-            f"sentinel down-after-milliseconds {self.name} {DOWN_AFTER_MS}\n"
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.name} 3000\n"
         )
         process = subprocess.Popen(

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -40,6 +41,7 @@ from bus.core.connection import NO_RETRIES, make_client
 from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
 from bus.core.wire import entry_event, entry_payload, text
+from bus.dispatch.amqp import CONFIRM_OPTIONS, amqp_queue_config
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.wake import Wake, Waker, wake_task_id
 from bus.dispatch.messages import (
@@ -52,7 +54,7 @@ from bus.dispatch.messages import (
     routed_queue,
     same_redis_server,
 )
-from bus.dispatch.names import DRAIN_TASK
+from bus.dispatch.names import DRAIN_TASK, QUEUES
 from bus.dispatch.routing import LOG, Route, RoutingTable
 from bus.dispatch.signals import Announced, PublishSignals
 from bus.errors import DispatchError
@@ -76,27 +78,29 @@ def task_id(event_id: str, route: Route) -> str:
     return f"{event_id}:{route.name}"
 
 
-def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
-    """A minimal Celery app for publishing (JSON, bounded retries); the worker app uses more."""
+def publisher_app(broker_url: str, settings: Settings | None = None, queues: Iterable[str] = QUEUES) -> Any:
+    """A minimal Celery app for publishing (JSON, bounded retries); the worker app uses more. On
+    RabbitMQ it declares ``queues`` as workers do and publishes with confirms (bus.dispatch.amqp)."""
     from celery import Celery
 
     from bus.dispatch.messages import PRIORITY_STEPS
 
     s = settings or Settings()
     app = Celery("tradebus-dispatch", broker=broker_url, set_as_current=False)
+    amqp = redis_client_kwargs(broker_url) is None and urlsplit(broker_url).scheme != "sentinel"
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         task_send_sent_event=s.task_send_sent_event,
-        # RabbitMQ: queues declared as the worker declares them (a different x-max-priority is refused)
-        task_queue_max_priority=MAX_PRIORITY,
+        # RabbitMQ: queues declared as the worker declares them (other arguments are refused)
+        **(amqp_queue_config(queues, s.rabbitmq_quorum_queues) if amqp else {"task_queue_max_priority": MAX_PRIORITY}),
         broker_connection_timeout=s.redis_connect_timeout,
         broker_transport_options={"priority_steps": list(PRIORITY_STEPS),
                                   "socket_timeout": s.redis_socket_timeout,
                                   "socket_connect_timeout": s.redis_connect_timeout,
                                   "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                                  "interval_max": 0.5,
+                                  "interval_max": 0.5, **(CONFIRM_OPTIONS if amqp else {}),
                                   **broker_key_prefix_option(broker_url, s), **broker_sentinel_option(s)},
     )  # fmt: skip
     return app
@@ -118,7 +122,7 @@ class Dispatcher:
         self.settings = settings or Settings()
         #: raise DispatchError when the broker refuses a publish's tasks (else report them not dispatched)
         self.strict = strict
-        self.app = app if app is not None else publisher_app(broker_url, self.settings)
+        self.app = app if app is not None else publisher_app(broker_url, self.settings, self.routing.queues)
         self.messages = MessageBuilder(self.app)
         self.signals = PublishSignals(self.app)
         #: ``task_always_eager``: routed tasks run inline once the event is logged (a test mode)
