@@ -116,6 +116,8 @@ def test_a_retried_task_waits_out_its_backoff_in_rabbitmq_and_runs_on_quorum_que
     assert [int(client.get(attempts_key(key_prefix, e.event_id)) or 0) for e in events] == [3, 3, 3]
     assert delayed, "the countdowns never waited in RabbitMQ's delay queues (native delayed delivery)"
     assert "Direct exchanges are not supported" not in worker_log(s)
+    # a worker of one queue (-Q) set native delayed delivery up for every queue it knows (none missing)
+    assert "Native delayed delivery will not be available" not in worker_log(s)
     client.close()
 
 
