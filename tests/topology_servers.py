@@ -99,6 +99,10 @@ class SentinelSet:
 
         return int(wait_for(promoted, timeout, "a new master"))
 
+    def role(self, port: int) -> str | None:
+        """What the server on ``port`` says it is ("master", "slave"), None when it does not answer."""
+        return self._info(self.servers[port]).get("role")
+
     def failovers(self) -> int:
         """How many failovers the sentinels have run (the master's config epoch): a test that caused one
         can tell a spurious second one (a master too slow to answer under load) from its own."""
