@@ -94,9 +94,9 @@ def is_demoted_master_error(error: BaseException) -> bool:
 
 class MasterConnection(SentinelManagedConnection):  # type: ignore[misc]
     """A connection to the Sentinel master that drops itself when the server it reached has been demoted
-    (after SENTINEL FAILOVER the old master answers, read-only, until Sentinel's CLIENT KILL reaches its
-    clients): the write fails as a connection error (BusConnectionError, retried by redis-py and callers),
-    and the next connect asks the sentinels for the new master."""
+    (after a failover the old master answers, read-only, to a connection made from a sentinel's stale
+    answer, or opened before the switch): the write fails as a connection error (BusConnectionError,
+    which callers retry), and the next connect asks the sentinels for the new master."""
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
