@@ -3,7 +3,9 @@ across a failover: ``celery -A celery_app worker`` and ``celery -A celery_app be
 them, SENTINEL FAILOVER or the master SIGKILLed while events are published with TRADEBUS_PUBLISH_REPLICAS=1.
 The worker follows the master (celery_app.transport's SentinelTransport), nothing publish() confirmed is
 lost, a log route applies every logged event once, in log order, an event route projects every logged
-order, and beat's jobs reach the new master (an entry only beat's wake job can drain is drained)."""
+order, and beat's jobs reach the new master (an entry only beat's wake job can drain is drained). And on
+the Sentinel broker, as on a redis:// one, a worker SIGKILLed as a whole has its task run elsewhere
+within TRADEBUS_WORKER_LOST_TIMEOUT (the held-messages heartbeat of celery_app.transport)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,9 +28,11 @@ from bus.config import Settings
 from bus.core.durability import NotReplicatedError
 from bus.core.keys import Keys
 from bus.core.state import get_order
+from celery_app import make_celery
 from tests.helpers import wait_for
 from tests.logroute_effects import applied, routes_file
 from tests.topology_servers import SentinelSet
+from tests.worker.test_dead_worker import INCLUDE, LOST_TIMEOUT, _k, _kill_group, _send
 from tests.worker.test_logroutes_workers import ENV, RECORD, log_worker, publisher, tail
 
 pytestmark = [pytest.mark.celery, pytest.mark.faults, pytest.mark.slow]
@@ -169,3 +174,34 @@ def test_workers_and_beat_carry_on_across_a_failover(
         assert worker.poll() is None and beat_proc.poll() is None
         assert sentinels.failovers() == 1
         client.close()
+
+
+def test_a_worker_killed_on_the_sentinel_broker_has_its_task_run_elsewhere_in_time(
+    sentinels: SentinelSet, key_prefix: str, subprocess_worker: Any, worker_log: Any
+) -> None:
+    s = Settings(redis_url=sentinels.url, key_prefix=key_prefix, broker_key_prefix=f"{key_prefix}:")
+    app = make_celery(s, set_as_current=False)
+    client = sentinels.master().client(decode_responses=True)
+    ev = TradeEvent.create_order_partially_filled("XAUUSD", "d1", 2000.0, 0.25)
+    env = {"TRADEBUS_WORKER_LOST_TIMEOUT": str(LOST_TIMEOUT)}
+
+    def start(name: str) -> Any:
+        return subprocess_worker(s, queues="tradebus.state", include=INCLUDE, name=name, extra_env=env)
+
+    with start("doomed") as doomed:
+        wait_for(lambda: " ready." in worker_log(s, "doomed"), 60, "the doomed worker ready")
+        # Given the doomed worker mid-task (its effect applied, the message not acked)
+        _send(app, "tradebus_test.apply_then_block", ev, "mid-task")
+        wait_for(lambda: client.get(_k(s, "pid")), 30, "the task started on the doomed worker")
+        with start("spare") as spare:
+            wait_for(lambda: " ready." in worker_log(s, "spare"), 60, "the spare worker ready")
+            # When its whole process group is killed
+            killed_at = _kill_group(doomed)
+            # Then the spare runs the task again within the bound; the effect stays applied once
+            wait_for(lambda: client.llen(_k(s, "outcomes")) == 2, LOST_TIMEOUT + 30,
+                     f"the task again\n{worker_log(s, 'spare')[-2000:]}")  # fmt: skip
+            assert time.monotonic() - killed_at <= LOST_TIMEOUT
+            assert client.lrange(_k(s, "outcomes"), 0, -1) == ["1", "0"]
+            assert get_order(client, Keys(key_prefix), "XAUUSD", "d1")["filled_volume"] == "0.25"
+            assert spare.poll() is None
+    client.close()
