@@ -24,7 +24,8 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection, read_nodes
+from bus.aio.cluster import read_nodes
+from bus.aio.connection import blocking_twin, close_async_client, make_async_client, raw_async_connection
 from bus.aio.steps import run
 from bus.aio.stream import EventStream, Types, Wanted, stop_reader, subscriptions_for
 from bus.aio.subscriber import DEFAULT_BUFFER, AsyncSubscriber
@@ -293,7 +294,7 @@ class AsyncRedisEventBus:
         if self._dispatch_client is not None:
             self._dispatch_client.close()
         if self._own_client:
-            await self.client.aclose()
+            await close_async_client(self.client)
 
     async def __aenter__(self) -> AsyncRedisEventBus:
         return await self.connect()

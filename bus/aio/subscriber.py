@@ -27,7 +27,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bus.aio.connection import connection_username, raw_async_connection, read_nodes
+from bus.aio.cluster import connection_username, read_nodes
+from bus.aio.connection import raw_async_connection
 from bus.aio.steps import run
 from bus.config import Settings
 from bus.core.healing import Healer, Liveness, is_confirmation, message_of, permission_error, subscribe_commands

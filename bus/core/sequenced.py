@@ -83,7 +83,8 @@ class SequencedPublisher:
             return []
         items = [Numbered(seq, p.stager.stage(item)) for seq, item in prepared]  # all valid: their tasks now
         new_symbols = {item.event.symbol for item in items} - self._symbols_sent
-        if len(items) == 1 and not p.effects and not new_symbols:  # one command does it
+        durable = p.durability
+        if len(items) == 1 and not p.effects and not new_symbols and durable is None:  # one command does it
             keys, args, wake = self._script_call(items)
             reply = PUBLISH_SEQUENCED.call(p.client, keys, args)
             self._wake(items, wake, reply)
@@ -102,8 +103,10 @@ class SequencedPublisher:
                 for effect in p.effects:
                     effect.stage(pipe, item.event)
                 slots.append((at, k))
+        if durable is not None:  # replicated publish: WAIT last, so it covers every write queued before it
+            durable.stage(pipe)
         scripts = (PUBLISH_SEQUENCED, *(s for e in p.effects for s in e.scripts))
-        results = execute_pipeline(pipe, scripts)
+        results = execute_pipeline(pipe, scripts, repeat_last=durable is not None)
         for r in results:
             if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
                 raise r
@@ -119,7 +122,11 @@ class SequencedPublisher:
         if failed:  # an effect failed after the events were logged: report, do not lose them
             log.error("sequenced publish: %d effect(s) failed after logging: %s", len(failed), failed[0])
         self._symbols_sent |= new_symbols
-        return self._receipts(items, replies)
+        receipts = self._receipts(items, replies)
+        if durable is not None:  # after the tasks went out, as Publisher does: the events are logged either way
+            # a resend's events count too: the script rewrote their mark, so WAIT covers the first write
+            durable.check(results[-1], [r.log_id for r in receipts if r.log_id])
+        return receipts
 
     def _script_call(self, run: list[Numbered]) -> tuple[list[Any], list[Any], WakeArgs | None]:
         """KEYS and ARGV of publish_sequenced.lua for a run of one symbol's events, and the log routes

@@ -88,7 +88,7 @@ class Dispatcher:
         self.settings = settings or Settings()
         #: raise DispatchError when the broker refuses a publish's tasks (else report them not dispatched)
         self.strict = strict
-        self.app = app if app is not None else publisher_app(broker_url, self.settings)
+        self.app = app if app is not None else publisher_app(broker_url, self.settings, self.routing.queues)
         self.messages = MessageBuilder(self.app)
         self.signals = PublishSignals(self.app)
         #: ``task_always_eager``: routed tasks run inline once the event is logged (a test mode)
