@@ -16,7 +16,8 @@ local woken = set_flags(log, 4, w, routes)  -- before the run's first XADD
 local prev, prev_t, out = nil, {}, {}  -- prev/prev_t: the heads before each event, read once per run
 for i = 3, w, 4 do
   local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
+  local n = redis.call('HINCRBY', heads, '#', 1)  -- the entry's number (publish.lua)
+  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
   local pt = prev_t[t]
   if prev == nil then
     local h = redis.call('HMGET', heads, '_', t)
@@ -28,7 +29,7 @@ for i = 3, w, 4 do
   if score ~= '' then
     redis.call('ZADD', pending, string.match(id, '^%d+'), id)
   end
-  local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
+  local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
   out[#out + 1] = id
   out[#out + 1] = redis.call('PUBLISH', chan, msg)
   prev, prev_t[t] = id, id

@@ -30,7 +30,8 @@ while i <= w do
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
+    local n = redis.call('HINCRBY', heads, '#', 1)  -- the entry's number (publish.lua)
+    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
     local pt = prev_t[t]
     if prev == nil then
       local h = redis.call('HMGET', heads, '_', t)
@@ -42,7 +43,7 @@ while i <= w do
     if tracked ~= '' then
       redis.call('ZADD', pending, string.match(id, '^%d+'), id)
     end
-    local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
+    local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
     out[#out + 1] = id
     out[#out + 1] = redis.call('PUBLISH', chan, msg)
     out[#out + 1] = 1
