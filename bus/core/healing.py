@@ -39,7 +39,7 @@ import orjson
 import redis
 
 from bus.core.catchup import CatchUp
-from bus.core.keys import Keys
+from bus.core.keys import CHANNEL_PREFIX, Keys
 from bus.core.steps import Command, Steps
 from bus.core.subscription import Counters, Subscription
 from bus.core.wire import (
@@ -90,15 +90,16 @@ class Healer:
         #: (server ms, time.monotonic()) when the server clock was last read; None before
         self._clock: tuple[int, float] | None = None
 
-    def arrival(self, sub: Subscription, data: bytes) -> Arrival | None:
-        """What the broadcast ``data`` on ``sub`` means: an Arrival to deliver, or None to skip."""
+    def arrival(self, sub: Subscription, chan: bytes, data: bytes) -> Arrival | None:
+        """What the broadcast ``data`` on channel ``chan`` of ``sub`` means: an Arrival to deliver, or
+        None to skip."""
         try:
             obj = orjson.loads(data)
             if type(obj) is not dict:
                 raise EventValidationError("a broadcast must be a JSON object", field="json")
             log_id = obj.pop("log_id", None)
             if log_id is None:  # published by another tool: validate everything
-                return self._of_channel(sub, Arrival(TradeEvent.from_dict(obj), None, "", None))
+                return self._of_channel(sub, chan, Arrival(TradeEvent.from_dict(obj), None, "", None))
             number, prev, prev_t = obj.pop("n", None), obj.pop("prev", ""), obj.pop("prev_t", "")
             bus = obj.pop("bus", None)
             if bus != self._prefix:
@@ -110,23 +111,21 @@ class Healer:
             prev_id, prev_t_id = checked_prev(prev, "prev"), checked_prev(prev_t, "prev_t")
             n = checked_number(number)
             event = TradeEvent.from_trusted_dict(obj)
+            if chan != f"{CHANNEL_PREFIX}:{event.symbol}:{event.event_type.value}".encode():
+                raise EventValidationError(f"a {event.event_type.value} event of {event.symbol}", field="channel")
         except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
             self.counters.malformed += 1
             log.warning("malformed message on %s skipped: %s", sub.name, e)
             return None
-        before = prev_t_id if sub.event_type else prev_id
-        arrival = self._place(sub, event, lid, log_id, before, n)
-        return None if arrival is None else self._of_channel(sub, arrival)
+        return self._place(sub, event, lid, log_id, prev_t_id if sub.event_type else prev_id, n)
 
-    def _of_channel(self, sub: Subscription, arrival: Arrival) -> Arrival | None:
-        """``arrival`` if its event is of the symbol and type ``sub`` subscribed to, else malformed."""
+    def _of_channel(self, sub: Subscription, chan: bytes, arrival: Arrival) -> Arrival | None:
+        """``arrival`` (another tool's message) if its event is of the channel it came on, else malformed."""
         event = arrival.event
-        if (sub.symbol is None or event.symbol == sub.symbol) and (
-            sub.type_value is None or event.event_type.value == sub.type_value
-        ):
+        if chan == f"{CHANNEL_PREFIX}:{event.symbol}:{event.event_type.value}".encode():
             return arrival
         self.counters.malformed += 1
-        log.warning("malformed message on %s skipped: a %s event of %s", sub.name, event.event_type.value, event.symbol)
+        log.warning("malformed message on %s skipped: a %s event of %s", chan, event.event_type.value, event.symbol)
         return None
 
     def _place(self, sub: Subscription, event: TradeEvent, lid: Id, raw_id: str, before: Id | None,
@@ -269,15 +268,16 @@ def is_confirmation(reply: Any) -> bool:
     return reply[0] in (b"subscribe", b"psubscribe")
 
 
-def message_of(subs: Mapping[bytes, Subscription], reply: Any) -> tuple[Subscription, bytes] | None:
-    """The subscription a pub/sub reply is for and its data; None for anything else (pong, confirmations)."""
+def message_of(subs: Mapping[bytes, Subscription], reply: Any) -> tuple[Subscription, bytes, bytes] | None:
+    """The subscription a pub/sub reply is for, its channel and its data; None for anything else (pong,
+    confirmations)."""
     kind = reply[0]
     if kind == b"pmessage":
         sub = subs.get(reply[1])
-        return (sub, reply[3]) if sub is not None else None
+        return (sub, reply[2], reply[3]) if sub is not None else None
     if kind == b"message":
         sub = subs.get(reply[1])
-        return (sub, reply[2]) if sub is not None else None
+        return (sub, reply[1], reply[2]) if sub is not None else None
     return None
 
 

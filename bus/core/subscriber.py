@@ -273,9 +273,9 @@ class Subscriber:
         found = message_of(self._subs, reply)
         if found is None:
             return  # pong and (p)subscribe confirmations need nothing
-        sub, data = found
+        sub, chan, data = found
         healer = self._healer
-        arrival = healer.arrival(sub, data)
+        arrival = healer.arrival(sub, chan, data)
         if arrival is None:
             return
         if arrival.suspect and not run(self._client, healer.settle(sub, arrival), self._deliver):

@@ -73,7 +73,7 @@ def _wire_schemas() -> dict[str, Any]:
                 "n": {
                     "type": "string",
                     "pattern": "^[1-9][0-9]*$",
-                    "description": "The entry's number in its symbol's log (absent in entries logged by an older tradebus).",
+                    "description": "The entry's number in its symbol's log (absent: logged by an older tradebus).",
                 },
             },
             "required": ["type", "event"],
