@@ -85,6 +85,10 @@ class Healer:
 
     def __init__(self, keys: Keys, counters: Counters) -> None:
         self._prefix, self._keys = keys.prefix, keys
+        # the channels are shared by every key prefix (tenant): a `trades:*` subscriber receives them all.
+        # Broadcasts of another prefix are told apart without parsing them (they can be most of the traffic)
+        self._ours = orjson.dumps({"bus": keys.prefix})[1:-1]  # b'"bus":"<prefix>"'
+        self._window = 200 + len(self._ours)  # publish.lua writes `bus` after log_id, n, prev, prev_t
         self.counters = counters
         self.catch_up = CatchUp(keys, counters)
         #: (server ms, time.monotonic()) when the server clock was last read; None before
@@ -93,6 +97,9 @@ class Healer:
     def arrival(self, sub: Subscription, chan: bytes, data: bytes) -> Arrival | None:
         """What the broadcast ``data`` on channel ``chan`` of ``sub`` means: an Arrival to deliver, or
         None to skip."""
+        if data.startswith(b'{"log_id":"') and data.find(self._ours, 0, self._window) < 0:
+            self.counters.foreign += 1  # another prefix's broadcast (or a corrupt one: nothing of ours)
+            return None
         try:
             obj = orjson.loads(data)
             if type(obj) is not dict:
