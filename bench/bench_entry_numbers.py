@@ -1,10 +1,10 @@
-"""The cost of numbering log entries (issue 9 item 7): publish.lua with and without its HINCRBY + `n`.
+"""The cost of numbering log entries (issue 9 item 7): publish.lua with and without the entry number `n`.
 
-    python bench/bench_entry_numbers.py [--before-lua PATH] [--n 20000] [--rounds 6] [--compare-with DIR]
+    python bench/bench_entry_numbers.py --before-lua PATH [--n 20000] [--rounds 6] [--compare-with DIR]
 
 Both script bodies run on one private redis-server (no other load on it), alternately, round after
-round, in one run: ``--before-lua`` is publish.lua as main has it (default: this tree's with the
-numbering lines removed). Each round EVALSHAs --n events (pipelines of 100, one symbol, no routes) and
+round, in one run: ``--before-lua`` is publish.lua as main has it (``git show main:bus/core/publish.lua``).
+Each round EVALSHAs --n events (pipelines of 100, one symbol, no routes) and
 reads the server's own time per call (INFO commandstats, usec_per_call of evalsha): that is where the
 change costs, and it is not disturbed by the client's scheduling on a loaded box. Wall-clock events/s
 are printed beside it. With ``--compare-with DIR`` (a tree of main), ``RedisEventBus.publish()``
@@ -29,13 +29,6 @@ from bus import TradeEvent
 from bus.embedded import EmbeddedRedis
 
 
-def without_numbers(body: str) -> str:
-    """publish.lua as it was before entries were numbered."""
-    lines = [line for line in body.splitlines() if "HINCRBY" not in line]
-    text = "\n".join(lines).replace(", 'n', n)", ")").replace('\'","n":\' .. n .. \',"prev', '\'","prev')
-    return text.replace('","n":\' .. n .. \',"prev":"', '","prev":"')
-
-
 def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: str) -> tuple[float, float]:
     sha = client.script_load(body)
     assert sha == hashlib.sha1(body.encode()).hexdigest()
@@ -57,10 +50,12 @@ def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: st
 PUBLISH_LOOP = """
 import sys, time, uuid
 sys.path.insert(0, sys.argv[1])
+import bus
 from bus import RedisEventBus, TradeEvent
+assert bus.__file__.startswith(sys.argv[1]), bus.__file__  # this tree's code, not the installed one
 n = int(sys.argv[3])
 events = [TradeEvent.create_order_created("B", str(i), "BUY", 2000.5, 0.1, sl=1995.0) for i in range(n)]
-with RedisEventBus(sys.argv[2], key_prefix="e2e" + uuid.uuid4().hex[:6], dispatch=False) as bus:
+with RedisEventBus(sys.argv[2], key_prefix="e2e" + uuid.uuid4().hex[:6]) as bus:
     for e in events[:200]:
         bus.publish(e)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -80,7 +75,7 @@ def publish_end_to_end(tree: str, url: str, n: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--before-lua", type=Path, help="publish.lua of the tree before the change")
+    ap.add_argument("--before-lua", type=Path, required=True, help="publish.lua of the tree before the change")
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--compare-with", metavar="DIR", help="also publish() end to end on DIR's code and this tree's")
@@ -88,8 +83,8 @@ def main() -> None:
     core = resources.files("bus.core")
     prelude = core.joinpath("wake.lua").read_text()
     after = prelude + core.joinpath("publish.lua").read_text()
-    before = prelude + (a.before_lua.read_text() if a.before_lua else without_numbers(after[len(prelude) :]))
-    assert "HINCRBY" in after and "HINCRBY" not in before
+    before = prelude + a.before_lua.read_text()
+    assert "'n', n" in after and "'n', n" not in before
     payload = TradeEvent.create_order_created("B", "o1", "BUY", 2000.5, 0.1, sl=1995.0).encode()
     results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     with EmbeddedRedis() as server:
@@ -114,7 +109,7 @@ def main() -> None:
               f" | wall ev/s median {statistics.median(eps):,.0f}")  # fmt: skip
     b = statistics.median(u for u, _ in results["before"])
     f = statistics.median(u for u, _ in results["after"])
-    print(f"numbering costs {f - b:+.2f} us of server time per publish ({(f / b - 1) * 100:+.1f}%)")
+    print(f"numbering costs {f - b:+.2f} us of server time per publish script ({(f / b - 1) * 100:+.1f}%)")
     for label, rows in e2e.items():
         if rows:
             eps, cpu = [e for e, _ in rows], [c for _, c in rows]

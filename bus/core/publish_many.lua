@@ -13,19 +13,20 @@ local log, heads, pending = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, bus = ARGV[1], '","bus":"' .. ARGV[2] .. '",'
 local w, routes = wake_args(4)  -- functions of wake.lua; ARGV[w + 1..]: the wake-up arguments
 local woken = set_flags(log, 4, w, routes)  -- before the run's first XADD
-local prev, prev_t, out = nil, {}, {}  -- prev/prev_t: the heads before each event, read once per run
+local prev, prev_t, n, out = nil, {}, 0, {}  -- prev/prev_t/n: the heads before each event, read once per run
 for i = 3, w, 4 do
   local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local n = redis.call('HINCRBY', heads, '#', 1)  -- the entry's number (publish.lua)
-  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
   local pt = prev_t[t]
-  if prev == nil then
+  if prev == nil then  -- heads '_': '<last log id>#<entries numbered>' (publish.lua)
     local h = redis.call('HMGET', heads, '_', t)
-    prev, pt = h[1] or '', h[2] or ''
+    local last, count = string.match(h[1] or '', '^([^#]*)#?(%d*)$')
+    prev, pt, n = last, h[2] or '', tonumber(count) or 0
   elseif pt == nil then
     pt = redis.call('HGET', heads, t) or ''
   end
-  redis.call('HSET', heads, '_', id, t, id)
+  n = n + 1
+  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
+  redis.call('HSET', heads, '_', id .. '#' .. n, t, id)
   if score ~= '' then
     redis.call('ZADD', pending, string.match(id, '^%d+'), id)
   end

@@ -19,7 +19,7 @@ local maxlen, bus, origin = ARGV[1], '","bus":"' .. ARGV[2] .. '",', ARGV[3]
 local mark_origin, mark_seq, mark_id = string.match(redis.call('GET', mark_key) or '', '^([^|]*)|(%d+)|(.*)$')
 if mark_origin ~= origin then mark_seq, mark_id = nil, '' end
 mark_seq = tonumber(mark_seq)
-local mark_text, prev, prev_t, out, i = nil, nil, {}, {}, 4  -- mark_text: the new mark, if it moved
+local mark_text, prev, prev_t, n, out, i = nil, nil, {}, 0, {}, 4  -- mark_text: the new mark, if it moved
 local w, routes = wake_args(5)  -- functions of wake.lua; ARGV[w + 1..]: the wake-up arguments
 local woken = set_flags(log, 5, w, routes)  -- before the first XADD
 while i <= w do
@@ -30,16 +30,17 @@ while i <= w do
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    local n = redis.call('HINCRBY', heads, '#', 1)  -- the entry's number (publish.lua)
-    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
     local pt = prev_t[t]
-    if prev == nil then
+    if prev == nil then  -- heads '_': '<last log id>#<entries numbered>' (publish.lua)
       local h = redis.call('HMGET', heads, '_', t)
-      prev, pt = h[1] or '', h[2] or ''
+      local last, count = string.match(h[1] or '', '^([^#]*)#?(%d*)$')
+      prev, pt, n = last, h[2] or '', tonumber(count) or 0
     elseif pt == nil then
       pt = redis.call('HGET', heads, t) or ''
     end
-    redis.call('HSET', heads, '_', id, t, id)
+    n = n + 1
+    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
+    redis.call('HSET', heads, '_', id .. '#' .. n, t, id)
     if tracked ~= '' then
       redis.call('ZADD', pending, string.match(id, '^%d+'), id)
     end

@@ -34,12 +34,15 @@ def test_publish_logs_and_broadcasts_with_gap_metadata(bus, redis_client, key_pr
     assert r1.log_id < r2.log_id or len(r1.log_id) < len(r2.log_id)
     log = redis_client.xrange(f"{key_prefix}:{{PUBTEST}}:log")
     assert [i for i, _ in log] == [r1.log_id, r2.log_id]
-    assert log[0][1] == {"type": "order.created", "event": e1.to_json()}
+    assert log[0][1] == {"type": "order.created", "event": e1.to_json(), "n": "1"}  # n: its number in the log
+    assert log[1][1]["n"] == "2"
     msgs = [ps.get_message(timeout=2) for _ in range(2)]
     first, second = (orjson.loads(m["data"]) for m in msgs)
     assert first["log_id"] == r1.log_id and first["prev"] == "" and first["bus"] == key_prefix
     assert second["prev"] == r1.log_id and second["prev_t"] == r1.log_id
-    assert TradeEvent.from_dict({k: v for k, v in second.items() if k not in ("log_id", "prev", "prev_t", "bus")}) == e2
+    assert (first["n"], second["n"]) == (1, 2)
+    meta = ("log_id", "n", "prev", "prev_t", "bus")
+    assert TradeEvent.from_dict({k: v for k, v in second.items() if k not in meta}) == e2
     assert bus.known_symbols() == ["PUBTEST"]
     assert [ev for _, ev in bus.read_log("PUBTEST")] == [e1, e2]
     assert [ev for _, ev in bus.read_log("PUBTEST", after=r1.log_id)] == [e2]
@@ -220,7 +223,8 @@ def test_publish_many_mixed_symbols_keeps_order_metadata_and_receipts(bus, redis
         mine = [(r.log_id, e) for r, e in zip(receipts, events, strict=True) if e.symbol == symbol]
         assert bus.read_log(symbol, after=before[-1].log_id if symbol == "PMA" else "-") == mine
         heads = redis_client.hgetall(bus.keys.heads(symbol))
-        assert heads["_"] == mine[-1][0]
+        numbered = len(mine) + (len(before) if symbol == "PMA" else 0)
+        assert heads["_"] == f"{mine[-1][0]}#{numbered}"  # the last id and the entries numbered
         for t in {e.event_type.value for _, e in mine}:
             assert heads[t] == [lid for lid, e in mine if e.event_type.value == t][-1]
     # and the log ids of the whole batch follow its order (stream ids are time based)
@@ -246,7 +250,7 @@ def test_long_same_symbol_batch_is_split_into_bounded_script_calls(bus, redis_cl
     receipts = bus.publish_many(events)
     assert [e for _, e in bus.read_log("PMD")] == events
     assert [lid for lid, _ in bus.read_log("PMD")] == [r.log_id for r in receipts]
-    assert redis_client.hget(bus.keys.heads("PMD"), "_") == receipts[-1].log_id
+    assert redis_client.hget(bus.keys.heads("PMD"), "_") == f"{receipts[-1].log_id}#{len(receipts)}"
 
 
 @pytest.mark.parametrize(
