@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from bus import BusConnectionError, EventValidationError, TradeEvent
+from bus.core.wire import BROADCAST_META
 from bus.dispatch.routing import RoutingTable
 from bus.embedded import EmbeddedRedis
 
@@ -41,8 +42,7 @@ def test_publish_logs_and_broadcasts_with_gap_metadata(bus, redis_client, key_pr
     assert first["log_id"] == r1.log_id and first["prev"] == "" and first["bus"] == key_prefix
     assert second["prev"] == r1.log_id and second["prev_t"] == r1.log_id
     assert (first["n"], second["n"]) == (1, 2)
-    meta = ("log_id", "n", "prev", "prev_t", "bus")
-    assert TradeEvent.from_dict({k: v for k, v in second.items() if k not in meta}) == e2
+    assert strip(second) == e2
     assert bus.known_symbols() == ["PUBTEST"]
     assert [ev for _, ev in bus.read_log("PUBTEST")] == [e1, e2]
     assert [ev for _, ev in bus.read_log("PUBTEST", after=r1.log_id)] == [e2]
@@ -193,7 +193,7 @@ def broadcasts(ps, key_prefix: str, n: int) -> list[dict]:
 
 
 def strip(obj: dict) -> TradeEvent:
-    return TradeEvent.from_dict({k: v for k, v in obj.items() if k not in ("log_id", "prev", "prev_t", "bus")})
+    return TradeEvent.from_dict({k: v for k, v in obj.items() if k not in BROADCAST_META})
 
 
 @pytest.fixture
