@@ -7,7 +7,9 @@ round, in one run: ``--before-lua`` is publish.lua as main has it (``git show ma
 Each round EVALSHAs --n events (pipelines of 100, one symbol, no routes) and
 reads the server's own time per call (INFO commandstats, usec_per_call of evalsha): that is where the
 change costs, and it is not disturbed by the client's scheduling on a loaded box. Wall-clock events/s
-are printed beside it. With ``--compare-with DIR`` (a tree of main), ``RedisEventBus.publish()``
+are printed beside it. ``--instructions N`` also counts redis-server's instructions per call of each
+script (valgrind callgrind, N calls after a warm-up): deterministic where time on a loaded box is not.
+With ``--compare-with DIR`` (a tree of main), ``RedisEventBus.publish()``
 end to end (no routes) is also measured on DIR's code and this tree's, alternately, on the same server.
 """
 
@@ -24,9 +26,10 @@ from importlib import resources
 from pathlib import Path
 
 import redis
+from bench_memory import callgrind_total
 
 from bus import TradeEvent
-from bus.embedded import EmbeddedRedis
+from bus.embedded import EmbeddedRedis, free_port, redis_server_binary
 
 
 def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: str) -> tuple[float, float]:
@@ -45,6 +48,41 @@ def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: st
     stats = client.info("commandstats")["cmdstat_evalsha"]
     client.delete(*keys)
     return stats["usec_per_call"], n / wall
+
+
+def server_instructions(bodies: dict[str, str], n: int, payload: bytes) -> dict[str, float]:
+    """redis-server instructions per EVALSHA of each script body (``n`` calls each, after 400 to warm up)."""
+    import shutil
+    import tempfile
+
+    port, out = free_port(), Path(tempfile.mkdtemp(prefix="tradebus-cg-"))
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p",
+                               redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        result = {}
+        for dump, (label, body) in enumerate(bodies.items(), start=1):
+            run_round(client, body, 400, payload, f"warm-{label}")
+            subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
+            run_round(client, body, n, payload, f"cg-{label}")
+            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
+            result[label] = callgrind_total(out / f"cg.{server.pid}.{dump}") / n
+        return result
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 PUBLISH_LOOP = """
@@ -78,6 +116,7 @@ def main() -> None:
     ap.add_argument("--before-lua", type=Path, required=True, help="publish.lua of the tree before the change")
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--instructions", type=int, default=0, metavar="N", help="count server instructions over N calls")
     ap.add_argument("--compare-with", metavar="DIR", help="also publish() end to end on DIR's code and this tree's")
     a = ap.parse_args()
     core = resources.files("bus.core")
@@ -116,6 +155,10 @@ def main() -> None:
             each = ", ".join(f"{e:,.0f}" for e in eps)
             print(f"publish() end to end, {label:6}: median {statistics.median(eps):,.0f} ev/s "
                   f"(rounds {each}), client CPU {statistics.median(cpu):.0f} us/event")  # fmt: skip
+    if a.instructions:
+        ins = server_instructions({"before": before, "after": after}, a.instructions, payload)
+        print(f"redis-server instructions per publish script (valgrind): before {ins['before']:,.0f}, "
+              f"after {ins['after']:,.0f} ({ins['after'] / ins['before']:.3f}x)")  # fmt: skip
     if e2e["before"]:
         r = statistics.median(e for e, _ in e2e["after"]) / statistics.median(e for e, _ in e2e["before"])
         print(f"publish() end to end: after / before = {r:.3f}")

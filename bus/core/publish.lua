@@ -9,17 +9,16 @@
 -- and those whose wake-up the caller must send (its message was not in the hash).
 local w, routes = wake_args(4)  -- functions of wake.lua
 local woken = set_flags(KEYS[1], 4, w, routes)  -- before the XADD: a new group's '$' is just before this event
-local prev = redis.call('HMGET', KEYS[2], '_', ARGV[3])
--- heads '_': '<last log id>#<entries numbered>' (a bare id before numbering); n numbers this entry in
--- the symbol's log, so a subscriber can count what a trim made it lose (no extra command for it)
-local last, n = string.match(prev[1] or '', '^([^#]*)#?(%d*)$')
-n = (tonumber(n) or 0) + 1
+-- heads: '_' the symbol's last log id, one field per type its last id, '#' the entries numbered so far;
+-- n numbers this entry in the symbol's log, so a subscriber can count what a trim made it lose
+local prev = redis.call('HMGET', KEYS[2], '_', ARGV[3], '#')
+local n = (tonumber(prev[3]) or 0) + 1
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', ARGV[3], 'event', ARGV[1], 'n', n)
-redis.call('HSET', KEYS[2], '_', id .. '#' .. n, ARGV[3], id)
+redis.call('HSET', KEYS[2], '_', id, ARGV[3], id, '#', n)
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[3], string.match(id, '^%d+'), id)
 end
 local unsent = enqueue(4, w, woken, id)
-local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. last .. '","prev_t":"' .. (prev[2] or '')
+local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. (prev[1] or '') .. '","prev_t":"' .. (prev[2] or '')
   .. '","bus":"' .. ARGV[7] .. '",' .. string.sub(ARGV[1], 2)
 return {id, redis.call('PUBLISH', ARGV[2], msg), woken, unsent}

@@ -17,16 +17,15 @@ local prev, prev_t, n, out = nil, {}, 0, {}  -- prev/prev_t/n: the heads before 
 for i = 3, w, 4 do
   local event, chan, t, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local pt = prev_t[t]
-  if prev == nil then  -- heads '_': '<last log id>#<entries numbered>' (publish.lua)
-    local h = redis.call('HMGET', heads, '_', t)
-    local last, count = string.match(h[1] or '', '^([^#]*)#?(%d*)$')
-    prev, pt, n = last, h[2] or '', tonumber(count) or 0
+  if prev == nil then  -- heads: '_', one field per type, '#' the entries numbered (publish.lua)
+    local h = redis.call('HMGET', heads, '_', t, '#')
+    prev, pt, n = h[1] or '', h[2] or '', tonumber(h[3]) or 0
   elseif pt == nil then
     pt = redis.call('HGET', heads, t) or ''
   end
   n = n + 1
   local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
-  redis.call('HSET', heads, '_', id .. '#' .. n, t, id)
+  redis.call('HSET', heads, '_', id, t, id, '#', n)
   if score ~= '' then
     redis.call('ZADD', pending, string.match(id, '^%d+'), id)
   end
