@@ -12,7 +12,7 @@ local woken = set_flags(KEYS[1], 4, w, routes)  -- before the XADD: a new group'
 -- heads: '_' the symbol's last log id, one field per type its last id, '#' the entries numbered so far;
 -- n numbers this entry in the symbol's log, so a subscriber can count what a trim made it lose
 local prev = redis.call('HMGET', KEYS[2], '_', ARGV[3], '#')
-local n = (tonumber(prev[3]) or 0) + 1
+local n = tostring((tonumber(prev[3]) or 0) + 1)  -- as text once (each number argument is formatted)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', ARGV[3], 'event', ARGV[1], 'n', n)
 redis.call('HSET', KEYS[2], '_', id, ARGV[3], id, '#', n)
 if ARGV[5] == '1' then

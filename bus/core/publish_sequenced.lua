@@ -38,12 +38,13 @@ while i <= w do
       pt = redis.call('HGET', heads, t) or ''
     end
     n = n + 1
-    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', n)
-    redis.call('HSET', heads, '_', id, t, id, '#', n)
+    local ns = tostring(n)  -- as text once (each number argument is formatted)
+    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'n', ns)
+    redis.call('HSET', heads, '_', id, t, id, '#', ns)
     if tracked ~= '' then
       redis.call('ZADD', pending, string.match(id, '^%d+'), id)
     end
-    local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
+    local msg = '{"log_id":"' .. id .. '","n":' .. ns .. ',"prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
     out[#out + 1] = id
     out[#out + 1] = redis.call('PUBLISH', chan, msg)
     out[#out + 1] = 1
