@@ -107,6 +107,8 @@ class CatchUp:
         """Report the entries trimmed between ``last`` (delivered) and ``first_id`` (the first still there)."""
         last_n = sub.number.get(symbol)
         count = first_n - last_n - 1 if first_n is not None and last_n is not None else None
+        if count is not None and count < 0:  # numbered by another scheme meanwhile (heads reset): unknown
+            count = None
         notice = LostEvents(sub.name, symbol, format_id(last), first_id, count)
         self._counters.gaps_lost += 1
         self._counters.events_lost += count or 0

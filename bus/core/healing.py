@@ -39,7 +39,7 @@ import orjson
 import redis
 
 from bus.core.catchup import CatchUp
-from bus.core.keys import CHANNEL_PREFIX, Keys
+from bus.core.keys import Keys
 from bus.core.steps import Command, Steps
 from bus.core.subscription import Counters, Subscription
 from bus.core.wire import (
@@ -93,6 +93,7 @@ class Healer:
         self.catch_up = CatchUp(keys, counters)
         #: (server ms, time.monotonic()) when the server clock was last read; None before
         self._clock: tuple[int, float] | None = None
+        self._channels: dict[bytes, list[str]] = {}  # channel -> [symbol, type value] it names
 
     def arrival(self, sub: Subscription, chan: bytes, data: bytes) -> Arrival | None:
         """What the broadcast ``data`` on channel ``chan`` of ``sub`` means: an Arrival to deliver, or
@@ -118,7 +119,7 @@ class Healer:
             prev_id, prev_t_id = checked_prev(prev, "prev"), checked_prev(prev_t, "prev_t")
             n = checked_number(number)
             event = TradeEvent.from_trusted_dict(obj)
-            if chan != f"{CHANNEL_PREFIX}:{event.symbol}:{event.event_type.value}".encode():
+            if not self._fits(chan, event):
                 raise EventValidationError(f"a {event.event_type.value} event of {event.symbol}", field="channel")
         except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
             self.counters.malformed += 1
@@ -126,10 +127,19 @@ class Healer:
             return None
         return self._place(sub, event, lid, log_id, prev_t_id if sub.event_type else prev_id, n)
 
+    def _fits(self, chan: bytes, event: TradeEvent) -> bool:
+        """Whether ``event`` is of the channel it came on (symbol and type)."""
+        named = self._channels.get(chan)
+        if named is None:
+            named = chan.decode(errors="replace").split(":", 2)[1:]
+            if len(self._channels) < 10_000:  # bounded: channels are few; past that, parse each time
+                self._channels[chan] = named
+        return named == [event.symbol, event.event_type.value]
+
     def _of_channel(self, sub: Subscription, chan: bytes, arrival: Arrival) -> Arrival | None:
         """``arrival`` (another tool's message) if its event is of the channel it came on, else malformed."""
         event = arrival.event
-        if chan == f"{CHANNEL_PREFIX}:{event.symbol}:{event.event_type.value}".encode():
+        if self._fits(chan, event):
             return arrival
         self.counters.malformed += 1
         log.warning("malformed message on %s skipped: a %s event of %s", chan, event.event_type.value, event.symbol)
