@@ -229,7 +229,7 @@ def test_an_unexpected_error_in_the_loop_is_counted_and_the_log_heals_it(bus, pu
     wait_for(lambda: len(seen) == 3, what="three events")
     assert ids(seen) == ["1", "2", "3"]
     c = bus.counters
-    assert c.loop_errors == 1 and c.reconnects == 1 and c.recovered_from_log >= 1, c
+    assert c.loop_errors == 1 and c.reconnects >= 1 and c.recovered_from_log >= 1, c
     assert handle.is_alive()
     assert any(r.levelno >= logging.ERROR and "unexpected error" in r.getMessage() for r in caplog.records)
     handle.stop()
