@@ -94,8 +94,9 @@ class CatchUp:
     def forged_last(self, sub: Subscription, symbol: str) -> None:
         """Count and log that the last delivery of ``sub`` for ``symbol`` was a broadcast the log never held."""
         self._counters.forged += 1
-        log.error("the broadcast delivered last on %s for %s (log id %s) was not in the log: forged or corrupt; "
-                  "delivery resumes from the log", sub.name, symbol, format_id(sub.last[symbol]))  # fmt: skip
+        log.error("the broadcast delivered last on %s for %s (log id %s) is not in the log: forged, corrupt, or "
+                  "lost in a failover; delivery resumes from the log", sub.name, symbol,
+                  format_id(sub.last[symbol]))  # fmt: skip
 
     def _never_logged(self, key: str, missing: Id) -> Steps[bool]:
         """Whether the log, lacking ``missing``, still holds an older entry: then it was never there

@@ -93,6 +93,7 @@ class Healer:
         self.catch_up = CatchUp(keys, counters)
         #: (server ms, time.monotonic()) when the server clock was last read; None before
         self._clock: tuple[int, float] | None = None
+        self._horizon = 0  # server ms a log id may reach before _ahead reads the clock estimate again
         self._channels: dict[bytes, list[str]] = {}  # channel -> [symbol, type value] it names
 
     def arrival(self, sub: Subscription, chan: bytes, data: bytes) -> Arrival | None:
@@ -168,10 +169,13 @@ class Healer:
         return Arrival(event, lid, raw_id, None, before, n, FUTURE if self._ahead(lid) else "")
 
     def _ahead(self, lid: Id) -> bool:
+        if lid[0] <= self._horizon:  # not past the clock as last estimated: no clock read per broadcast
+            return False
         clock = self._clock
         if clock is None:
             return False
-        return lid[0] > clock[0] + (time.monotonic() - clock[1]) * 1000 + FUTURE_SLACK_MS
+        self._horizon = int(clock[0] + (time.monotonic() - clock[1]) * 1000) + FUTURE_SLACK_MS
+        return lid[0] > self._horizon
 
     def settle(self, sub: Subscription, arrival: Arrival) -> Steps[bool]:
         """The slow path of a ``suspect`` arrival: fill its gap from the log first, check it against
@@ -235,6 +239,7 @@ class Healer:
     def sync_clock(self) -> Steps[None]:
         secs, micros = yield Command(("TIME",))
         self._clock = (int(secs) * 1000 + int(micros) // 1000, time.monotonic())
+        self._horizon = self._clock[0] + FUTURE_SLACK_MS
 
     def baseline(self, subs: Iterable[Subscription]) -> Steps[None]:
         """Read the server's clock (the log ids' clock) and give new subscriptions their baseline: just
