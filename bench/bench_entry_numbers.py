@@ -1,9 +1,9 @@
 """The cost of numbering log entries (issue 9 item 7): publish.lua with and without the entry number `n`.
 
-    python bench/bench_entry_numbers.py --before-lua PATH [--n 20000] [--rounds 6] [--compare-with DIR]
+    python bench/bench_entry_numbers.py --before DIR [--n 20000] [--rounds 6] [--compare-with DIR]
 
 Both script bodies run on one private redis-server (no other load on it), alternately, round after
-round, in one run: ``--before-lua`` is publish.lua as main has it (``git show main:bus/core/publish.lua``).
+round, in one run: ``--before`` is a tree of main (its bus/core Lua files: the preludes, then publish.lua).
 Each round EVALSHAs --n events (pipelines of 100, one symbol, no routes) and
 reads the server's own time per call (INFO commandstats, usec_per_call of evalsha): that is where the
 change costs, and it is not disturbed by the client's scheduling on a loaded box. Wall-clock events/s
@@ -30,6 +30,12 @@ from bench_memory import callgrind_total
 
 from bus import TradeEvent
 from bus.embedded import EmbeddedRedis, free_port, redis_server_binary
+
+
+def publish_body(core: Path) -> str:
+    """publish.lua as a tree loads it: its shared Lua files first (wake.lua, log_event.lua where it has one)."""
+    parts = [core / "wake.lua", core / "log_event.lua", core / "publish.lua"]
+    return "".join(p.read_text() for p in parts if p.exists())
 
 
 def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: str) -> tuple[float, float]:
@@ -113,16 +119,14 @@ def publish_end_to_end(tree: str, url: str, n: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--before-lua", type=Path, required=True, help="publish.lua of the tree before the change")
+    ap.add_argument("--before", type=Path, required=True, help="a tree of main (before the change)")
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--instructions", type=int, default=0, metavar="N", help="count server instructions over N calls")
     ap.add_argument("--compare-with", metavar="DIR", help="also publish() end to end on DIR's code and this tree's")
     a = ap.parse_args()
-    core = resources.files("bus.core")
-    prelude = core.joinpath("wake.lua").read_text()
-    after = prelude + core.joinpath("publish.lua").read_text()
-    before = prelude + a.before_lua.read_text()
+    after = publish_body(Path(str(resources.files("bus.core"))))
+    before = publish_body(a.before / "bus" / "core")
     assert "'n', n" in after and "'n', n" not in before
     payload = TradeEvent.create_order_created("B", "o1", "BUY", 2000.5, 0.1, sl=1995.0).encode()
     results: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
