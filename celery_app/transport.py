@@ -135,8 +135,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         consumer_tag = super().basic_consume(queue, *args, **kwargs)
-        # Task queues only: fanout (remote control) consumers hold nothing.
-        wanted = self.ack_emulation and self.unacked_refresh_interval and queue not in self._fanout_queues
+        # Task queues only: fanout (remote control) and no-ack consumers (an `inspect` reply queue) hold
+        # nothing, and a client's short-lived channel must not leave a thread behind.
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        wanted = (self.ack_emulation and self.unacked_refresh_interval and not no_ack
+                  and queue not in self._fanout_queues)  # fmt: skip
         if wanted and self._heartbeat is None:
             self._heartbeat = HeldMessagesHeartbeat(self, self.unacked_refresh_interval)
             self._heartbeat.start()

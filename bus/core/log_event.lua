@@ -3,24 +3,29 @@
 -- A run is one script call's events of ONE symbol: new_run(log, heads, pending, maxlen, prefix).
 local function new_run(log, heads, pending, maxlen, prefix)
   return {log = log, heads = heads, pending = pending, maxlen = maxlen, bus = '","bus":"' .. prefix .. '",',
-          prev = nil, prev_t = {}}  -- prev / prev_t: the heads before the next event, read once per run
+          prev = nil, prev_t = {}, n = 0}  -- prev / prev_t / n: the heads before the next event, read once per run
 end
 -- One event: XADD ~ to the log, heads, the pending-dispatch entry when tracked (scored with the log id's
--- server time in ms, as redispatch compares), PUBLISH with log_id / prev / prev_t / bus. Returns id, reached.
+-- server time in ms, as redispatch compares), PUBLISH with log_id / n / prev / prev_t / bus. Returns id, reached.
+-- heads: '_' the symbol's last log id, one field per type its last id, '#' the entries numbered so far; n
+-- numbers each entry in the symbol's log (entry field and broadcast), so a subscriber counts what a trim lost.
 local function log_event(run, event, chan, t, tracked)
-  local id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event)
   local pt = run.prev_t[t]
   if run.prev == nil then
-    local h = redis.call('HMGET', run.heads, '_', t)
-    run.prev, pt = h[1] or '', h[2] or ''
+    local h = redis.call('HMGET', run.heads, '_', t, '#')
+    run.prev, pt, run.n = h[1] or '', h[2] or '', tonumber(h[3]) or 0
   elseif pt == nil then
     pt = redis.call('HGET', run.heads, t) or ''
   end
-  redis.call('HSET', run.heads, '_', id, t, id)
+  run.n = run.n + 1
+  local n = tostring(run.n)  -- as text once (each number argument is formatted)
+  local id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n)
+  redis.call('HSET', run.heads, '_', id, t, id, '#', n)
   if tracked then
     redis.call('ZADD', run.pending, string.match(id, '^%d+'), id)
   end
-  local msg = '{"log_id":"' .. id .. '","prev":"' .. run.prev .. '","prev_t":"' .. pt .. run.bus .. string.sub(event, 2)
+  local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. run.prev .. '","prev_t":"' .. pt .. run.bus
+    .. string.sub(event, 2)
   local reached = redis.call('PUBLISH', chan, msg)
   run.prev, run.prev_t[t] = id, id
   return id, reached

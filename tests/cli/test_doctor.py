@@ -3,6 +3,8 @@ route whose task is a plain Celery task is flagged (in-process: the checks, a re
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from bus.cli.doctor import run_checks
@@ -23,8 +25,12 @@ def test_doctor_flags_routed_queues_without_consumer_and_plain_tasks(settings, o
                                  routes_file=str(table.to_file(tmp_path / "routes.json")),
                                  task_modules="tests.worker.user_tasks")  # fmt: skip
     # a worker started with the -Q of old: tradebus's queues only
+    before = set(threading.enumerate())
     with own_worker(make_celery(s, set_as_current=False), queues=TRADEBUS_QUEUES):
         checks = {c.name: c for c in run_checks(s, ping_timeout=3)}
+    # the `inspect` replies' no-ack consumer holds nothing: no held-messages heartbeat outlives the checks
+    # (a leaked one retries a gone server forever, its jittered backoff stirring the global random state)
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "tradebus-held-messages"]
     assert checks["workers"].status == "ok", checks["workers"]
     assert checks["queue tradebus.state"].status == "ok" and "consumed by" in checks["queue tradebus.state"].detail
     fills = checks["queue user.fills"]

@@ -74,8 +74,11 @@ def test_worker_metrics_count_runs_retries_and_dead_letters_and_logs_json_lines(
 
         def settled() -> dict[Any, float] | None:
             samples = scrape(port)
-            done = value(samples, "tradebus_tasks_dead_lettered_total", route="flaky") == 1 and all(
-                value(samples, "tradebus_tasks_run_total", route=r) >= n for r, n in expected_runs.items()
+            # the dead letter is counted inside the last attempt, its duration only as that attempt ends
+            done = (
+                value(samples, "tradebus_tasks_dead_lettered_total", route="flaky") == 1
+                and value(samples, "tradebus_task_seconds_count", route="flaky") >= 2
+                and all(value(samples, "tradebus_task_seconds_count", route=r) >= n for r, n in expected_runs.items())
             )
             return samples if done else None
 
