@@ -42,7 +42,8 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(RedisGauges(make_client(settings.bus_url, settings), Keys(settings.key_prefix)))
+    client = make_client(settings.bus_url, settings)
+    registry.register(RedisGauges(client, Keys(settings.key_prefix), task_context(app).routing))
     enable_metrics()  # before the fork: every pool process inherits the recorder
     start_http_server(settings.metrics_port, registry=registry)
     log.info("serving Prometheus metrics on :%d/metrics", settings.metrics_port)

@@ -27,9 +27,10 @@ from bus.core.catchup import CatchUp
 from bus.core.keys import Keys
 from bus.core.steps import Command, Steps
 from bus.core.subscription import Counters, Subscription
-from bus.core.wire import MAX_SEQ, Id, parse_id
+from bus.core.wire import MAX_SEQ, TRACE_FIELD, Id, parse_id
 from bus.errors import BusPermissionError, EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,13 @@ class Healer:
             if log_id is None:  # published by another tool: validate everything
                 return Arrival(TradeEvent.from_dict(obj), None, "", None)
             prev, prev_t, bus = obj.pop("prev", ""), obj.pop("prev_t", ""), obj.pop("bus", None)
+            traced = obj.pop(TRACE_FIELD, None)  # the publish's trace context, when it was traced
             if bus != self._prefix:
                 self.counters.foreign += 1
                 return None
             event = TradeEvent.from_trusted_dict(obj)
+            if traced is not None:
+                tracing.carry(event, traced)
             lid = parse_id(log_id)
         except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
             self.counters.malformed += 1

@@ -8,7 +8,8 @@
 -- wake flags (all in the same {symbol} slot)
 -- ARGV[1] log maxlen (approximate), ARGV[2] key prefix, ARGV[3] origin (the numbering's identity: the
 -- numbers of another origin are never compared, that event is logged), then per event: its number,
--- event JSON, channel, event type, '' or '1' (track dispatch: ZADD the pending entry), and the count
+-- event JSON, channel, event type, '' or '1' (track dispatch: ZADD the pending entry), its publish span's
+-- W3C traceparent or '' (tracing off: nothing added to the entry or the broadcast), and the count
 -- of the ARGV items that follow for its staged commands (each: its length, then its words); then, with
 -- log routes, the wake-up arguments (wake.lua).
 -- Returns {log_id, subscribers, logged_now} per event: logged_now 0 for a skipped event, whose
@@ -24,13 +25,18 @@ local w, routes = wake_args(5)  -- functions of wake.lua; ARGV[w + 1..]: the wak
 local woken = set_flags(log, 5, w, routes)  -- before the first XADD
 while i <= w do
   local seq, event, chan, t, tracked = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local staged_end = i + 5 + tonumber(ARGV[i + 5])
+  local tp, staged_end = ARGV[i + 5], i + 6 + tonumber(ARGV[i + 6])
   if mark_seq ~= nil and seq <= mark_seq then
     out[#out + 1] = seq == mark_seq and mark_id or ''
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
+    local id
+    if tp == '' then
+      id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event)
+    else
+      id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'type', t, 'event', event, 'tp', tp)
+    end
     local pt = prev_t[t]
     if prev == nil then
       local h = redis.call('HMGET', heads, '_', t)
@@ -42,12 +48,13 @@ while i <= w do
     if tracked ~= '' then
       redis.call('ZADD', pending, string.match(id, '^%d+'), id)
     end
-    local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus .. string.sub(event, 2)
+    local msg = '{"log_id":"' .. id .. '","prev":"' .. prev .. '","prev_t":"' .. pt .. bus
+      .. (tp == '' and '' or '"tp":"' .. tp .. '",') .. string.sub(event, 2)
     out[#out + 1] = id
     out[#out + 1] = redis.call('PUBLISH', chan, msg)
     out[#out + 1] = 1
     prev, prev_t[t] = id, id
-    local j = i + 6
+    local j = i + 7
     while j <= staged_end do  -- the dispatcher's staged commands (they restore the selected db)
       local n = tonumber(ARGV[j])
       redis.call(unpack(ARGV, j + 1, j + n))

@@ -141,15 +141,15 @@ class Publisher:
         tracer = tracing.active_tracer()
         if tracer is None:
             return (yield from self._publish_one_steps(event))
-        with tracing.publish_span(tracer, event) as span:
-            receipt = yield from self._publish_one_steps(event)
+        with tracing.publish_span(tracer, event) as span:  # its context rides with the event (log, broadcast)
+            receipt = yield from self._publish_one_steps(event, tracing.current_traceparent())
             span.set_attribute("tradebus.log_id", receipt.log_id)
             return receipt
 
-    def _publish_one_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+    def _publish_one_steps(self, event: TradeEvent, traceparent: str | None = None) -> Steps[PublishReceipt]:
         recorder = metrics.RECORDER
         started = perf_counter() if recorder is not None else 0.0
-        item = self._prepare(event)
+        item = self._prepare(event, traceparent)
         staged = bool(item.routes) and not item.tracked
         one_command = not staged and not self.effects and self.durability is None
         if one_command and event.symbol in self._symbols_sent:  # one command does it
@@ -195,7 +195,7 @@ class Publisher:
 
     # --- one event's script arguments ----------------------------------------------------------------
 
-    def _prepare(self, event: Any) -> Staged:
+    def _prepare(self, event: Any, traceparent: str | None = None) -> Staged:
         if not isinstance(event, TradeEvent):
             raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
         payload = event.encode(self.max_event_bytes)
@@ -212,7 +212,7 @@ class Publisher:
             type_value,
             self.log_maxlen,
             b"1" if tracked else b"0",
-            0,  # unused: the pending entry is scored with the server time of its log id
+            traceparent or 0,  # the publish span's context to carry with the event; 0: none (tracing off)
             self.keys.prefix,
         ]
         wake = self.waker.wake_for(event) if self.waker is not None else None
@@ -370,7 +370,7 @@ class Publisher:
         transaction): log + broadcast, its log routes' wake flags and, with the broker on the bus's server,
         its event routes' task messages commit with the caller's writes. What must be sent after (a
         separate broker; Celery's publish signals) is appended to ``hooks``, called with the EXEC results."""
-        item = self._prepare(event)
+        item = self._prepare(event, tracing.current_traceparent())  # inside a drain batch's span, if traced
         PUBLISH.load(pipe)  # a NOSCRIPT inside MULTI would fail this command alone
         PUBLISH.stage(pipe, item.keys, item.args)
         at = len(pipe) - 1

@@ -29,7 +29,7 @@ from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.scripts import LuaScript, execute_pipeline
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
-from bus.observability import metrics
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,42 @@ class SequencedPublisher:
     def publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
         """Publish ``(number, event)`` pairs (numbers increasing) in one pipeline. An event already logged
         under its number is skipped: ``receipt.already_logged``. Nothing is sent if any event is invalid."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._metered(events)
+        if len(events) == 1:  # the executor's publish: its span is current throughout (task messages too)
+            with tracing.publish_span(tracer, events[0][1]) as span:
+                receipts = self._metered(events, [span])
+                span.set_attribute("tradebus.log_id", receipts[0].log_id)
+                return receipts
+        spans = [tracing.start_publish_span(tracer, event) for _, event in events]  # an outbox flush
+        try:
+            receipts = self._metered(events, spans)
+            for span, receipt in zip(spans, receipts, strict=True):
+                span.set_attribute("tradebus.log_id", receipt.log_id)
+            return receipts
+        finally:
+            for span in spans:
+                span.end()
+
+    def _metered(self, events: Sequence[tuple[int, TradeEvent]], spans: Sequence[Any] = ()) -> list[PublishReceipt]:
         recorder = metrics.RECORDER
         if recorder is None:
-            return self._publish(events)
+            return self._publish(events, spans)
         started = perf_counter()
-        receipts = self._publish(events)
+        receipts = self._publish(events, spans)
         fresh = [(event, r) for (_, event), r in zip(events, receipts, strict=True) if not r.already_logged]
         recorder.record_publish([e.event_type.value for e, _ in fresh], perf_counter() - started,
                                 [n for _, r in fresh for n in r.dispatched],
                                 [n for _, r in fresh for n in r.not_dispatched])  # fmt: skip
         return receipts
 
-    def _publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
+    def _publish(self, events: Sequence[tuple[int, TradeEvent]], spans: Sequence[Any]) -> list[PublishReceipt]:
         p = self.publisher
-        items = [self._prepare(seq, event) for seq, event in events]
+        if spans:  # each event built inside its publish span: the script carries its context, tasks follow it
+            items = [self._traced_prepare(seq, event, span) for (seq, event), span in zip(events, spans, strict=True)]
+        else:
+            items = [self._prepare(seq, event) for seq, event in events]
         if not items:
             return []
         new_symbols = {item.event.symbol for item in items} - self._symbols_sent
@@ -142,7 +164,13 @@ class SequencedPublisher:
         run_steps = self.publisher.send_wakes_steps(run[0].event.symbol, wake, reply[-2], reply[-1], logged[-1])
         steps.run(self.publisher.client, run_steps)
 
-    def _prepare(self, seq: int, event: Any) -> Numbered:
+    def _traced_prepare(self, seq: int, event: Any, span: Any) -> Numbered:
+        from opentelemetry.trace import use_span
+
+        with use_span(span, end_on_exit=False):
+            return self._prepare(seq, event, tracing.current_traceparent())
+
+    def _prepare(self, seq: int, event: Any, traceparent: str | None = None) -> Numbered:
         if not isinstance(event, TradeEvent):
             raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
         p, d = self.publisher, self.publisher.dispatcher
@@ -160,7 +188,7 @@ class SequencedPublisher:
                 words += [len(command), *command]
         tracked = b"1" if routes and not staged else b""
         t = event.event_type.value
-        args = [seq, payload, channel(event.symbol, t), t, tracked, len(words), *words]
+        args = [seq, payload, channel(event.symbol, t), t, tracked, traceparent or "", len(words), *words]
         wake = p.waker.wake_for(event) if p.waker is not None else None
         return Numbered(event, payload, args, routes, staged, after_commit, wake)
 
