@@ -67,13 +67,13 @@ class SequencedPublisher:
         if len(events) == 1:  # the executor's publish: its span is current throughout (task messages too)
             with tracing.publish_span(tracer, events[0][1]) as span:
                 receipts = self._metered(events, [span])
-                span.set_attribute("tradebus.log_id", receipts[0].log_id)
+                _close(span, receipts[0])
                 return receipts
         spans = [tracing.start_publish_span(tracer, event) for _, event in events]  # an outbox flush
         try:
             receipts = self._metered(events, spans)
             for span, receipt in zip(spans, receipts, strict=True):
-                span.set_attribute("tradebus.log_id", receipt.log_id)
+                _close(span, receipt)
             return receipts
         finally:
             for span in spans:
@@ -232,3 +232,9 @@ class SequencedPublisher:
         except Exception:  # noqa: BLE001 - the events are logged; beat re-dispatches what stays pending
             log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
             return [((), tuple(r.name for r in i.routes)) for i in items]
+
+
+def _close(span: Any, receipt: PublishReceipt) -> None:
+    span.set_attribute("tradebus.log_id", receipt.log_id)
+    if receipt.already_logged:  # a resend the script skipped: the event's trace is its first publish's
+        span.set_attribute("tradebus.already_logged", True)

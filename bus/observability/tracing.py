@@ -134,10 +134,8 @@ CARRIED_MAX = 10_000
 
 def carry(event: Any, traceparent: Any) -> None:
     """Remember that ``event`` arrived with ``traceparent`` (a reader calls this; ignored unless valid)."""
-    if traceparent is None:
-        return
-    tp = traceparent.decode() if isinstance(traceparent, bytes) else traceparent
-    if not isinstance(tp, str) or not TRACEPARENT.fullmatch(tp):
+    tp = _valid(traceparent)
+    if tp is None:
         return
     if len(_CARRIED) >= CARRIED_MAX:
         with suppress(StopIteration, RuntimeError):  # emptied or changed by another thread meanwhile
@@ -150,16 +148,22 @@ def _forget(key: int, _ref: Any) -> None:
     _CARRIED.pop(key, None)
 
 
+def _valid(traceparent: Any) -> str | None:
+    """``traceparent`` as str when it is one (hostile input from a channel or the log: None otherwise)."""
+    tp = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent
+    return tp if isinstance(tp, str) and TRACEPARENT.fullmatch(tp) else None
+
+
 def traceparent_of(event: Any) -> str | None:
     """The traceparent ``event`` arrived with (from a broadcast or a log entry), or None."""
     found = _CARRIED.get(id(event))
     return found[1] if found is not None and found[0]() is event else None
 
 
-def span_context(traceparent: str | bytes | None) -> Any | None:
+def span_context(traceparent: Any) -> Any | None:
     """The remote SpanContext a traceparent names, or None when it is missing or not one."""
-    tp = traceparent.decode() if isinstance(traceparent, bytes) else traceparent
-    if not tp or not TRACEPARENT.fullmatch(tp):
+    tp = _valid(traceparent)
+    if tp is None:
         return None
     from opentelemetry.trace import SpanContext, TraceFlags
 
