@@ -38,8 +38,11 @@ def test_metrics_prints_the_redis_side_gauges(
     gauges = {s.name: s.value for s in samples if not s.labels}
     # per log route (the default routes: state, risk), never per symbol; no group has read anything yet
     by_route = {(s.name, s.labels["route"]): s.value for s in samples if s.labels}
-    assert by_route == {(name, route): 0 for route in ("risk", "state") for name in (
-        "tradebus_logroute_lag", "tradebus_logroute_pending", "tradebus_logroute_oldest_waiting_seconds")}, out
+    assert by_route == {
+        (name, route): 0
+        for route in ("risk", "state")
+        for name in ("tradebus_logroute_lag", "tradebus_logroute_pending", "tradebus_logroute_oldest_waiting_seconds")
+    }, out
     assert gauges == {
         "tradebus_redis_up": 1,
         "tradebus_pending_dispatch": 0,
