@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,14 +109,18 @@ def _scrape(port: int) -> list[Any]:
 
 
 @pytest.mark.slow
-def test_operator_walkthrough_top_during_the_demo_and_a_scrape_matching_its_summary(redis_url: str) -> None:
+def test_operator_walkthrough_top_during_the_demo_and_a_scrape_matching_its_summary(
+    redis_url: str, tmp_path: Path
+) -> None:
     port = free_port()
     env = cli_env(REDIS_URL=redis_url, TRADEBUS_METRICS_PORT=str(port))
     client = redis.Redis.from_url(redis_url)
     before = set(client.scan_iter(match="tradebus-demo-*:symbols", count=1000))
-    demo = _cli(["demo", "--seconds", "12", "--json", "--linger", "60"], env)
-    err_lines: list[str] = []
-    threading.Thread(target=lambda: err_lines.extend(demo.stderr or []), daemon=True).start()
+    err = tmp_path / "demo.err"
+    with err.open("w") as err_file:
+        args = ["demo", "--seconds", "12", "--json", "--linger", "60"]  # the summary, then the worker stays up
+        demo = subprocess.Popen([sys.executable, "-m", "bus.cli", *args], env=env, stdout=subprocess.PIPE,
+                                stderr=err_file, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
         # During the session: another process's `tradebus top --once` shows it live
         prefix = _demo_prefix(client, before)
@@ -132,13 +135,15 @@ def test_operator_walkthrough_top_during_the_demo_and_a_scrape_matching_its_summ
             assert re.search(rf"(?m)^\W*{route}\W+[\d.]+\W+", out), out
         # After the session (the demo lingers): a scrape of its worker returns the figures its summary prints
         line = demo.stdout.readline() if demo.stdout else ""
-        assert line, "".join(err_lines[-30:])
+        assert line, err.read_text()[-3000:]
         summary = json.loads(line)
         assert summary["ok"], summary["problems"]
         samples = _scrape(port)
     finally:
         demo.terminate()
         demo.wait(60)
+        if demo.stdout:
+            demo.stdout.close()
         client.close()
 
     def value(name: str, **labels: str) -> float:
