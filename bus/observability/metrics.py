@@ -12,10 +12,13 @@ without bound.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
+
+from bus.observability import tally
 
 #: the active recorder; None while metrics are off (the call sites test it, nothing else runs)
 RECORDER: Recorder | None = None
@@ -31,19 +34,21 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 class Recorder:
     """The metrics of this process, registered on ``registry`` (prometheus-client's default one)."""
 
-    def __init__(self, registry: Any = None) -> None:
+    def __init__(self, registry: Any = None, *, multiprocess: bool | None = None) -> None:
         from prometheus_client import REGISTRY, Counter, Histogram
 
         reg = REGISTRY if registry is None else registry
-        self.published = Counter("tradebus_events_published_total", "Events published, by type.",
-                                 ["event_type"], registry=reg)  # fmt: skip
-        self.publish_seconds = Histogram("tradebus_publish_seconds", "Seconds one publish() call took.",
-                                         buckets=PUBLISH_BUCKETS, registry=reg)  # fmt: skip
-        self.dispatched = Counter("tradebus_routes_dispatched_total", "Route tasks enqueued by publish.",
-                                  ["route"], registry=reg)  # fmt: skip
-        self.not_dispatched = Counter("tradebus_routes_not_dispatched_total",
-                                      "Route tasks the broker did not take (left to beat's re-dispatch).",
-                                      ["route"], registry=reg)  # fmt: skip
+        if multiprocess is None:
+            multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if multiprocess:  # a prefork worker: only prometheus-client's own metrics add up across the pool
+            self.published = Counter(*tally.PUBLISHED, ["event_type"], registry=reg)
+            self.publish_seconds = Histogram(*tally.PUBLISH_SECONDS, buckets=PUBLISH_BUCKETS, registry=reg)
+            self.dispatched = Counter(*tally.DISPATCHED, ["route"], registry=reg)
+            self.not_dispatched = Counter(*tally.NOT_DISPATCHED, ["route"], registry=reg)
+        else:  # one process: plain ints, read on scrape (the publish path's cost, see tally.py)
+            publishes = tally.PublishTally(PUBLISH_BUCKETS)
+            reg.register(publishes)
+            self.record_publish = publishes.record  # type: ignore[method-assign]
         self.tasks_run = Counter("tradebus_tasks_run_total", "Routed tasks that completed.",
                                  ["route", "queue"], registry=reg)  # fmt: skip
         self.tasks_retried = Counter("tradebus_tasks_retried_total", "Routed task attempts that will be retried.",

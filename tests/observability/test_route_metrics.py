@@ -117,3 +117,24 @@ def test_outbox_depth_and_flushes_across_an_outage(recorder, tmp_path: Path, key
         pub.close()
         bus.close()
         assert sample("tradebus_outbox_depth") == depth  # a closed outbox reports nothing, the scrape still answers
+
+
+def test_the_publish_tally_scrapes_as_prometheus_clients_own_metrics() -> None:
+    """One process keeps the publish figures as ints (bus/observability/tally.py); a scrape must read
+    exactly what prometheus-client's Counter and Histogram would (a prefork worker uses those)."""
+    from prometheus_client import generate_latest
+
+    seconds = [0.0001, 0.0002, 0.0004, 0.003, 0.7, 2.0, 0.0002]
+    published = [["order.created"], ["trade.failed", "order.created"], [], ["x"], ["x"], ["x"], ["x"]]
+    routes = [("state", "risk"), (), ("notify",), (), (), ("state",), ()]
+    texts = []
+    for multiprocess in (False, True):
+        registry = CollectorRegistry()
+        recorder = metrics.Recorder(registry, multiprocess=multiprocess)
+        for s, types, rs in zip(seconds, published, routes, strict=True):
+            recorder.record_publish(types, s, rs, rs[:1])
+        lines = generate_latest(registry).decode().splitlines()
+        texts.append(sorted(line for line in lines if line.startswith(("tradebus_events_published", "tradebus_routes",
+                                                                        "tradebus_publish_seconds"))
+                            and "_created" not in line))  # fmt: skip
+    assert texts[0] == texts[1] and len(texts[0]) > 15
