@@ -173,6 +173,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="measure each setting this many times (repeatability)")
     p.add_argument("--compare-with", type=Path, default=None, help="another tree: its 'off' beside this one's")
     p.add_argument("--exporter", choices=("batch", "memory"), default="batch")
+    p.add_argument("--only", choices=("publish", "drain"), default=None)
+    p.add_argument("--modes", default=",".join(MODES), help="of off,metrics,tracing (the first is the baseline)")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -182,11 +184,12 @@ def main() -> None:
         return
     print(f"instructions per event, callgrind, ({a.large} - {a.small} events) / difference; load: "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
-    for what in ("publish", "drain"):
+    modes = a.modes.split(",")
+    for what in (a.only,) if a.only else ("publish", "drain"):
         trees = [("this tree", REPO)] + ([("compared", a.compare_with.resolve())] if a.compare_with else [])
         base = None
         for label, code in trees:
-            for mode in MODES if label == "this tree" else ("off",):
+            for mode in modes if label == "this tree" else ("off",):
                 runs = [per_event(what, mode, a.small, a.large, code, a.exporter) for _ in range(a.repeat)]
                 mean = sum(runs) / len(runs)
                 base = mean if base is None else base
