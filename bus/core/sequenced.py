@@ -165,9 +165,7 @@ class SequencedPublisher:
         steps.run(self.publisher.client, run_steps)
 
     def _traced_prepare(self, seq: int, event: Any, span: Any) -> Numbered:
-        from opentelemetry.trace import use_span
-
-        with use_span(span, end_on_exit=False):
+        with tracing.current(span):
             return self._prepare(seq, event, tracing.current_traceparent())
 
     def _prepare(self, seq: int, event: Any, traceparent: str | None = None) -> Numbered:

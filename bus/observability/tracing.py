@@ -72,6 +72,13 @@ def publish_span(tracer: Any, event: Any) -> Iterator[Any]:
         yield span
 
 
+def current(span: Any) -> AbstractContextManager[Any]:
+    """Make ``span`` the current span for a block (it is not ended on leaving it)."""
+    from opentelemetry.trace import use_span
+
+    return use_span(span, end_on_exit=False)
+
+
 def start_publish_span(tracer: Any, event: Any) -> Any:
     """The producer span of one publish, started (not current; the caller ends it)."""
     from opentelemetry.trace import SpanKind
