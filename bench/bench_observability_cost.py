@@ -13,7 +13,8 @@ and warm-up, measured for
 
 with everything off, with metrics on (prometheus-client), and with a tracer configured (the SDK's
 TracerProvider with a BatchSpanProcessor exporting nowhere: what recording and handing the spans over
-costs; ``--exporter memory`` keeps them in memory instead). With ``--compare-with DIR`` the same runs
+costs; ``--exporter memory`` keeps them in memory instead; ``--modes off,sampled``: the SDK sampling one
+trace in 100, the others' context still carried). With ``--compare-with DIR`` the same runs
 for DIR (e.g. a checkout of main): "off" there against "off" here is what the hooks cost when off.
 Redis's own instructions are not counted (another process): a traced publish also makes Redis store the
 ``tp`` field and send a 55-byte longer broadcast.
@@ -54,8 +55,9 @@ def _switch(mode: str, exporter: str) -> None:
 
     if mode == "metrics":
         metrics.enable_metrics()
-    elif mode == "tracing":
+    elif mode in ("tracing", "sampled"):
         from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -65,7 +67,8 @@ def _switch(mode: str, exporter: str) -> None:
 
                 return SpanExportResult.SUCCESS
 
-        provider = TracerProvider()
+        # "sampled": 1 trace in 100 recorded (the others still carry their context, flagged not sampled)
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)) if mode == "sampled" else ALWAYS_ON)
         if exporter == "memory":
             provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
         else:
@@ -174,7 +177,7 @@ def main() -> None:
     p.add_argument("--compare-with", type=Path, default=None, help="another tree: its 'off' beside this one's")
     p.add_argument("--exporter", choices=("batch", "memory"), default="batch")
     p.add_argument("--only", choices=("publish", "drain"), default=None)
-    p.add_argument("--modes", default=",".join(MODES), help="of off,metrics,tracing (the first is the baseline)")
+    p.add_argument("--modes", default=",".join(MODES), help="of off,metrics,tracing,sampled (the first: baseline)")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
