@@ -57,9 +57,9 @@ def _switch(mode: str, exporter: str) -> None:
         metrics.enable_metrics()
     elif mode in ("tracing", "sampled"):
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
         class Nowhere(SpanExporter):
             def export(self, spans: Any) -> Any:
