@@ -87,7 +87,7 @@ async def publish_paths(url: str, prefix: str, a: argparse.Namespace) -> dict[st
         for i in range(0, a.n, a.batch):
             margs: list[Any] = [MAXLEN, bare_prefix]
             for e in events[i : i + a.batch]:
-                margs += (e.encode(), chan, t, b"")
+                margs += (e.encode(), chan, t, b"", 0)
             pipe = bare.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", PUBLISH_MANY.sha, 3, *keys, *margs)
             await pipe.execute()

@@ -52,8 +52,23 @@ def stamped_state(batch: Batch) -> None:
 
 
 def _stamp(client: redis.Redis, ids: list[str]) -> None:
+    """``event_id commit_time drain_task_id drain_start_time`` per event (see ``latency``'s breakdown)."""
     now = time.perf_counter()
-    client.rpush(STAMPS, *(f"{i} {now!r}" for i in ids))
+    task, started = _DRAIN_STARTED.get("current", ("-", now))
+    client.rpush(STAMPS, *(f"{i} {now!r} {task} {started!r}" for i in ids))
+
+
+_DRAIN_STARTED: dict[str, tuple[str, float]] = {}  # "current": (task id, perf_counter at its task_prerun)
+
+
+def _install_drain_stamps() -> None:
+    """In a log-route worker: remember when the running drain task started (task_prerun)."""
+    from celery import signals
+
+    def pre(task_id: str = "", **_: object) -> None:
+        _DRAIN_STARTED["current"] = (task_id, time.perf_counter())
+
+    signals.task_prerun.connect(pre, weak=False)
 
 
 def _install_task_stamps() -> None:
@@ -71,6 +86,8 @@ def _install_task_stamps() -> None:
 
 if STAMPS and os.environ.get("TRADEBUS_BENCH_MODE") == "event":
     _install_task_stamps()
+elif STAMPS:
+    _install_drain_stamps()
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -263,11 +280,16 @@ def latency(mode: str, rate: int, seconds: float, symbols: int = 10) -> dict[str
                 sent[e.event_id] = time.perf_counter()
                 bus.publish(e)
             _wait(lambda: probe.llen(stamps) >= n, timeout=300, step=0.05)
-        lat = sorted(
-            (float(t) - sent[eid]) * 1000 for eid, t in (r.decode().split() for r in probe.lrange(stamps, 0, -1))
-        )
-        q = lambda f: lat[min(len(lat) - 1, int(len(lat) * f))]  # noqa: E731
-        return {"n": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": lat[-1]}
+        rows = [r.decode().split() for r in probe.lrange(stamps, 0, -1)]
+        lat = sorted((float(row[1]) - sent[row[0]]) * 1000 for row in rows)
+        q = lambda xs, f: xs[min(len(xs) - 1, int(len(xs) * f))]  # noqa: E731
+        out = {"n": len(lat), "p50_ms": q(lat, 0.5), "p99_ms": q(lat, 0.99), "max_ms": lat[-1]}
+        if mode == "log":  # where the time goes: waiting for a drain task to start, then inside the drain
+            wait = sorted(max(0.0, float(r[3]) - sent[r[0]]) * 1000 for r in rows)
+            inside = sorted((float(r[1]) - max(float(r[3]), sent[r[0]])) * 1000 for r in rows)
+            out |= {"wait_p50": q(wait, 0.5), "wait_p99": q(wait, 0.99), "in_p50": q(inside, 0.5),
+                    "in_p99": q(inside, 0.99), "drains": len({r[2] for r in rows})}  # fmt: skip
+        return out
     finally:
         _stop(proc)
         probe.close()
@@ -280,8 +302,7 @@ def latency(mode: str, rate: int, seconds: float, symbols: int = 10) -> dict[str
 def publish(n: int, rounds: int = 9) -> dict[str, float]:
     from bus.core.bus import RedisEventBus
     from bus.core.keys import channel
-    from bus.dispatch.dispatcher import publisher_app
-    from bus.dispatch.messages import MessageBuilder
+    from bus.dispatch.messages import MessageBuilder, publisher_app
     from bus.events.model import TradeEvent
 
     p = _prefix()
@@ -351,6 +372,8 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--publish-n", type=int, default=9000)
+    ap.add_argument("--rates", default="200,1000", help="latency: events/s, comma-separated")
+    ap.add_argument("--modes", default="log,event", help="latency: log and/or event")
     a = ap.parse_args()
     if a.only in (None, "publish"):
         pub = publish(a.publish_n)
@@ -363,11 +386,15 @@ def main() -> None:
             print(f"burst {name:<6} {row['events']} events: {row['total_s']:7.2f} s  {row['eps']:8.0f} ev/s"
                   f"  (x{row['eps'] / rows['event']['eps']:.1f} event routes)")  # fmt: skip
     if a.only in (None, "latency"):
-        for rate in (200, 1000):
-            for mode in ("log", "event"):
+        for rate in (int(x) for x in a.rates.split(",")):
+            for mode in a.modes.split(","):
                 lat = latency(mode, rate, a.seconds)
                 print(f"latency {mode:<5} @ {rate:4}/s n={lat['n']:.0f}: p50 {lat['p50_ms']:7.2f} ms"
                       f"  p99 {lat['p99_ms']:8.2f} ms  max {lat['max_ms']:8.2f} ms")  # fmt: skip
+                if "drains" in lat:
+                    print(f"    {lat['drains']:.0f} drain tasks; waiting for a drain to start p50 {lat['wait_p50']:.2f}"
+                          f" p99 {lat['wait_p99']:.2f} ms; start (or publish) -> commit p50 {lat['in_p50']:.2f}"
+                          f" p99 {lat['in_p99']:.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

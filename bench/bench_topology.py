@@ -1,5 +1,6 @@
-"""What durability costs: publish / publish_many on a master with one replica, without and with
-TRADEBUS_PUBLISH_REPLICAS=1 (WAIT 1 in the publish's pipeline), in the same run.
+"""What durability costs: publish / publish_many / an outbox's sequenced publish (batches, as its flush
+sends them) on a master with one replica, without and with TRADEBUS_PUBLISH_REPLICAS=1 (WAIT 1 in the
+publish's pipeline), in the same run.
 
     python bench/bench_topology.py [--n 3000] [--batch 100] [--rounds 5]
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from bus import RedisEventBus, TradeEvent
 from bus.config import Settings
+from bus.core.sequenced import SequencedPublisher
 from bus.embedded import EmbeddedRedis
 
 MAXLEN = 100_000
@@ -55,11 +57,23 @@ def main() -> None:
 
             return run
 
+        def sequenced(bus: RedisEventBus) -> Callable[[list[TradeEvent]], None]:
+            outbox = SequencedPublisher(bus.publisher, "bench", uuid.uuid4().hex)
+            seq = iter(range(1, 10**9))
+
+            def run(events: list[TradeEvent]) -> None:
+                for i in range(0, len(events), a.batch):
+                    outbox.publish([(next(seq), e) for e in events[i : i + a.batch]])
+
+            return run
+
         paths = {
             "publish(), no WAIT (baseline)": one_by_one(plain),
             "publish(), WAIT 1": one_by_one(durable),
             f"publish_many({a.batch}), no WAIT (baseline)": batched(plain),
             f"publish_many({a.batch}), WAIT 1": batched(durable),
+            f"sequenced({a.batch}), no WAIT (baseline)": sequenced(plain),
+            f"sequenced({a.batch}), WAIT 1": sequenced(durable),
         }
         rates: dict[str, list[float]] = {name: [] for name in paths}
         for r in range(a.rounds):
@@ -69,8 +83,8 @@ def main() -> None:
                 fn(events)
                 rates[name].append(a.n / (time.perf_counter() - t0))
         names = list(paths)
-        for name in names:
-            base = names[0] if name.startswith("publish()") else names[2]
+        for k, name in enumerate(names):
+            base = names[k - k % 2]  # each path's no-WAIT baseline is the path before it
             med = statistics.median(rates[name])
             print(f"{name:45s} {med:9,.0f} ev/s  {med / statistics.median(rates[base]):.2f}x")
         plain.close()

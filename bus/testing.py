@@ -21,7 +21,7 @@ import redis
 
 from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
-from bus.dispatch.dispatcher import forget_pending
+from bus.dispatch.redispatch import forget_pending
 from bus.dispatch.routing import Route, RoutingTable
 from bus.embedded import EmbeddedRedis, free_port, redis_answers
 from bus.events.model import TradeEvent

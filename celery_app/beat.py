@@ -33,7 +33,11 @@ JOBS: tuple[BeatJob, ...] = (
     BeatJob("stale_orders", RECONCILE_TASKS["stale_orders"], 60.0),
     BeatJob("broker", RECONCILE_TASKS["broker"], 60.0),
     BeatJob("trim", RECONCILE_TASKS["trim"], 3600.0),
-    # log routes' safety net: wake groups with entries waiting and no drainer (bus/dispatch/logroutes/monitor.py)
+    # log routes' safety net: wake groups with entries waiting and no drainer (bus/dispatch/logroutes/monitor.py).
+    # On the reconcile queue with the other safety nets, on purpose: whoever runs beat's jobs runs it, and
+    # no deployment needs one more queue to consume. It is short (XINFO GROUPS per group) and a long job
+    # (rebuild) holds one pool process, not the queue; the entry expires after one interval, so a stalled
+    # queue never piles up copies. The drains it sends go to each route's own queue.
     BeatJob("wake", WAKE_TASK, 5.0),
 )
 

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bus.config import Settings
+from bus.dispatch.amqp import CONFIRM_OPTIONS, QUORUM_DELIVERY_LIMIT, amqp_queue_config
 from bus.dispatch.messages import (
     MAX_PRIORITY,
     PRIORITY_STEPS,
@@ -22,17 +23,19 @@ from bus.dispatch.routing import MAX_BACKOFF_SECONDS, RoutingTable
 # routing caps backoff at MAX_BACKOFF_SECONDS, this is twice that. Our transport needs no such wait
 # (recovery_options).
 VISIBILITY_TIMEOUT = int(2 * MAX_BACKOFF_SECONDS)
-# Broker URL schemes served by celery_app.transport once registered (redis+socket:// keeps kombu's own).
-OUR_TRANSPORT_SCHEMES = ("redis", "rediss")
+# Broker URL schemes served by celery_app.transport once registered (redis+socket:// keeps kombu's own):
+# one server, and a Sentinel master (kombu's spelling, sentinel://h:p/db;sentinel://h:p/db).
+SINGLE_TRANSPORT_SCHEMES = ("redis", "rediss")
+SENTINEL_TRANSPORT_SCHEME = "sentinel"
+OUR_TRANSPORT_SCHEMES = (*SINGLE_TRANSPORT_SCHEMES, SENTINEL_TRANSPORT_SCHEME)
 # A task message is refused unparsed past this many times TRADEBUS_MAX_EVENT_BYTES: an event becomes a
 # body JSON-escaped (at most ~6x for \uXXXX escapes) then base64'd (4/3), plus Celery's headers.
 MAX_MESSAGE_FACTOR = 16
 # A message redelivered more often than this (its worker died each time) is dead-lettered, not run.
 REDELIVERY_CAP = 3
 # Quorum queues (TRADEBUS_RABBITMQ_QUORUM_QUEUES): RabbitMQ drops a message delivered more often than
-# this. The base task dead-letters at REDELIVERY_CAP first; the limit catches a message whose worker
-# dies before the base task can count it (a crash while decoding, an OOM in the pool).
-QUORUM_DELIVERY_LIMIT = REDELIVERY_CAP + 2
+# QUORUM_DELIVERY_LIMIT (bus.dispatch.amqp), a second guard behind REDELIVERY_CAP.
+assert QUORUM_DELIVERY_LIMIT > REDELIVERY_CAP
 # Hard limit per task: a hung task is killed rather than holding its queue's only prefetch slot.
 TASK_TIME_LIMIT = 600
 
@@ -52,12 +55,10 @@ def recovery_options(worker_lost_timeout: float) -> dict[str, float]:
 
 
 def celery_config(settings: Settings, routing: RoutingTable | None = None) -> dict[str, Any]:
-    from kombu import Exchange, Queue
-
     routing = routing if routing is not None else RoutingTable.default()
     broker = settings.broker_url
     scheme = urlsplit(broker).scheme
-    # sentinel://: kombu's Redis transport, finding the master through Sentinel (broker_sentinel_option)
+    # sentinel://: our transport on kombu's SentinelChannel, finding the master (broker_sentinel_option)
     is_redis = scheme in ("redis", "rediss", "redis+socket", "unix", "socket", "sentinel")
     ours = scheme in OUR_TRANSPORT_SCHEMES
     timeouts = {
@@ -78,19 +79,13 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         }
         # RabbitMQ: publisher confirms, so a publish that returned is on the broker.
         if is_redis
-        else {"confirm_publish": True}
+        else dict(CONFIRM_OPTIONS)
     )
     # Bounded reconnect attempts while publishing: apply_async/send_task must not hang on a dead broker.
     transport.update(max_retries=PUBLISH_RETRY_POLICY["max_retries"], interval_start=0,
                      interval_step=0.2, interval_max=0.5)  # fmt: skip
     tls = settings.ssl_options(broker)
     quorum = settings.rabbitmq_quorum_queues and not is_redis
-    queue_arguments = {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT} if quorum else None
-    # topic exchanges for quorum queues: RabbitMQ's native delayed delivery (countdowns) binds only to
-    # those; the routing key is the queue's full name, so a topic exchange routes exactly like direct.
-    exchange_type = "topic" if quorum else "direct"
-    queues = [Queue(q, Exchange(q, type=exchange_type), routing_key=q, queue_arguments=queue_arguments)
-              for q in routing.queues]  # fmt: skip
     conf: dict[str, Any] = {
         "broker_url": broker,
         # redis:// and rediss:// are served by celery_app.transport (make_celery registers it under those
@@ -139,11 +134,9 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "task_time_limit": TASK_TIME_LIMIT,
         # One queue per concern, so operators can scale state, risk, notify and reconcile apart. A worker
         # started without -Q consumes them all, and the queues of routes the router places (celery_app.startup).
-        "task_queues": queues,
-        # Priorities 0-9, higher first: RabbitMQ queues are declared with x-max-priority (an existing queue
-        # declared without it must be deleted once: RabbitMQ refuses to redeclare it differently). Quorum
-        # queues refuse x-max-priority: with them, priorities are not declared (RabbitMQ 4 has two levels).
-        "task_queue_max_priority": None if quorum else MAX_PRIORITY,
+        # Declared as bus.dispatch.amqp says (the bus's publisher declares them the same way): priorities
+        # 0-9, or quorum queues with a delivery limit and native delayed delivery for countdowns.
+        **amqp_queue_config(routing.queues, quorum, MAX_PRIORITY),
         # A task-sent event per task this app sends (Flower's "sent"), when TRADEBUS_TASK_SEND_SENT_EVENT is set.
         "task_send_sent_event": settings.task_send_sent_event,
         # Your task modules (TRADEBUS_TASK_MODULES), imported by the worker like -I would.
@@ -155,8 +148,5 @@ def celery_config(settings: Settings, routing: RoutingTable | None = None) -> di
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
-        # Quorum queues: Celery then uses per-consumer QoS (quorum queues refuse global QoS) and RabbitMQ's
-        # native delayed delivery for countdowns (routing's retry backoff) instead of holding them unacked.
-        **({"task_default_queue_type": "quorum", "worker_detect_quorum_queues": True} if quorum else {}),
     }  # fmt: skip
     return conf

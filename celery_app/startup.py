@@ -4,6 +4,10 @@
   queues the app's router (``task_routes``) gives the routes that name none are added here. Started with
   ``-Q``, the routed queues it leaves out are logged (``tradebus doctor`` flags a routed queue that no live
   worker consumes).
+- With quorum queues on RabbitMQ, every queue the app defines is declared, consumed or not: Celery's native
+  delayed delivery (countdowns, retry backoff) binds them all (queue and exchange) as the worker starts,
+  one missing fails the binding, and Celery then runs without it: a retry published to the delay
+  exchanges would be dead-lettered into nothing (seen with a worker started with ``-Q`` one queue).
 - A route whose task is a plain Celery task (not declared with ``@routed_task``) would run without its
   route's retry policy and dead letters, and one whose task this worker does not have would be
   dead-lettered as unregistered: both are logged as warnings, with the fix.
@@ -70,3 +74,17 @@ def routes_at_worker_init(sender: Any = None, **_: Any) -> None:
                         name, ", ".join(routes), ",".join(consumed))  # fmt: skip
     for problem in route_problems(app, ctx.routing):
         log.warning("%s", problem)
+    if app.conf.worker_detect_quorum_queues and app.conf.task_default_queue_type == "quorum":
+        declare_queues(app)
+
+
+def declare_queues(app: Any) -> None:
+    """Declare every queue ``app`` defines, with its exchange and binding (idempotent; bounded retries on
+    a dead broker)."""
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in app.amqp.queues.values():
+                queue.bind(channel).declare()
+    except Exception as e:  # noqa: BLE001 - the worker still starts; Celery logs its delayed-delivery setup
+        log.warning("could not declare the queues before native delayed delivery: %s", e)

@@ -25,7 +25,9 @@
 
 ``register()`` makes this the transport of ``redis://`` and ``rediss://`` URLs in the process (kombu's alias
 table), so the app's broker URL keeps its plain scheme for the tools that read it (Flower picks its broker
-page by scheme). ``redis+socket://`` URLs keep kombu's own transport and its behaviour.
+page by scheme), and its Sentinel twin (``SentinelTransport``: kombu's SentinelChannel finding the master)
+that of ``sentinel://`` URLs, so a Sentinel broker gets all of the above too. ``redis+socket://`` URLs keep
+kombu's own transport and its behaviour.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from .config import OUR_TRANSPORT_SCHEMES
+from .config import SENTINEL_TRANSPORT_SCHEME, SINGLE_TRANSPORT_SCHEMES
 from .heartbeat import HeldMessagesHeartbeat
 
 log = logging.getLogger(__name__)
@@ -206,9 +208,27 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     on_refused_message: Callable[[bytes, str, str], None] | None = None
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """This channel on the master Sentinel names (kombu's SentinelChannel builds the pool): each new
+    connection asks the sentinels, so after a failover the consumer's reconnect reaches the new master,
+    where the held messages' heartbeat and the restore sweep carry on."""
+
+    # both option lists: the class attribute of Channel would otherwise hide master_name and the others
+    from_transport_options = tuple(  # type: ignore[assignment]
+        dict.fromkeys(Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options)
+    )
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port  # type: ignore[assignment]
+
+
 def register() -> None:
-    """Serve ``redis://`` and ``rediss://`` broker URLs with this transport in this process."""
-    for scheme in OUR_TRANSPORT_SCHEMES:
-        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    """Serve ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs with these transports in this process."""
+    schemes = {scheme: "Transport" for scheme in SINGLE_TRANSPORT_SCHEMES}
+    schemes[SENTINEL_TRANSPORT_SCHEME] = "SentinelTransport"
+    for scheme, cls in schemes.items():
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{cls}"
         # kombu caches each alias's class on first use (get_transport_cls): forget the stock one
         kombu.transport._transport_cache.pop(scheme, None)

@@ -40,7 +40,7 @@ from celery_app import make_celery
 from tests.helpers import delete_prefix, wait_for
 
 # subprocess_worker / worker_log: `celery -A celery_app worker` processes, for tests that kill workers
-pytest_plugins = ("tests.subprocess_workers",)
+pytest_plugins = ("tests.subprocess_workers", "tests.topology_servers")
 
 # Databases the test suite uses on the shared server (bus / Celery broker), away from the default 0/1.
 TEST_BUS_DB = 9

@@ -79,7 +79,8 @@ def test_sentinel_bus_from_env_file_derives_a_kombu_sentinel_broker(tmp_path: Pa
     assert s.broker_sentinel_master() == "mymaster"
     transport = celery_config(s)["broker_transport_options"]
     assert transport["master_name"] == "mymaster"
-    assert "broker_transport" not in celery_config(s)  # kombu's own transport resolves the master
+    assert "broker_transport" not in celery_config(s)  # the scheme picks celery_app.transport's SentinelTransport
+    assert transport["unacked_refresh_interval"] > 0  # with its held-messages heartbeat (celery_app.heartbeat)
     assert "s3cret" not in safe_url(s.bus_url) and "s3cret" not in safe_url(s.broker_url)
     assert "s3cret" not in repr(s)
 

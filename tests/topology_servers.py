@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,21 @@ def binary_or_skip(name: str = "redis-server") -> str:
     return found
 
 
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    """A Sentinel set of this test's own (a plugin of tests/conftest.py): stopped afterwards."""
+    topology = SentinelSet().start()
+    yield topology
+    topology.close()
+
+
 class SentinelSet:
     """A master, one replica and three sentinels monitoring them as ``name``."""
 
-    def __init__(self, name: str = "tbmaster") -> None:
+    def __init__(self, name: str = "tbmaster", down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.name = name
+        #: a master silent this long is down: longer for tests whose load could stall a healthy one
+        self.down_after_ms = down_after_ms
         self.binary = binary_or_skip()
         self.directory = Path(tempfile.mkdtemp(prefix="tradebus-sentinel-"))
         self.servers: dict[int, EmbeddedRedis] = {}  # by port: the master changes, the processes do not
@@ -88,11 +99,32 @@ class SentinelSet:
 
         return int(wait_for(promoted, timeout, "a new master"))
 
+    def role(self, port: int) -> str | None:
+        """What the server on ``port`` says it is ("master", "slave"), None when it does not answer."""
+        return self._info(self.servers[port]).get("role")
+
+    def failovers(self) -> int:
+        """How many failovers the sentinels have run (the master's config epoch): a test that caused one
+        can tell a spurious second one (a master too slow to answer under load) from its own."""
+        info = self._sentinel_client(self.sentinels[0][0]).sentinel_master(self.name)
+        return int(info.get("config-epoch", info.get("config_epoch", 0)))
+
     def kill_master(self) -> int:
         """SIGKILL the master process (a crash); returns its port."""
         port = self.master_port()
         self.servers[port].kill()
         return port
+
+    def rejoin(self, port: int, timeout: float = 30) -> None:
+        """Start the (killed) server on ``port`` again as a replica of the current master, as an operator
+        restarts a failed master (Sentinel would convert it too, but only after ~8 s of it claiming to be
+        master); returns once its link is up (its data replaced by the master's)."""
+        server = self.servers[port]
+        server.start()
+        client = server.client(socket_timeout=2)
+        client.replicaof("127.0.0.1", self.master_port())
+        client.close()
+        wait_for(lambda: self._info(server).get("master_link_status") == "up", timeout, "the old master a replica")
 
     def pause(self, server: EmbeddedRedis) -> None:
         assert server.process is not None
@@ -124,7 +156,7 @@ class SentinelSet:
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {self.directory}\nlogfile {self.directory}/sentinel-{port}.log\n"
             f"sentinel monitor {self.name} 127.0.0.1 {master_port} 2\n"
-            f"sentinel down-after-milliseconds {self.name} {DOWN_AFTER_MS}\n"
+            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.name} 3000\n"
         )
         process = subprocess.Popen(

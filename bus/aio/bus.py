@@ -6,7 +6,7 @@ bus.aio.steps awaits on a redis.asyncio client. So the wire format, the Lua scri
 dispatch exist once; only the I/O is awaited.
 
 * ``await publish(event)`` / ``await publish_many(events)``: one atomic round trip, the same receipts
-  (durable publish). Task messages for a broker on the bus's Redis join the same MULTI; a separate
+  (durable publish). Task messages for a broker on the bus's Redis ride in the same script call; a separate
   broker's ``send_many`` (blocking, in the dispatcher protocol) runs in a worker thread after the event
   is logged (pending-dispatch entry first, as in the blocking bus).
 * ``async for event in bus.events(symbol=..., types=...)``, or handlers (sync or async) with
@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from bus.aio.connection import blocking_twin, make_async_client, raw_async_connection
+from bus.aio.connection import blocking_twin, close_async_client, make_async_client, raw_async_connection
 from bus.aio.steps import run
 from bus.aio.stream import EventStream, Types, Wanted, stop_reader, subscriptions_for
 from bus.aio.subscriber import DEFAULT_BUFFER, AsyncSubscriber
@@ -285,7 +285,7 @@ class AsyncRedisEventBus:
         if self._dispatch_client is not None:
             self._dispatch_client.close()
         if self._own_client:
-            await self.client.aclose()
+            await close_async_client(self.client)
 
     async def __aenter__(self) -> AsyncRedisEventBus:
         return await self.connect()

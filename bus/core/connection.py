@@ -10,7 +10,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from bus.config import Settings
 from bus.config.topology import Topology, is_topology_url, parse_topology
@@ -81,18 +81,58 @@ def client_options(url: str, settings: Settings) -> dict[str, Any]:
     return kw
 
 
+#: what a demoted master answers a write, alone or (in a Lua script's error) inside another error's text
+DEMOTED_MASTER = "READONLY You can't write against a read only replica"
+
+
+def is_demoted_master_error(error: BaseException) -> bool:
+    """A write reached a master Sentinel has since demoted: the connection must ask the sentinels again.
+    redis-py knows the plain READONLY reply; a write inside a Lua script (every publish, every drain)
+    fails as "Error running script ... -READONLY ...", a plain ResponseError it leaves alone."""
+    return isinstance(error, redis.ResponseError) and DEMOTED_MASTER in str(error)
+
+
+class MasterConnection(SentinelManagedConnection):  # type: ignore[misc]
+    """A connection to the Sentinel master that drops itself when the server it reached has been demoted
+    (after a failover the old master answers, read-only, to a connection made from a sentinel's stale
+    answer, or opened before the switch): the write fails as a connection error (BusConnectionError,
+    which callers retry), and the next connect asks the sentinels for the new master."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as e:
+            if is_demoted_master_error(e) and self.connection_pool.is_master:
+                self.disconnect()
+                raise redis.ConnectionError(f"the master was demoted: {e}") from e
+            raise
+
+
+class MasterSSLConnection(MasterConnection, SentinelManagedSSLConnection):  # type: ignore[misc]
+    pass
+
+
 def _sentinel_master(topology: Topology, kw: dict[str, Any]) -> redis.Redis:
     """A client of the master Sentinel currently names: each new connection asks the sentinels, so
     after a failover the next attempt (a retry, or the caller's) reaches the new master."""
+    sentinel_kw, master_kw = sentinel_options(topology, kw)
+    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
+    # our connection class replaces the one SentinelConnectionPool picks by the "ssl" flag
+    connection_class = MasterSSLConnection if master_kw.pop("ssl", False) else MasterConnection
+    return sentinel.master_for(
+        topology.service_name, redis_class=redis.Redis, connection_class=connection_class, **master_kw
+    )
+
+
+def sentinel_options(topology: Topology, kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options of the sentinels and of the master's connections, from a client's options ``kw``
+    (blocking or asyncio: bus.aio.connection builds its master the same way)."""
     ssl = {"ssl": True} if topology.tls else {}
     # the sentinels: the same timeouts and TLS, no password (Sentinel's own ACL is rarely the master's)
     sentinel_kw = {k: v for k, v in kw.items() if k.startswith(("socket_", "ssl"))} | ssl
-    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=sentinel_kw)
-    assert topology.service_name is not None  # parse_topology: a Sentinel URL always names its master
-    return sentinel.master_for(
-        topology.service_name, redis_class=redis.Redis, db=topology.db,
-        username=topology.username, password=topology.password, **kw, **ssl,
-    )  # fmt: skip
+    master_kw = {"db": topology.db, "username": topology.username, "password": topology.password, **kw, **ssl}
+    return sentinel_kw, master_kw
 
 
 def make_cluster_client(url: str, settings: Settings, *, retries: int = BUS_RETRIES) -> RedisCluster:

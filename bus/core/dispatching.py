@@ -4,12 +4,13 @@
 
 * ``RedisEventBus.__init__`` calls ``dispatcher.attach(client, keys)``.
 * ``routes = dispatcher.routes_for(event)`` -> the event's routes (each has ``.name``).
-* If ``routes`` and ``dispatcher.stages_in_bus_pipeline``: the publisher builds a MULTI pipeline
-  ``[SCRIPT LOAD..., (SADD symbols), EVALSHA publish, (inline effects), <dispatcher.stage(pipe, event,
-  payload, routes)>]`` and executes it once: log + broadcast + task messages commit together.
-  ``stage`` returns the route names it queued (-> ``receipt.dispatched``). The publisher passes a list
-  ``after_commit``; once the pipeline has executed with every command applied, it calls what the
-  dispatcher appended there (Celery's ``after_task_publish`` and task-sent events).
+* If ``routes`` and ``dispatcher.stages_in_bus_pipeline``: the publisher calls ``dispatcher.stage(recorder,
+  event, payload, routes, after_commit)`` with a ``StagedCommands`` recorder (bus/core/scripts.py) and
+  passes the recorded commands to the publish script, which runs them right after its XADD: log +
+  broadcast + task messages commit in one script call (bus/core/staging.py). ``stage`` returns the route
+  names it queued (-> ``receipt.dispatched``); once the script ran them all, the publisher calls what the
+  dispatcher appended to ``after_commit`` (Celery's ``after_task_publish`` and task-sent events). A
+  command the server refuses leaves the event recorded pending, as below, and its routes not dispatched.
 * Else, if ``routes``: the publish script also ZADDs the log id to ``keys.pending_dispatch_for(symbol)``
   (score: ms), and after it the publisher calls ``dispatcher.send_many(items, log_ids)`` with items
   ``[(event, payload, routes)]`` -> one ``(dispatched, not_dispatched)`` pair of route names per item.
@@ -18,8 +19,8 @@
   route is reported in ``not_dispatched`` (the event is logged either way: durable publish).
 
 The asyncio bus (bus.aio) drives the same protocol: ``attach`` gets a blocking client of the bus's
-server; ``stage`` gets a redis.asyncio pipeline, so it may only queue commands on it (``execute_command``,
-``lpush``...: synchronous on both kinds); ``send_many`` is called in a worker thread
+server; ``stage`` gets a recorder (or, in a log-route effect's transaction, a pipeline), so it may only
+queue commands on it (``execute_command``, ``lpush``); ``send_many`` is called in a worker thread
 (``asyncio.to_thread``) after the event is logged, so it may block, as it does here.
 
 A dispatcher with log routes (``LogRouteWaker``) also gives, per event, the wake flags its log routes
@@ -55,7 +56,7 @@ R = TypeVar("R", bound=NamedRoute)
 class TaskDispatcher(Protocol[R]):
     """Turns a logged event into the tasks its routes name (``R``: the dispatcher's route type)."""
 
-    #: True when task messages can join the bus's own MULTI pipeline (see ``stage``)
+    #: True when task messages can ride in the bus's own publish script (see ``stage``)
     stages_in_bus_pipeline: bool
 
     def attach(self, client: redis.Redis, keys: Keys) -> object:
@@ -72,7 +73,7 @@ class TaskDispatcher(Protocol[R]):
         routes: Sequence[R],
         after_commit: list[Callable[[], object]] | None = None,
     ) -> tuple[str, ...]:
-        """Queue the task messages on ``pipe`` (a MULTI pipeline of the bus client); their route names.
+        """Queue the task messages on ``pipe`` (a recorder, or a MULTI of the bus client); their route names.
         Callables appended to ``after_commit`` are to be called once ``pipe`` has committed."""
         ...
 

@@ -5,8 +5,8 @@ Redis replication is asynchronous: a master that acknowledged a write and died b
 takes the write with it, and Sentinel promotes a replica without it. ``WAIT n timeout`` after the
 writes returns how many replicas have them; with TRADEBUS_PUBLISH_REPLICAS=n publish() confirms only
 then, and raises NotReplicatedError when fewer replicas answered in TRADEBUS_PUBLISH_REPLICAS_TIMEOUT_MS.
-(WAIT cannot wait inside MULTI, so a publish whose task messages join a transaction sends WAIT after
-EXEC: a second round trip. Sentinel and Cluster buses never take that path.) WAIT does not make a
+(The publish pipeline is never a transaction: task messages ride in the publish script, so WAIT is
+always its last command.) WAIT does not make a
 promoted replica the one that has the write when several replicas exist but fewer than all acked;
 Sentinel prefers the most up-to-date replica, which is one of those that acked.
 """
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.config import Settings
-from bus.core.steps import Command, Steps
 from bus.errors import BusError
 
 
@@ -49,10 +48,6 @@ class Durability:
     def stage(self, pipe: Any) -> None:
         """Queue WAIT last on the publish pipeline: it covers every write queued before it."""
         pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-
-    def wait_steps(self) -> Steps[Any]:
-        """WAIT on its own round trip (after a MULTI's EXEC), as a step (blocking or asyncio bus)."""
-        return (yield Command(("WAIT", self.replicas, self.timeout_ms)))
 
     def check(self, acked: Any, log_ids: list[str]) -> None:
         """Raise NotReplicatedError unless WAIT's reply ``acked`` reaches the replicas asked for."""

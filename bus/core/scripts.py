@@ -25,12 +25,12 @@ class LuaScript:
 
     __slots__ = ("name", "body", "sha")
 
-    def __init__(self, package: str, filename: str, prelude: str | None = None) -> None:
+    def __init__(self, package: str, filename: str, prelude: tuple[str, ...] = ()) -> None:
         self.name = filename
         files = resources.files(package)
-        # ``prelude``: a file of functions several scripts share (Lua has no include), loaded before the script
-        head = files.joinpath(prelude).read_text(encoding="utf-8") if prelude else ""
-        self.body = head + files.joinpath(filename).read_text(encoding="utf-8")
+        # ``prelude``: files of functions several scripts share (Lua has no include), loaded before the script
+        parts = (*prelude, filename)
+        self.body = "".join(files.joinpath(part).read_text(encoding="utf-8") for part in parts)
         self.sha = hashlib.sha1(self.body.encode()).hexdigest()
 
     def call(self, client: redis.Redis, keys: list[Any], args: list[Any]) -> Any:
@@ -49,6 +49,24 @@ class LuaScript:
 
     def load(self, client_or_pipe: Any) -> Any:
         return client_or_pipe.execute_command("SCRIPT", "LOAD", self.body)
+
+
+class StagedCommands:
+    """Records the commands a dispatcher stages (``execute_command``, ``lpush``: all ``stage`` may use of a
+    pipeline) as ARGV words for a publish script that runs them itself (log_event.lua: run_staged), so
+    they commit with the log entry in the script's one call: each command is its word count, then its words.
+    """
+
+    __slots__ = ("words",)
+
+    def __init__(self) -> None:
+        self.words: list[Any] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.words += (len(args), *args)
+
+    def lpush(self, name: Any, *values: Any) -> None:
+        self.execute_command("LPUSH", name, *values)
 
 
 def execute_pipeline(pipe: Any, scripts: tuple[LuaScript, ...] = (), *, repeat_last: bool = False) -> list[Any]:

@@ -16,36 +16,40 @@ they are idempotent, and a skipped event's effect may be the one a crash interru
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Any, NamedTuple
 
 import redis
 
 from bus.core import steps
-from bus.core.dispatching import NamedRoute, RouteNames, WakeArgs
-from bus.core.keys import channel
+from bus.core.dispatching import RouteNames, WakeArgs
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.scripts import LuaScript, execute_pipeline
+from bus.core.staging import PRELUDE, Staged
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
 from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
-PUBLISH_SEQUENCED = LuaScript("bus.core", "publish_sequenced.lua", prelude="wake.lua")
+PUBLISH_SEQUENCED = LuaScript("bus.core", "publish_sequenced.lua", prelude=PRELUDE)
 
 
 class Numbered(NamedTuple):
-    """One numbered event, encoded, with its script arguments and routes."""
+    """One numbered event, made ready as for any publish (bus/core/staging.py)."""
 
-    event: TradeEvent
-    payload: bytes
-    args: list[Any]  # its part of publish_sequenced.lua's ARGV
-    routes: Sequence[NamedRoute]
-    staged: tuple[str, ...]  # route names whose task messages ride in the script
-    after_commit: list[Callable[[], object]]  # the dispatcher's, once the script logged it (Celery's signals)
-    wake: WakeArgs | None = None  # its log routes (woken by the script of its run)
+    seq: int
+    item: Staged
+
+    @property
+    def event(self) -> TradeEvent:
+        return self.item.event
+
+    @property
+    def args(self) -> list[Any]:
+        """Its part of publish_sequenced.lua's ARGV: its number, then as in publish_many.lua."""
+        return [self.seq, *self.item.run_args()]
 
 
 class SequencedPublisher:
@@ -93,18 +97,23 @@ class SequencedPublisher:
 
     def _publish(self, events: Sequence[tuple[int, TradeEvent]], spans: Sequence[Any]) -> list[PublishReceipt]:
         p = self.publisher
-        if spans:  # each event built inside its publish span: the script carries its context, tasks follow it
-            items = [self._traced_prepare(seq, event, span) for (seq, event), span in zip(events, spans, strict=True)]
+        if spans:  # each event prepared and staged inside its publish span: the script carries its context
+            with_spans = list(zip(events, spans, strict=True))
+            prepared = [(seq, self._in(span, p.stager.prepare, event)) for (seq, event), span in with_spans]
+            items = [Numbered(seq, self._in(span, p.stager.stage, item))
+                     for (seq, item), (_, span) in zip(prepared, with_spans, strict=True)]  # fmt: skip
         else:
-            items = [self._prepare(seq, event) for seq, event in events]
+            prepared = [(seq, p.stager.prepare(event)) for seq, event in events]
+            items = [Numbered(seq, p.stager.stage(item)) for seq, item in prepared]  # all valid: their tasks now
         if not items:
             return []
         new_symbols = {item.event.symbol for item in items} - self._symbols_sent
-        if len(items) == 1 and not p.effects and not new_symbols:  # one command does it
+        durable = p.durability
+        if len(items) == 1 and not p.effects and not new_symbols and durable is None:  # one command does it
             keys, args, wake = self._script_call(items)
             reply = PUBLISH_SEQUENCED.call(p.client, keys, args)
             self._wake(items, wake, reply)
-            return self._receipts(items, [reply[:3]])
+            return self._receipts(items, [[*reply[:3], 1 in reply[-3]]])
         pipe = p.client.pipeline(transaction=False)
         if new_symbols:
             pipe.sadd(p.keys.symbols(), *sorted(new_symbols))
@@ -119,8 +128,10 @@ class SequencedPublisher:
                 for effect in p.effects:
                     effect.stage(pipe, item.event)
                 slots.append((at, k))
+        if durable is not None:  # replicated publish: WAIT last, so it covers every write queued before it
+            durable.stage(pipe)
         scripts = (PUBLISH_SEQUENCED, *(s for e in p.effects for s in e.scripts))
-        results = execute_pipeline(pipe, scripts)
+        results = execute_pipeline(pipe, scripts, repeat_last=durable is not None)
         for r in results:
             if isinstance(r, (redis.ConnectionError, redis.TimeoutError)):
                 raise r
@@ -129,14 +140,26 @@ class SequencedPublisher:
             reply = results[at]
             if isinstance(reply, Exception):
                 raise reply
-            replies.append(reply[3 * k : 3 * k + 3])
+            replies.append([*reply[3 * k : 3 * k + 3], k + 1 in reply[-3]])  # + its task messages failed
         for at, run, wake in calls:
             self._wake(run, wake, results[at])
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:  # an effect failed after the events were logged: report, do not lose them
             log.error("sequenced publish: %d effect(s) failed after logging: %s", len(failed), failed[0])
         self._symbols_sent |= new_symbols
-        return self._receipts(items, replies)
+        receipts = self._receipts(items, replies)
+        if durable is not None:  # after the tasks went out, as Publisher does: the events are logged either way
+            # a resend's events count too: the script rewrote their mark, so WAIT covers the first write
+            durable.check(results[-1], [r.log_id for r in receipts if r.log_id])
+        return receipts
+
+    @staticmethod
+    def _in(span: Any, step: Any, arg: Any) -> Any:
+        """``step(arg)`` with ``span`` current; prepare gets the span's traceparent to carry."""
+        with tracing.current(span):
+            if isinstance(arg, TradeEvent):
+                return step(arg, tracing.current_traceparent())
+            return step(arg)
 
     def _script_call(self, run: list[Numbered]) -> tuple[list[Any], list[Any], WakeArgs | None]:
         """KEYS and ARGV of publish_sequenced.lua for a run of one symbol's events, and the log routes
@@ -150,7 +173,7 @@ class SequencedPublisher:
         args: list[Any] = [p.log_maxlen, p.keys.prefix, self.origin]
         for item in run:
             args += item.args
-        routes = {r.name: r for item in run if item.wake is not None for r in item.wake.routes}
+        routes = {r.name: r for n in run if n.item.wake is not None for r in n.item.wake.routes}
         wake = p.waker.wake_of(symbol, list(routes.values())) if routes and p.waker is not None else None
         if wake is not None:
             return keys + list(wake.keys), args + list(wake.args), wake
@@ -164,32 +187,6 @@ class SequencedPublisher:
         run_steps = self.publisher.send_wakes_steps(run[0].event.symbol, wake, reply[-2], reply[-1], logged[-1])
         steps.run(self.publisher.client, run_steps)
 
-    def _traced_prepare(self, seq: int, event: Any, span: Any) -> Numbered:
-        with tracing.current(span):
-            return self._prepare(seq, event, tracing.current_traceparent())
-
-    def _prepare(self, seq: int, event: Any, traceparent: str | None = None) -> Numbered:
-        if not isinstance(event, TradeEvent):
-            raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
-        p, d = self.publisher, self.publisher.dispatcher
-        payload = event.encode(p.max_event_bytes)
-        routes: Sequence[NamedRoute] = d.routes_for(event) if d is not None else ()
-        words: list[Any] = []
-        staged: tuple[str, ...] = ()
-        after_commit: list[Callable[[], object]] = []
-        if routes and d is not None and d.stages_in_bus_pipeline:
-            # The dispatcher queues its task messages on a pipeline that never runs; the script runs
-            # those commands only when it logs the event.
-            recorder = p.client.pipeline(transaction=False)
-            staged = d.stage(recorder, event, payload, routes, after_commit)
-            for command, _options in recorder.command_stack:
-                words += [len(command), *command]
-        tracked = b"1" if routes and not staged else b""
-        t = event.event_type.value
-        args = [seq, payload, channel(event.symbol, t), t, tracked, traceparent or "", len(words), *words]
-        wake = p.waker.wake_for(event) if p.waker is not None else None
-        return Numbered(event, payload, args, routes, staged, after_commit, wake)
-
     def _runs(self, items: list[Numbered]) -> list[list[Numbered]]:
         """Consecutive same-symbol events, at most ``publisher.run_max`` per script call."""
         runs: list[list[Numbered]] = []
@@ -202,23 +199,30 @@ class SequencedPublisher:
         return runs
 
     def _receipts(self, items: list[Numbered], replies: list[Any]) -> list[PublishReceipt]:
-        to_send = [i for i, reply in enumerate(replies) if reply[2] and items[i].routes and not items[i].staged]
-        outcome = self._send([items[i] for i in to_send], [replies[i][0] for i in to_send])
+        """One receipt per event from its reply ``[log_id, subscribers, logged_now, tasks_failed]``."""
+        to_send = [i for i, reply in enumerate(replies) if reply[2] and items[i].item.tracked]
+        outcome = self._send([items[i].item for i in to_send], [replies[i][0] for i in to_send])
         sent = dict(zip(to_send, outcome, strict=True))
         out = []
-        for i, (item, (log_id, subscribers, logged_now)) in enumerate(zip(items, replies, strict=True)):
+        for i, (n, (log_id, subscribers, logged_now, tasks_failed)) in enumerate(zip(items, replies, strict=True)):
+            item = n.item
             event_id, log_text = item.event.event_id, log_id.decode()
             if not logged_now:
                 out.append(PublishReceipt(event_id, log_text, 0, already_logged=True))
                 continue
-            for committed in item.after_commit:  # its staged task messages went out with the log write
-                committed()
-            dispatched, not_dispatched = sent.get(i, (item.staged, ()))
+            dispatched: tuple[str, ...]
+            if tasks_failed:  # the script recorded it pending: beat re-dispatches it
+                log.error("task messages of %s not enqueued (left pending for re-dispatch)", event_id)
+                dispatched, not_dispatched = (), tuple(item.staged)
+            else:
+                for committed in item.after_commit:  # its staged task messages went out with the log write
+                    committed()
+                dispatched, not_dispatched = sent.get(i, (item.staged, ()))
             logged = tuple(r.name for r in item.wake.routes) if item.wake is not None else ()
             out.append(PublishReceipt(event_id, log_text, int(subscribers), logged + dispatched, not_dispatched))
         return out
 
-    def _send(self, items: list[Numbered], log_ids: list[bytes]) -> list[RouteNames]:
+    def _send(self, items: list[Staged], log_ids: list[bytes]) -> list[RouteNames]:
         """Enqueue the tasks of newly logged events on a separate broker (the script left them pending)."""
         d = self.publisher.dispatcher
         if not items or d is None:

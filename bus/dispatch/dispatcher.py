@@ -5,9 +5,9 @@ The bus's side of it is the ``TaskDispatcher`` protocol (bus/core/dispatching.py
 * ``RedisEventBus.__init__`` calls ``dispatcher.attach(bus.client, bus.keys)``.
 * ``routes = dispatcher.routes_for(event)`` (cached per type and symbol).
 * If ``dispatcher.stages_in_bus_pipeline`` (the broker is a Redis database on the bus's own server):
-  ``dispatcher.stage(pipe, event, payload, routes, after_commit)`` appends ``SELECT <broker db>; LPUSH ...;
-  SELECT <bus db>`` to the bus's MULTI pipeline, so log + broadcast + task messages commit in one
-  atomic round trip and nothing needs recording.
+  ``dispatcher.stage(recorder, event, payload, routes, after_commit)`` records ``SELECT <broker db>;
+  LPUSH ...; SELECT <bus db>``, which the publish script runs right after its XADD (bus/core/staging.py),
+  so log + broadcast + task messages commit in one script call and nothing needs recording.
 * Otherwise the publish script also ZADDs ``log_id`` to ``keys.pending_dispatch_for(symbol)`` (score:
   server time in ms), and after EXEC the bus calls ``dispatcher.send_many(items, log_ids)``: one
   pipeline (Redis broker) or one producer session (AMQP) for all routes, then ZREM of the pending
@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
@@ -39,15 +39,15 @@ from bus.config import Settings, safe_url
 from bus.core.connection import NO_RETRIES, make_client
 from bus.core.dispatching import RouteNames
 from bus.core.keys import Keys
-from bus.core.wire import entry_event, entry_payload, text
+from bus.core.wire import text
+from bus.dispatch import redispatch
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.wake import Wake, Waker, wake_task_id
 from bus.dispatch.messages import (
-    MAX_PRIORITY,
     PUBLISH_RETRY_POLICY,
     MessageBuilder,
-    broker_key_prefix_option,
-    broker_sentinel_option,
+    bus_connection_kwargs,
+    publisher_app,
     redis_client_kwargs,
     routed_queue,
     same_redis_server,
@@ -64,42 +64,12 @@ log = logging.getLogger(__name__)
 # After a failed send, publishes skip the broker for this long (beat re-dispatches them), so an
 # outage costs one connect timeout per second, not one per publish.
 BROKER_BACKOFF_SECONDS = 1.0
-# Pending entries handled per symbol per redispatch pass.
-REDISPATCH_BATCH = 500
 
 Item = tuple[TradeEvent, "bytes | str", Sequence[Route]]
-# XRANGE of a log: [(log id, fields)], bytes or str as the attached client decodes
-Entries = list[tuple[bytes | str, dict[Any, Any]]]
 
 
 def task_id(event_id: str, route: Route) -> str:
     return f"{event_id}:{route.name}"
-
-
-def publisher_app(broker_url: str, settings: Settings | None = None) -> Any:
-    """A minimal Celery app for publishing (JSON, bounded retries); the worker app uses more."""
-    from celery import Celery
-
-    from bus.dispatch.messages import PRIORITY_STEPS
-
-    s = settings or Settings()
-    app = Celery("tradebus-dispatch", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
-        task_send_sent_event=s.task_send_sent_event,
-        # RabbitMQ: queues declared as the worker declares them (a different x-max-priority is refused)
-        task_queue_max_priority=MAX_PRIORITY,
-        broker_connection_timeout=s.redis_connect_timeout,
-        broker_transport_options={"priority_steps": list(PRIORITY_STEPS),
-                                  "socket_timeout": s.redis_socket_timeout,
-                                  "socket_connect_timeout": s.redis_connect_timeout,
-                                  "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                                  "interval_max": 0.5,
-                                  **broker_key_prefix_option(broker_url, s), **broker_sentinel_option(s)},
-    )  # fmt: skip
-    return app
 
 
 class Dispatcher:
@@ -118,7 +88,7 @@ class Dispatcher:
         self.settings = settings or Settings()
         #: raise DispatchError when the broker refuses a publish's tasks (else report them not dispatched)
         self.strict = strict
-        self.app = app if app is not None else publisher_app(broker_url, self.settings)
+        self.app = app if app is not None else publisher_app(broker_url, self.settings, self.routing.queues)
         self.messages = MessageBuilder(self.app)
         self.signals = PublishSignals(self.app)
         #: ``task_always_eager``: routed tasks run inline once the event is logged (a test mode)
@@ -162,7 +132,7 @@ class Dispatcher:
             self.stages_in_bus_pipeline, self._select = False, None
             return self
         bus_kw = client.connection_pool.connection_kwargs
-        same = self._redis_kw is not None and same_redis_server(_norm(client), self._redis_kw)
+        same = self._redis_kw is not None and same_redis_server(bus_connection_kwargs(client), self._redis_kw)
         # SELECT is refused by Redis Cluster; a cluster client has no connection_pool.connection_kwargs db.
         self.stages_in_bus_pipeline = bool(same) and isinstance(bus_kw.get("db", 0), int) and not self.eager
         if self.stages_in_bus_pipeline:
@@ -222,7 +192,7 @@ class Dispatcher:
             out.append(encode(m))
         return out
 
-    # --- same-server path: inside the bus's MULTI --------------------------------------------------
+    # --- same-server path: inside the bus's publish script --------------------------------------------------
 
     def stage(
         self,
@@ -232,8 +202,9 @@ class Dispatcher:
         routes: Sequence[Route],
         after_commit: list[Callable[[], object]] | None = None,
     ) -> tuple[str, ...]:
-        """Queue the task messages on ``pipe`` (a MULTI pipeline of the bus client); ``before_task_publish``
-        fires now, and ``after_task_publish`` / task-sent from the callable appended to ``after_commit``."""
+        """Queue the task messages on ``pipe`` (the publisher's StagedCommands recorder, or a MULTI of the
+        bus client); ``before_task_publish`` fires now, and ``after_task_publish`` / task-sent from the
+        callable appended to ``after_commit``."""
         if not routes:
             return ()
         if self._select is None:
@@ -364,64 +335,27 @@ class Dispatcher:
 
     def _forget_pending(self, items: Sequence[Item], log_ids: Sequence[str | None] | None) -> None:
         if log_ids and self.client is not None and self.keys is not None:
-            forget_pending(self.client, self.keys, items, log_ids)
+            redispatch.forget_pending(self.client, self.keys, items, log_ids)
 
-    # --- recovery (beat, CLI) ---------------------------------------------------------------------
+    # --- recovery (beat, CLI): bus/dispatch/redispatch.py ------------------------------------------
 
     def redispatch_missed(self, grace_seconds: float = 30.0) -> int:
         """Re-dispatch logged events whose dispatch is not recorded after ``grace_seconds``.
 
         Returns the number of events enqueued. Raises DispatchError if the broker is still down.
         """
-        client, keys = self._bus()
-        secs, micros = client.time()
-        cutoff = int(secs) * 1000 + int(micros) // 1000 - int(grace_seconds * 1000)
-        total = 0
-        for raw_symbol in client.smembers(keys.symbols()):
-            symbol = text(raw_symbol)
-            key = keys.pending_dispatch_for(symbol)
-            while True:
-                members = client.zrangebyscore(key, "-inf", cutoff, start=0, num=REDISPATCH_BATCH)
-                ids = [text(m) for m in cast("list[bytes | str]", members)]  # no scores asked for: members only
-                if not ids:
-                    break
-                total += self._resend(symbol, ids, strict=True)
-                if len(ids) < REDISPATCH_BATCH:
-                    break
-        return total
+        return redispatch.missed(self, grace_seconds)
 
     def redispatch_range(self, symbol: str, start: str = "-", end: str = "+", count: int | None = None) -> int:
         """Re-dispatch every logged event of ``symbol`` between two log ids (CLI replay)."""
-        client, keys = self._bus()
-        entries = cast(Entries, client.xrange(keys.log(symbol), start, end, count=count))
-        return self._send_entries(symbol, entries, strict=True)
+        return redispatch.log_range(self, symbol, start, end, count)
 
-    def _resend(self, symbol: str, log_ids: list[str], strict: bool) -> int:
-        client, keys = self._bus()
-        pipe = client.pipeline(transaction=False)
-        for log_id in log_ids:
-            pipe.xrange(keys.log(symbol), log_id, log_id)
-        found = [e[0] for e in pipe.execute() if e]
-        gone = set(log_ids) - {text(i) for i, _ in found}
-        if gone:  # trimmed from the log before re-dispatch: nothing left to send
-            log.error("%d pending event(s) of %s are no longer in the log: %s", len(gone), symbol, sorted(gone)[:5])
-            client.zrem(keys.pending_dispatch_for(symbol), *gone)
-        return self._send_entries(symbol, found, strict=strict, forget=True)
+    def retry_broker_now(self) -> None:
+        """A re-dispatch tries the broker even right after a failed publish (no back-off)."""
+        self._down_until = 0.0
 
-    def _send_entries(self, symbol: str, entries: list[Any], strict: bool, forget: bool = False) -> int:
-        items: list[Item] = []
-        ids: list[str | None] = []
-        for log_id, fields in entries:
-            event = entry_event(fields)
-            items.append((event, entry_payload(fields), self.routes_for(event)))
-            ids.append(text(log_id) if forget else None)
-        if not items:
-            return 0
-        self._down_until = 0.0  # a re-dispatch tries the broker even right after a failed publish
-        self.send_many(items, ids, strict=strict)
-        return len(items)
-
-    def _bus(self) -> tuple[redis.Redis, Keys]:
+    def bus(self) -> tuple[redis.Redis, Keys]:
+        """The bus's client and keys: the attached ones, else built from the settings (beat, CLI)."""
         if self.client is None or self.keys is None:
             s = self.settings
             self.attach(make_client(s.bus_url, s), Keys(s.key_prefix))
@@ -431,25 +365,3 @@ class Dispatcher:
         if self._broker is not None:
             self._broker.close()
             self._broker = None
-
-
-def _norm(client: redis.Redis) -> dict[str, Any]:
-    """Connection arguments of the bus client, in redis_client_kwargs' vocabulary."""
-    pool = client.connection_pool
-    kw = pool.connection_kwargs
-    ssl = True if issubclass(pool.connection_class, redis.SSLConnection) else None
-    return {"host": kw.get("host"), "port": kw.get("port"), "unix_socket_path": kw.get("path"),
-            "username": kw.get("username"), "password": kw.get("password"), "ssl": ssl}  # fmt: skip
-
-
-def forget_pending(
-    client: redis.Redis, keys: Keys, items: Sequence[tuple[TradeEvent, Any, Any]], log_ids: Sequence[str | None]
-) -> None:
-    """ZREM the pending-dispatch entries of events whose tasks were enqueued (one round trip)."""
-    if not any(log_ids):
-        return
-    pipe = client.pipeline(transaction=False)
-    for (event, _, _), log_id in zip(items, log_ids, strict=True):
-        if log_id:
-            pipe.zrem(keys.pending_dispatch_for(event.symbol), log_id)
-    pipe.execute()

@@ -26,11 +26,15 @@ import os
 import socket
 import uuid
 from bisect import bisect
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+import redis
 
+from bus.dispatch.amqp import CONFIRM_OPTIONS, amqp_queue_config
+from bus.dispatch.names import QUEUES
 from bus.observability import tracing
 
 if TYPE_CHECKING:
@@ -238,3 +242,41 @@ def broker_key_prefix_option(broker_url: str, settings: Settings) -> dict[str, s
     if settings.broker_key_prefix and is_redis:
         return {"global_keyprefix": settings.broker_key_prefix}
     return {}
+
+
+def publisher_app(broker_url: str, settings: Settings | None = None, queues: Iterable[str] = QUEUES) -> Any:
+    """A minimal Celery app for publishing (JSON, bounded retries); the worker app uses more. On
+    RabbitMQ it declares ``queues`` as workers do and publishes with confirms (bus.dispatch.amqp)."""
+    from celery import Celery
+
+    from bus.config import Settings
+
+    s = settings or Settings()
+    app = Celery("tradebus-dispatch", broker=broker_url, set_as_current=False)
+    amqp = redis_client_kwargs(broker_url) is None and urlsplit(broker_url).scheme != "sentinel"
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        task_send_sent_event=s.task_send_sent_event,
+        # RabbitMQ: queues declared as the worker declares them (other arguments are refused)
+        **(amqp_queue_config(queues, s.rabbitmq_quorum_queues, MAX_PRIORITY) if amqp
+           else {"task_queue_max_priority": MAX_PRIORITY}),
+        broker_connection_timeout=s.redis_connect_timeout,
+        broker_transport_options={"priority_steps": list(PRIORITY_STEPS),
+                                  "socket_timeout": s.redis_socket_timeout,
+                                  "socket_connect_timeout": s.redis_connect_timeout,
+                                  "max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                  "interval_max": 0.5, **(CONFIRM_OPTIONS if amqp else {}),
+                                  **broker_key_prefix_option(broker_url, s), **broker_sentinel_option(s)},
+    )  # fmt: skip
+    return app
+
+
+def bus_connection_kwargs(client: redis.Redis) -> dict[str, Any]:
+    """Connection arguments of the bus client, in redis_client_kwargs' vocabulary (for same_redis_server)."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    ssl = True if issubclass(pool.connection_class, redis.SSLConnection) else None
+    return {"host": kw.get("host"), "port": kw.get("port"), "unix_socket_path": kw.get("path"),
+            "username": kw.get("username"), "password": kw.get("password"), "ssl": ssl}  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from datetime import datetime
 from time import perf_counter
@@ -30,6 +31,8 @@ from bus.observability.logs import event_fields
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
+#: what RabbitMQ's delay queues put before a routing key (kombu.transport.native_delayed_delivery: 28 bits)
+DELAYED_PREFIX = re.compile(r"^(?:[01]\.){28}")
 # Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
 DELIVERY_COUNTER_TTL = 24 * 3600
 
@@ -120,6 +123,18 @@ class TradebusTask(Task):
                     extra=event_fields(self.event, self.request.kwargs.get("route")))  # fmt: skip
         return int(redeliveries) > self.ctx.redelivery_cap
 
+    def retry_queue(self, route: str | None) -> str | None:
+        """The queue a retry goes back to: the route's, else the one this delivery came from. Named
+        explicitly because Celery (5.5-5.7) routes a countdown retry on quorum queues by the *default*
+        queue's routing key when none is named (native delayed delivery: the retry lands on
+        task_default_queue); the routing key of a delivery through the delay queues carries their
+        prefix (``0.1.0...``), stripped here."""
+        r = self.ctx.routing.get(route) if route else None
+        if r is not None and r.queue:
+            return r.queue
+        key = (self.request.delivery_info or {}).get("routing_key")
+        return DELAYED_PREFIX.sub("", key) if key else None
+
     def retry_policy(self, route: str | None) -> RetryPolicy:
         r = self.ctx.routing.get(route) if route else None
         return r.retry if r is not None else self.default_retry
@@ -133,7 +148,8 @@ class TradebusTask(Task):
             try:
                 self.count("retried")
                 self.observe("retried", route)
-                raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries)
+                raise self.retry(exc=exc, countdown=countdown, max_retries=policy.max_retries,
+                                 queue=self.retry_queue(route))  # fmt: skip
             except Retry:
                 raise
             except Exception as e:  # noqa: BLE001 - the retry could not be enqueued: keep the evidence

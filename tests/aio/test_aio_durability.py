@@ -4,8 +4,6 @@ is cut off (the events are logged on the master either way)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from bus import TradeEvent
@@ -21,13 +19,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 def trade(i: int) -> TradeEvent:
     return TradeEvent.create_trade_executed(symbol="AIOWAIT", trade_id=f"t{i}", side="BUY", price=100.0,
                                             volume=1.0, seq=i)  # fmt: skip
-
-
-@pytest.fixture
-def sentinels() -> Iterator[SentinelSet]:
-    topology = SentinelSet().start()
-    yield topology
-    topology.close()
 
 
 def test_an_awaited_publish_waits_for_the_replica(sentinels: SentinelSet, key_prefix: str) -> None:

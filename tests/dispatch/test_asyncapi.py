@@ -28,7 +28,8 @@ from bus import RedisEventBus, TradeEvent
 from bus.config import Settings
 from bus.core.keys import Keys
 from bus.dispatch.asyncapi import asyncapi_document
-from bus.dispatch.dispatcher import Dispatcher, publisher_app
+from bus.dispatch.dispatcher import Dispatcher
+from bus.dispatch.messages import publisher_app
 from bus.dispatch.routing import Route, RoutingTable
 from tests.helpers import wait_for
 

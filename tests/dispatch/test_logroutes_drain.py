@@ -32,20 +32,34 @@ pytestmark = [pytest.mark.redis]
 
 RECORD = Route("rec", "tradebus_test.log_record", "tradebus.state", ("order.*",), mode=LOG)
 FAST = LogRouteConfig(batch=20, claim_after=0.4, time_budget=5.0)
+# Leases and flags that outlive a loaded box's stalls, where a test needs one to still hold (~1 s)
+STEADY = LogRouteConfig(batch=20, claim_after=2.0, time_budget=5.0)
 
 
 def order(i: int, symbol: str = "XAUUSD", **data: object) -> TradeEvent:
     return TradeEvent.create_order_created(symbol, f"o{i}", "BUY", 2000.0 + i, 1.0, **data)
 
 
-@pytest.fixture
-def bus(settings, broker_url):
+def make_bus(settings, broker_url, config: LogRouteConfig = FAST) -> RedisEventBus:
     no_backoff = RetryPolicy(max_retries=2, backoff=0.0, backoff_max=0.0)
     table = RoutingTable([RECORD, Route("poison", "tradebus_test.log_poison", "tradebus.risk", ("order.*",),
                                         retry=no_backoff, mode=LOG)])  # fmt: skip
-    dispatcher = Dispatcher(broker_url, table, settings=settings, log_routes=FAST)
-    with RedisEventBus(settings.bus_url, key_prefix=settings.key_prefix, dispatcher=dispatcher) as b:
-        assert dispatcher.stages_in_bus_pipeline
+    dispatcher = Dispatcher(broker_url, table, settings=settings, log_routes=config)
+    b = RedisEventBus(settings.bus_url, key_prefix=settings.key_prefix, dispatcher=dispatcher)
+    assert dispatcher.stages_in_bus_pipeline
+    return b
+
+
+@pytest.fixture
+def bus(settings, broker_url):
+    with make_bus(settings, broker_url) as b:
+        yield b
+
+
+@pytest.fixture
+def steady_bus(settings, broker_url):
+    """Wake flags that live ~1 s: a test that checks one is still set does not race its TTL."""
+    with make_bus(settings, broker_url, STEADY) as b:
         yield b
 
 
@@ -65,7 +79,8 @@ def queue_key(settings, route: Route = RECORD) -> str:
     return redis_queue_key(route.queue, 0, f"{settings.key_prefix}:")
 
 
-def test_one_wake_up_while_pending_then_drained_in_order_once(bus, broker, settings) -> None:
+def test_one_wake_up_while_pending_then_drained_in_order_once(steady_bus, broker, settings) -> None:
+    bus = steady_bus
     events = [order(i) for i in range(120)]
     receipts = [bus.publish(e) for e in events[:20]] + bus.publish_many(events[20:])
     assert all("rec" in r.dispatched for r in receipts)  # a log route takes the event from the log
@@ -122,7 +137,7 @@ def test_only_the_lease_holder_drains_and_a_stale_holder_commits_nothing(bus) ->
         resume.wait(10)
         effect_for(RECORD)(batch)
 
-    a = Drainer(bus.client, bus.keys, RECORD, "XAUUSD", slow_effect, config=FAST)
+    a = Drainer(bus.client, bus.keys, RECORD, "XAUUSD", slow_effect, config=STEADY)  # a lease of ~1 s
     result = {}
     thread = threading.Thread(target=lambda: result.update(out=a.run("token-a")))
     thread.start()

@@ -12,6 +12,14 @@ symbol: the script stores it in the hash under a field naming its content, and l
 the field. With a separate broker the script only reports which flags it set and the publisher sends
 those wake-ups right after (``Dispatcher.send_wakes``); a send that fails leaves the flag to expire and
 beat's wake job to pick the group up.
+
+Wake-ups fire no Celery publish signals (``before_task_publish`` / ``after_task_publish``, task-sent), by
+choice: a wake-up is plumbing, not one event's task. Its message is built once per symbol and route and
+stored (above), so there is no per-publish message for a receiver to change, and firing the signals per
+publish would cost what storing it saves (a message built, announced and sent per event, the very cost log
+routes remove). A tracer's ``traceparent`` would name one event while the drain applies a batch of many.
+Monitoring still sees every drain where it runs: the worker's task-received / started / succeeded events,
+``tradebus top`` and the stats; a route's progress is its group's lag (``tradebus state --lag``).
 """
 
 from __future__ import annotations
