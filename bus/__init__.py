@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # what the names resolve to, for type checkers and IDEs
     from bus.config import LoadEnvironmentVariables, Settings
     from bus.core.bus import PublishReceipt, RedisEventBus
     from bus.core.keys import Keys, channel
+    from bus.core.subscription import LostEvents
     from bus.demo.errors import DemoError
     from bus.dispatch.factory import EventBusFactory
     from bus.domain.lease import StaleTokenError
@@ -42,6 +43,7 @@ _EXPORTS = {
     # Bus
     "RedisEventBus": "bus.core.bus",
     "PublishReceipt": "bus.core.bus",
+    "LostEvents": "bus.core.subscription",
     "EventBusFactory": "bus.dispatch.factory",
     # Configuration and naming
     "LoadEnvironmentVariables": "bus.config",
@@ -76,6 +78,7 @@ __all__ = [
     "RedisEventBus",
     "EventBusFactory",
     "PublishReceipt",
+    "LostEvents",
     # Configuration and naming
     "LoadEnvironmentVariables",
     "Settings",

@@ -109,6 +109,9 @@ class AsyncBusAdapter:
     def subscribe(self, *args: Any) -> None:
         self._loop.do(self.aio.subscribe, *args)
 
+    def on_lost_events(self, *args: Any) -> None:
+        self._loop.do(self.aio.on_lost_events, *args)
+
     def subscribe_all(self, *args: Any) -> None:
         self._loop.do(self.aio.subscribe_all, *args)
 

@@ -35,7 +35,7 @@ from bus.core.dispatching import TaskDispatcher
 from bus.core.durability import Durability
 from bus.core.keys import ALL_PATTERN, Keys
 from bus.core.publisher import Publisher, PublishReceipt
-from bus.core.subscription import Counters, Handler
+from bus.core.subscription import Counters, Handler, LostHandler
 from bus.events.model import TradeEvent, TradeEventType
 
 __all__ = ["AsyncRedisEventBus"]
@@ -169,8 +169,14 @@ class AsyncRedisEventBus:
 
     @property
     def counters(self) -> Counters:
-        """delivered, handler_errors, malformed, recovered_from_log, gaps_lost, reconnects, foreign."""
+        """delivered, handler_errors, malformed, recovered_from_log, gaps_lost, events_lost, reconnects,
+        foreign, forged, loop_errors."""
         return self.subscriber.counters
+
+    def on_lost_events(self, callback: LostHandler) -> None:
+        """Call ``callback(LostEvents)`` when events a subscription needed were trimmed from the log
+        before it could catch up (as ``RedisEventBus.on_lost_events``); runs in the reader task."""
+        self.subscriber.on_lost_events(callback)
 
     def subscribe(self, symbol: str, event_type: TradeEventType | str, handler: Handler) -> None:
         """Call ``handler(event)`` (awaited when it returns an awaitable) for each ``event_type`` event

@@ -33,7 +33,7 @@ from bus.config import Settings
 from bus.core.healing import Healer, Liveness, is_confirmation, message_of, permission_error, subscribe_commands
 from bus.core.keys import Keys
 from bus.core.subscriber import BACKOFF_MAX, BACKOFF_START, POLL_SECONDS
-from bus.core.subscription import Counters, Subscription
+from bus.core.subscription import Counters, LostHandler, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
 from bus.observability import tracing
@@ -135,15 +135,18 @@ class AsyncSubscriber:
                     log.error("%s", error)
                     raise error from None
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                    await self._drop()
-                    self.counters.reconnects += 1
-                    log.warning("subscriber connection lost (%s: %s); reconnecting in %.2fs",
-                                type(e).__name__, e, delay)  # fmt: skip
-                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                    await self._recover(e, delay, "subscriber connection lost")
+                    delay = min(delay * 2, BACKOFF_MAX)
+                except Exception as e:  # noqa: BLE001 - nothing a message or a reply holds may end the reader
+                    self.counters.loop_errors += 1
+                    log.exception("unexpected error in the subscriber reader")
+                    await self._recover(e, delay, "subscriber reader failed")  # a fresh connection heals from the log
                     delay = min(delay * 2, BACKOFF_MAX)
         except BaseException as e:
             if not isinstance(e, asyncio.CancelledError):  # the consumer must not wait for ever
                 self.ended = e if isinstance(e, Exception) else RuntimeError(f"subscriber stopped: {e!r}")
+                if not isinstance(e, BusPermissionError):  # that one was logged with what to grant
+                    log.critical("subscriber reader stopped: %s: %s", type(e).__name__, e, exc_info=True)
                 self.wake()
             raise
         finally:
@@ -177,6 +180,21 @@ class AsyncSubscriber:
             raise
         finally:
             self._reading = self._interrupted = False
+
+    async def _recover(self, e: Exception, delay: float, what: str) -> None:
+        """Drop the connection and wait ``delay`` (jittered): the next round reconnects, resubscribes
+        and catches up from the log (self-healing subscribers)."""
+        await self._drop()
+        self.counters.reconnects += 1
+        log.warning("%s (%s: %s); reconnecting in %.2fs", what, type(e).__name__, e, delay)
+        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    def on_lost_events(self, callback: LostHandler) -> None:
+        """Call ``callback(LostEvents)`` (in the reader task) when events a subscription needs were
+        trimmed from the log before it read them (bus/core/catchup.py)."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        self._healer.catch_up.lost_handlers.append(callback)
 
     def _take_unsent(self) -> list[Subscription]:
         subs, self._unsent = self._unsent, []
@@ -239,12 +257,12 @@ class AsyncSubscriber:
         found = message_of(self._subs, reply)
         if found is None:
             return  # pong and (p)subscribe confirmations need nothing
-        sub, data = found
+        sub, chan, data = found
         healer = self._healer
-        arrival = healer.arrival(sub, data)
+        arrival = healer.arrival(sub, chan, data)
         if arrival is None:
             return
-        if arrival.gap_after is not None:
-            await run(self._client, healer.fill_gap(sub, arrival), self._deliver)
+        if arrival.suspect and not await run(self._client, healer.settle(sub, arrival), self._deliver):
+            return
         await self._deliver(sub, arrival.event)
         healer.delivered(sub, arrival)

@@ -29,6 +29,7 @@ from bus.errors import EventValidationError
 if TYPE_CHECKING:
     from bus.core.bus import RedisEventBus
     from bus.core.subscriber import ListenerHandle
+    from bus.core.subscription import LostEvents
     from bus.events.model import TradeEvent
 
 #: seconds `tail` waits for its subscription before giving up
@@ -150,6 +151,7 @@ def tail(
     live: queue.Queue[TradeEvent] = queue.Queue()
     bus = obj.bus()
     _subscribe(bus, symbols, types, live.put)
+    bus.on_lost_events(_show_lost)
     handle = bus.listen_in_thread()
     try:
         if not handle.wait_ready(SUBSCRIBE_TIMEOUT):
@@ -232,6 +234,17 @@ def _follow(
         seen.add(event.event_id)
         _show(event, as_json)
         shown += 1
+
+
+def _show_lost(lost: LostEvents) -> None:
+    """On stderr (stdout stays events only, --json included): events trimmed from the log before tail read them."""
+    count = "an unknown number of events" if lost.count is None else f"{lost.count} event(s)"
+    err_console.print(
+        f"LOST {count} of {lost.symbol} (all types): trimmed from the log after log id {lost.after} and before "
+        f"{lost.before or 'its end'}, before tail could read them (TRADEBUS_LOG_MAXLEN)",
+        markup=False,
+        style="bold red",
+    )
 
 
 def _show(event: TradeEvent, as_json: bool, log_id: str | None = None) -> None:

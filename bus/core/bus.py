@@ -25,7 +25,7 @@ from bus.core.keys import ALL_PATTERN, Keys, channel, symbol_pattern, type_patte
 from bus.core.publisher import Publisher, PublishReceipt
 from bus.core.steps import Command, Steps, run
 from bus.core.subscriber import ListenerHandle, Subscriber
-from bus.core.subscription import Counters, Handler
+from bus.core.subscription import Counters, Handler, LostHandler
 from bus.core.wire import LogEntries, decode_entry, text
 from bus.errors import BusConnectionError
 from bus.events.model import TradeEvent, TradeEventType
@@ -148,8 +148,15 @@ class RedisEventBus:
 
     @property
     def counters(self) -> Counters:
-        """delivered, handler_errors, malformed, recovered_from_log, gaps_lost, reconnects, foreign."""
+        """delivered, handler_errors, malformed, recovered_from_log, gaps_lost, events_lost, reconnects,
+        foreign, forged, loop_errors."""
         return self.subscriber.counters
+
+    def on_lost_events(self, callback: LostHandler) -> None:
+        """Call ``callback(LostEvents)`` when events a subscription needed were trimmed from the log
+        (``TRADEBUS_LOG_MAXLEN``) before it could catch up: how many, of which symbol, between which
+        log ids. Runs on the listener's thread, before the events that follow the loss."""
+        self.subscriber.on_lost_events(callback)
 
     def subscribe(self, symbol: str, event_type: TradeEventType | str, handler: Handler) -> None:
         """Call ``handler(event)`` for each ``event_type`` event of ``symbol``."""

@@ -3,32 +3,36 @@
 -- A run is one script call's events of ONE symbol: new_run(log, heads, pending, maxlen, prefix).
 local function new_run(log, heads, pending, maxlen, prefix)
   return {log = log, heads = heads, pending = pending, maxlen = maxlen, bus = '","bus":"' .. prefix .. '",',
-          prev = nil, prev_t = {}}  -- prev / prev_t: the heads before the next event, read once per run
+          prev = nil, prev_t = {}, n = 0}  -- prev / prev_t / n: the heads before the next event, read once per run
 end
 -- One event: XADD ~ to the log, heads, the pending-dispatch entry when tracked (scored with the log id's
--- server time in ms, as redispatch compares), PUBLISH with log_id / prev / prev_t / bus. Returns id, reached.
+-- server time in ms, as redispatch compares), PUBLISH with log_id / n / prev / prev_t / bus. Returns id, reached.
+-- heads: '_' the symbol's last log id, one field per type its last id, '#' the entries numbered so far; n
+-- numbers each entry in the symbol's log (entry field and broadcast), so a subscriber counts what a trim lost.
 -- flag: '1' tracked, '' or '0' not, then the publish span's W3C traceparent when traced: the entry's 'tp'
 -- field and the broadcast's 'tp' (with no tracer nothing follows the flag and nothing is added).
 local function log_event(run, event, chan, t, flag)
   local tracked, tp = string.sub(flag, 1, 1) == '1', string.sub(flag, 2)
-  local id
-  if tp == '' then
-    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event)
-  else
-    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'tp', tp)
-  end
   local pt = run.prev_t[t]
   if run.prev == nil then
-    local h = redis.call('HMGET', run.heads, '_', t)
-    run.prev, pt = h[1] or '', h[2] or ''
+    local h = redis.call('HMGET', run.heads, '_', t, '#')
+    run.prev, pt, run.n = h[1] or '', h[2] or '', tonumber(h[3]) or 0
   elseif pt == nil then
     pt = redis.call('HGET', run.heads, t) or ''
   end
-  redis.call('HSET', run.heads, '_', id, t, id)
+  run.n = run.n + 1
+  local n = tostring(run.n)  -- as text once (each number argument is formatted)
+  local id
+  if tp == '' then
+    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n)
+  else
+    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n, 'tp', tp)
+  end
+  redis.call('HSET', run.heads, '_', id, t, id, '#', n)
   if tracked then
     redis.call('ZADD', run.pending, string.match(id, '^%d+'), id)
   end
-  local msg = '{"log_id":"' .. id .. '","prev":"' .. run.prev .. '","prev_t":"' .. pt .. run.bus
+  local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. run.prev .. '","prev_t":"' .. pt .. run.bus
     .. (tp == '' and '' or '"tp":"' .. tp .. '",') .. string.sub(event, 2)
   local reached = redis.call('PUBLISH', chan, msg)
   run.prev, run.prev_t[t] = id, id

@@ -14,7 +14,6 @@ owns the blocking connection, the reconnect loop and the handlers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
@@ -35,7 +34,7 @@ from bus.core.healing import (
 )
 from bus.core.keys import Keys
 from bus.core.steps import run
-from bus.core.subscription import Counters, Handler, Subscription
+from bus.core.subscription import Counters, Handler, LostHandler, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
 from bus.observability import tracing
@@ -69,8 +68,9 @@ class ListenerHandle:
         return self._subscriber.ready.wait(timeout)
 
     @property
-    def error(self) -> BusPermissionError | None:
-        """Why the listener stopped by itself (Redis refused it a channel or key), else None."""
+    def error(self) -> BaseException | None:
+        """Why the listener stopped by itself (a BusPermissionError when Redis refused it a channel or
+        key; anything else that escaped the loop), else None."""
         return self._subscriber.error
 
 
@@ -88,7 +88,7 @@ class Subscriber:
         self._idle.set()
         self.counters = Counters()
         self._healer = Healer(keys, self.counters)
-        self.error: BusPermissionError | None = None  # why the last loop stopped by itself
+        self.error: BaseException | None = None  # why the last loop stopped by itself
 
     # --- registration ----------------------------------------------------------------------------
 
@@ -102,6 +102,13 @@ class Subscriber:
                 sub = self._subs[name.encode()] = Subscription(name, pattern, symbol, type_value)
                 self._unsent.append(sub)
             sub.handlers.append(handler)
+
+    def on_lost_events(self, callback: LostHandler) -> None:
+        """Call ``callback(LostEvents)`` (on the listener's thread) when events a subscription needs
+        were trimmed from the log before it read them (bus/core/catchup.py)."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        self._healer.catch_up.lost_handlers.append(callback)
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -142,8 +149,13 @@ class Subscriber:
         self._loop_thread = thread
 
     def _listen_quietly(self) -> None:
-        with contextlib.suppress(BusPermissionError):  # logged by _listen; ListenerHandle.error has it
+        try:
             self._listen()
+        except BusPermissionError:
+            pass  # logged by _listen; ListenerHandle.error has it
+        except BaseException as e:  # noqa: BLE001 - a thread's death is otherwise silent: say why
+            self.error = e
+            log.critical("subscriber listener stopped: %s: %s", type(e).__name__, e, exc_info=True)
 
     def _listen(self) -> None:
         delay = BACKOFF_START
@@ -163,16 +175,25 @@ class Subscriber:
                     log.error("%s", self.error)
                     raise self.error from None
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                    self._drop()
-                    self.counters.reconnects += 1
-                    log.warning("subscriber connection lost (%s: %s); reconnecting in %.2fs",
-                                type(e).__name__, e, delay)  # fmt: skip
-                    self._stop.wait(delay * (0.5 + random.random() / 2))
+                    self._recover(e, delay, "subscriber connection lost")
+                    delay = min(delay * 2, BACKOFF_MAX)
+                except Exception as e:  # noqa: BLE001 - nothing a message or a reply holds may end the loop
+                    self.counters.loop_errors += 1
+                    log.exception("unexpected error in the subscriber loop")
+                    self._recover(e, delay, "subscriber loop failed")  # a fresh connection heals from the log
                     delay = min(delay * 2, BACKOFF_MAX)
         finally:
             self._drop()
             self._stop.clear()
             self._idle.set()
+
+    def _recover(self, e: Exception, delay: float, what: str) -> None:
+        """Drop the connection and wait ``delay`` (jittered): the next round reconnects, resubscribes
+        and catches up from the log (self-healing subscribers)."""
+        self._drop()
+        self.counters.reconnects += 1
+        log.warning("%s (%s: %s); reconnecting in %.2fs", what, type(e).__name__, e, delay)
+        self._stop.wait(delay * (0.5 + random.random() / 2))
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
         user = node_pool(self._client).connection_kwargs.get("username")
@@ -253,13 +274,13 @@ class Subscriber:
         found = message_of(self._subs, reply)
         if found is None:
             return  # pong and (p)subscribe confirmations need nothing
-        sub, data = found
+        sub, chan, data = found
         healer = self._healer
-        arrival = healer.arrival(sub, data)
+        arrival = healer.arrival(sub, chan, data)
         if arrival is None:
             return
-        if arrival.gap_after is not None:
-            run(self._client, healer.fill_gap(sub, arrival), self._deliver)
+        if arrival.suspect and not run(self._client, healer.settle(sub, arrival), self._deliver):
+            return
         self._deliver(sub, arrival.event)
         healer.delivered(sub, arrival)
 

@@ -35,8 +35,10 @@ TRACE_FIELD = "tp"
 TYPE_FIELD_B = TYPE_FIELD.encode()
 EVENT_FIELD_B = EVENT_FIELD.encode()
 TRACE_FIELD_B = TRACE_FIELD.encode()
-#: broadcast fields publish.lua puts before the event's own
-BROADCAST_META = ("log_id", "prev", "prev_t", "bus", TRACE_FIELD)
+#: log entry field holding the entry's number in its symbol's log (1, 2, ...; publish.lua's HINCRBY)
+NUMBER_FIELD_B = b"n"
+#: broadcast fields publish.lua puts before the event's own (``n``: the entry's number; ``tp``: when traced)
+BROADCAST_META = ("log_id", "n", "prev", "prev_t", "bus", TRACE_FIELD)
 
 Id = tuple[int, int]
 #: what XRANGE returns on the bus client (decode_responses=False): [(log id, {field: value})]
@@ -52,6 +54,42 @@ def text(value: Any) -> str:
 def parse_id(raw: str | bytes) -> Id:
     ms, _, seq = text(raw).partition("-")
     return int(ms), int(seq or 0)
+
+
+def checked_id(raw: Any, field: str) -> Id:
+    """A broadcast's stream id field (bad input): a str ``ms-seq`` within 64 bits, else
+    EventValidationError; nothing of another type or size reaches ``parse_id``."""
+    if type(raw) is str and len(raw) <= 41:  # str methods, not a regex: this runs per broadcast
+        ms, _, seq = raw.partition("-")
+        if ms.isdigit() and seq.isdigit() and raw.isascii():
+            i = int(ms), int(seq)
+            if i[0] <= MAX_SEQ and i[1] <= MAX_SEQ:
+                return i
+    shown = raw[:48] if type(raw) is str else type(raw).__name__
+    raise EventValidationError(f"{field} is not a stream id: {shown!r}", field=field)
+
+
+def checked_prev(raw: Any, field: str) -> Id | None:
+    """A broadcast's ``prev`` / ``prev_t``: a stream id, or "" (None) for the symbol's first event."""
+    return None if raw == "" else checked_id(raw, field)
+
+
+def checked_number(raw: Any) -> int | None:
+    """A broadcast's ``n`` (its entry's number in the symbol's log), None when absent (older publishers)."""
+    if raw is None:
+        return None
+    if type(raw) is int and 0 < raw <= MAX_SEQ:
+        return raw
+    raise EventValidationError(f"n is not an entry number: {type(raw).__name__}", field="n")
+
+
+def entry_number(fields: Mapping[Any, Any]) -> int | None:
+    """A log entry's number in its symbol's log; None for an entry logged before numbering (or a bad one)."""
+    raw = fields.get(NUMBER_FIELD_B)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def format_id(i: Id) -> str:

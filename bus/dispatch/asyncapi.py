@@ -1,7 +1,7 @@
 """The AsyncAPI 3.0 document of a tradebus deployment: what it sends, where, in which format.
 
 * one channel per event type, ``trades:{symbol}:{event_type}``: the event JSON with the broadcast
-  fields ``log_id``, ``prev``, ``prev_t`` and ``bus`` in front (bus/core/wire.py);
+  fields ``log_id``, ``n``, ``prev``, ``prev_t`` and ``bus`` in front (bus/core/wire.py);
 * the log stream of each symbol, ``{prefix}:{SYMBOL}:log``: entries with fields ``type`` and ``event``;
 * one channel per Celery queue, with one message per route: Celery's protocol 2 task message whose
   only argument is the event JSON (bus/dispatch/dispatcher.py).
@@ -23,7 +23,7 @@ from bus.events.schema import ENVELOPE_FIELDS, closed, definitions, union
 from bus.events.versions import SCHEMA_MINOR
 
 SCHEMAS = "#/components/schemas/"
-BROADCAST_FIELDS = ("log_id", "prev", "prev_t", "bus")
+BROADCAST_FIELDS = ("log_id", "n", "prev", "prev_t", "bus")
 _LOG_ID = r"^[0-9]+-[0-9]+$"
 
 
@@ -45,6 +45,11 @@ def _wire_schemas() -> dict[str, Any]:
             "description": "Put in front of the event JSON by the publish script, for gap detection.",
             "properties": {
                 "log_id": {"type": "string", "pattern": _LOG_ID, "description": "The event's id in its symbol's log."},
+                "n": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "The entry's number in its symbol's log (1, 2, ...): counts what a trim loses.",
+                },
                 "prev": {
                     "type": "string",
                     "pattern": r"^([0-9]+-[0-9]+)?$",
@@ -65,6 +70,11 @@ def _wire_schemas() -> dict[str, Any]:
             "properties": {
                 "type": {"type": "string", "enum": list(SPECS), "description": "The event's type."},
                 "event": _json_text("The event JSON.", f"{SCHEMAS}TradeEvent"),
+                "n": {
+                    "type": "string",
+                    "pattern": "^[1-9][0-9]*$",
+                    "description": "The entry's number in its symbol's log (absent: logged by an older tradebus).",
+                },
             },
             "required": ["type", "event"],
         },

@@ -131,6 +131,9 @@ SUBSCRIBER_METRICS = {
     "recovered_from_log": ("tradebus_subscriber_gaps_healed_total", "Events a subscriber recovered from the log."),
     "gaps_lost": ("tradebus_subscriber_gaps_lost_total", "Gaps the log could no longer cover."),
     "reconnects": ("tradebus_subscriber_reconnects_total", "Subscriber connections re-made."),
+    "events_lost": ("tradebus_subscriber_events_lost_total", "Events trimmed before a subscriber read them."),
+    "forged": ("tradebus_subscriber_forged_total", "Broadcasts the log contradicted (forged, corrupt or replayed)."),
+    "loop_errors": ("tradebus_subscriber_loop_errors_total", "Unexpected errors a subscriber loop survived."),
 }
 
 

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from bus import BusConnectionError, EventValidationError, TradeEvent
+from bus.core.wire import BROADCAST_META
 from bus.dispatch.routing import RoutingTable
 from bus.embedded import EmbeddedRedis
 
@@ -34,12 +35,14 @@ def test_publish_logs_and_broadcasts_with_gap_metadata(bus, redis_client, key_pr
     assert r1.log_id < r2.log_id or len(r1.log_id) < len(r2.log_id)
     log = redis_client.xrange(f"{key_prefix}:{{PUBTEST}}:log")
     assert [i for i, _ in log] == [r1.log_id, r2.log_id]
-    assert log[0][1] == {"type": "order.created", "event": e1.to_json()}
+    assert log[0][1] == {"type": "order.created", "event": e1.to_json(), "n": "1"}  # n: its number in the log
+    assert log[1][1]["n"] == "2"
     msgs = [ps.get_message(timeout=2) for _ in range(2)]
     first, second = (orjson.loads(m["data"]) for m in msgs)
     assert first["log_id"] == r1.log_id and first["prev"] == "" and first["bus"] == key_prefix
     assert second["prev"] == r1.log_id and second["prev_t"] == r1.log_id
-    assert TradeEvent.from_dict({k: v for k, v in second.items() if k not in ("log_id", "prev", "prev_t", "bus")}) == e2
+    assert (first["n"], second["n"]) == (1, 2)
+    assert strip(second) == e2
     assert bus.known_symbols() == ["PUBTEST"]
     assert [ev for _, ev in bus.read_log("PUBTEST")] == [e1, e2]
     assert [ev for _, ev in bus.read_log("PUBTEST", after=r1.log_id)] == [e2]
@@ -190,7 +193,7 @@ def broadcasts(ps, key_prefix: str, n: int) -> list[dict]:
 
 
 def strip(obj: dict) -> TradeEvent:
-    return TradeEvent.from_dict({k: v for k, v in obj.items() if k not in ("log_id", "prev", "prev_t", "bus")})
+    return TradeEvent.from_dict({k: v for k, v in obj.items() if k not in BROADCAST_META})
 
 
 @pytest.fixture
@@ -221,7 +224,8 @@ def test_publish_many_mixed_symbols_keeps_order_metadata_and_receipts(bus, redis
         assert bus.read_log(symbol, after=before[-1].log_id if symbol == "PMA" else "-") == mine
         heads = redis_client.hgetall(bus.keys.heads(symbol))
         assert heads["_"] == mine[-1][0]
-        for t in {e.event_type.value for _, e in mine}:
+        assert heads["#"] == str(len(mine) + (len(before) if symbol == "PMA" else 0))  # entries numbered
+        for t in {e.event_type.value for _, e in mine}:  # and each type's last id
             assert heads[t] == [lid for lid, e in mine if e.event_type.value == t][-1]
     # and the log ids of the whole batch follow its order (stream ids are time based)
     ms = [int(r.log_id.split("-")[0]) for r in receipts]

@@ -16,6 +16,11 @@ from tests.helpers import wait_for
 
 pytestmark = pytest.mark.redis
 
+#: seconds to wait for deliveries to `trades:*` / `trades:*:TYPE` subscriptions. Channels are not prefixed,
+#: so on the shared test server these receive every other suite's and bench's broadcasts too (skipped as
+#: foreign, but read in order): under a burst of those on a loaded box, ours queue behind them.
+GLOBAL_PATTERN_WAIT = 60.0
+
 
 def order(i: int, symbol: str, **extra) -> TradeEvent:
     return TradeEvent.create_order_created(symbol=symbol, order_id=str(i), order_type="BUY", price=2000.5,
@@ -85,15 +90,21 @@ def test_malformed_and_foreign_messages_are_skipped(bus, publisher, redis_client
     handle.join(5)
 
 
+def mine(symbols: set[str], into: list[TradeEvent]) -> Any:
+    """A handler keeping the events of ``symbols``: a `trades:*` or `trades:*:TYPE` subscription on the
+    shared test server also gets the plain events other suites send (another tool's messages, delivered)."""
+    return lambda e: into.append(e) if e.symbol in symbols else None
+
+
 def test_type_and_everything_subscriptions_cover_all_symbols(bus, publisher):
     created: list[TradeEvent] = []
     everything: list[TradeEvent] = []
-    bus.subscribe_type(TradeEventType.ORDER_CREATED, created.append)
-    bus.subscribe_everything(everything.append)
+    bus.subscribe_type(TradeEventType.ORDER_CREATED, mine({"SUBC", "SUBD"}, created))
+    bus.subscribe_everything(mine({"SUBC", "SUBD"}, everything))
     handle = listening(bus)
     events = [order(1, "SUBC"), signal_event("SUBC"), order(2, "SUBD"), signal_event("SUBD")]
     publisher.publish_many(events)
-    wait_for(lambda: len(everything) == 4 and len(created) == 2)
+    wait_for(lambda: len(everything) >= 4 and len(created) >= 2, timeout=GLOBAL_PATTERN_WAIT)
     assert created == [events[0], events[2]] and everything == events
     handle.stop()
     handle.join(5)
@@ -132,8 +143,8 @@ def test_batches_reach_every_kind_of_subscription_without_false_or_missed_gaps(b
     everything: list[TradeEvent] = []
     bus.subscribe("SUBM", "order.created", exact.append)
     bus.subscribe_all("SUBM", wide.append)
-    bus.subscribe_type("order.created", by_type.append)
-    bus.subscribe_everything(everything.append)
+    bus.subscribe_type("order.created", mine({"SUBM", "SUBN"}, by_type))
+    bus.subscribe_everything(mine({"SUBM", "SUBN"}, everything))
     handle = listening(bus)
     sent = [order(0, "SUBM")]
     publisher.publish(sent[0])
@@ -159,7 +170,7 @@ def test_batches_reach_every_kind_of_subscription_without_false_or_missed_gaps(b
         return [e for e in sent if symbol in (None, e.symbol) and t in (None, e.event_type.value)]
 
     wait_for(lambda: len(everything) >= len(sent) and len(exact) >= len(want("SUBM", "order.created")),
-             what="every event")  # fmt: skip
+             timeout=GLOBAL_PATTERN_WAIT, what="every event")  # fmt: skip
     assert exact == want("SUBM", "order.created")
     assert wide == want("SUBM")
     assert by_type == want(t="order.created")

@@ -160,7 +160,7 @@ def test_a_broadcast_a_log_entry_and_a_task_message_match_their_schemas(
     with RedisEventBus(settings=settings) as bus:
         for event in events:
             bus.publish(event)
-        # the broadcast: the event JSON with log_id, prev, prev_t, bus in front
+        # the broadcast: the event JSON with log_id, n, prev, prev_t, bus in front
         for event, message in zip(events, _received(pubsub, len(events)), strict=True):
             assert message["channel"].decode() == f"trades:{symbol}:{event.event_type.value}"
             payload = json.loads(message["data"])

@@ -230,7 +230,8 @@ def test_outbox_events_reach_subscribers_and_state_like_any_publish(
     assert [e.event_id for e in got] == [e.event_id for e in events]
     assert listener.counters.recovered_from_log == 0 and listener.counters.gaps_lost == 0
     entries = bus.client.xrange(bus.keys.log("XAUUSD"))
-    assert {tuple(fields) for _, fields in entries} == {(b"type", b"event")}  # one log entry format
+    assert {tuple(fields) for _, fields in entries} == {(b"type", b"event", b"n")}  # one log entry format
+    assert [int(fields[b"n"]) for _, fields in entries] == list(range(1, 7))  # numbered as one sequence
     assert all(bus.get_order("XAUUSD", f"o{i}") is not None for i in range(6))
     handle.stop()
     handle.join(5)

@@ -79,8 +79,8 @@ def test_without_a_tracer_entry_and_broadcast_are_exactly_as_before(redis_url, k
     with RedisEventBus(redis_url, key_prefix=key_prefix) as bus:
         raw = first_broadcast(bus.client, "trades:TRCA:order.created", lambda: bus.publish(event))
         ((log_id, fields),) = bus.client.xrange(bus.keys.log("TRCA"))
-    assert fields == {b"type": b"order.created", b"event": event.encode()}
-    prefix = b'{"log_id":"%s","prev":"","prev_t":"","bus":"%s",' % (log_id, key_prefix.encode())
+    assert fields == {b"type": b"order.created", b"event": event.encode(), b"n": b"1"}
+    prefix = b'{"log_id":"%s","n":1,"prev":"","prev_t":"","bus":"%s",' % (log_id, key_prefix.encode())
     assert raw == prefix + event.encode()[1:]  # byte for byte: nothing added
     assert tracing.context_of(decode_broadcast(raw)[0]) is None
 
@@ -91,7 +91,7 @@ def test_entry_and_broadcast_carry_the_publish_span(spans, redis_url, key_prefix
         raw = first_broadcast(bus.client, "trades:TRCB:order.created", lambda: bus.publish(event))
         ((_, fields),) = bus.client.xrange(bus.keys.log("TRCB"))
     tp = traceparent(published(spans)[event.event_id])
-    assert fields[b"tp"] == tp.encode() and fields[b"event"] == event.encode()
+    assert fields[b"tp"] == tp.encode() and fields[b"event"] == event.encode() and fields[b"n"] == b"1"
     assert orjson.loads(raw)["tp"] == tp
     received, meta = decode_broadcast(raw)
     assert type(received) is TradeEvent and received == event  # a plain event: the context is beside it
