@@ -42,7 +42,8 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(RedisGauges(make_client(settings.bus_url, settings), Keys(settings.key_prefix)))
+    client = make_client(settings.bus_url, settings)
+    registry.register(RedisGauges(client, Keys(settings.key_prefix), task_context(app).routing))
     enable_metrics()  # before the fork: every pool process inherits the recorder
     start_http_server(settings.metrics_port, registry=registry)
     log.info("serving Prometheus metrics on :%d/metrics", settings.metrics_port)
@@ -66,12 +67,16 @@ def on_worker_process_exit(pid: int | None = None, **_: Any) -> None:
 
 def _multiprocess_dir() -> None:
     """Point prometheus-client at a directory of its own, emptied: counters of a previous run must not add up."""
-    if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
-        # imported already in single-process mode: the pool processes' figures would be lost to the scrape
-        log.warning("prometheus_client was imported before %s was set: worker metrics may be incomplete",
-                    MULTIPROC_ENV)  # fmt: skip
+    imported_before = "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV)
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         directory = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="tradebus-metrics-")
     for stale in Path(directory).glob("*.db"):
         stale.unlink()
+    if imported_before:
+        # Imported already in single-process mode (Flower's celery subcommand imports it when the celery CLI
+        # starts): its metrics would keep their figures in memory, each pool process its own, and the scrape
+        # would see none. prometheus-client picks the value class when a metric is built, from this global.
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()

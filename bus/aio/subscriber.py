@@ -37,6 +37,7 @@ from bus.core.subscriber import BACKOFF_MAX, BACKOFF_START, POLL_SECONDS
 from bus.core.subscription import Counters, LostHandler, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
+from bus.observability import tracing
 from bus.observability.logs import event_fields
 
 log = logging.getLogger(__name__)
@@ -96,15 +97,16 @@ class AsyncSubscriber:
     async def call_handlers(self, sub: Subscription, event: TradeEvent) -> None:
         """Each handler of ``sub`` in turn, awaited when it returns an awaitable; one that raises is
         counted and logged, and the others and the loop go on (as in the blocking listener)."""
-        for handler in sub.handlers:
-            try:
-                result = handler(event)
-                if inspect.isawaitable(result):
-                    await result
-                self.counters.delivered += 1
-            except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
-                self.counters.handler_errors += 1
-                log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))
+        with tracing.delivery_span(sub.name, event):  # a child of the event's publish, when traced
+            for handler in sub.handlers:
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                    self.counters.delivered += 1
+                except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
+                    self.counters.handler_errors += 1
+                    log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))
 
     async def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
         await self._queue.put((sub, event))  # blocks while the consumer is behind: backpressure

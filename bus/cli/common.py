@@ -24,6 +24,7 @@ from bus.errors import BusConnectionError, ConfigError, EventValidationError
 
 if TYPE_CHECKING:
     from bus.core.bus import RedisEventBus
+    from bus.dispatch.routing import RoutingTable
     from bus.events.types import EventType
 
 EXIT_OK = 0
@@ -71,6 +72,13 @@ class CliContext:
                 overrides["key_prefix"] = self.key_prefix
             self._settings = LoadEnvironmentVariables(self.env_file, **overrides)
         return self._settings
+
+    def routing(self) -> RoutingTable:
+        """The workers' routing table: TRADEBUS_ROUTES_FILE, else the default routes."""
+        from bus.dispatch.routing import RoutingTable
+
+        s = self.settings
+        return RoutingTable.from_file(s.routes_file) if s.routes_file else RoutingTable.default()
 
     def load_event_types(self) -> None:
         """Register the custom event types of TRADEBUS_EVENT_TYPES_MODULE, so every command knows them.

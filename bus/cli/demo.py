@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,15 @@ def demo(
     pool: Annotated[str, typer.Option("--pool", help="Worker pool: prefork, threads or solo.")] = "prefork",
     seed: Annotated[int | None, typer.Option("--seed", help="Random-walk seed (repeatable runs).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
+    linger: Annotated[
+        float,
+        typer.Option(
+            "--linger",
+            min=0,
+            max=600,
+            help="After the summary keep the worker and Redis up this many seconds (scrape, top).",
+        ),
+    ] = 0.0,  # fmt: skip
 ) -> None:
     """Run the whole bridge: Redis, a Celery worker, a paper-traded session, and a summary."""
     from bus.demo.report import render
@@ -36,6 +45,12 @@ def demo(
         if not as_json:  # stdout carries only the JSON summary then
             console.print(f"[dim]demo:[/] {msg}", soft_wrap=True)
 
+    def show(summary: dict[str, Any]) -> None:
+        if as_json:
+            print_json(summary)
+        else:
+            render(summary, console)
+
     summary = run_demo(
         obj.settings,
         seconds=seconds,
@@ -45,10 +60,10 @@ def demo(
         seed=seed,
         say=say,
         live_console=console if not as_json and console.is_terminal else None,
+        linger=linger,
+        on_summary=show,
     )
-    if as_json:
-        print_json(summary)
-    else:
-        render(summary, console)
+    if not linger:
+        show(summary)
     if not summary["ok"]:
         raise typer.Exit(EXIT_PROBLEM)

@@ -35,7 +35,7 @@ def metrics(
     obj: CliContext = ctx.obj
     client = obj.client()
     registry = CollectorRegistry()
-    registry.register(RedisGauges(client, Keys(obj.settings.key_prefix)))
+    registry.register(RedisGauges(client, Keys(obj.settings.key_prefix), obj.routing()))
     if serve is None:
         console.out(generate_latest(registry).decode(), end="")
         client.close()
@@ -59,21 +59,24 @@ def top(
 
     from bus.core.keys import Keys
     from bus.monitor.activity import ActivityReader
+    from bus.monitor.routes import RouteReader
 
     obj: CliContext = ctx.obj
     client = obj.client()
     keys = Keys(obj.settings.key_prefix)
     reader = ActivityReader(client, keys)
+    routes = RouteReader(client, keys, obj.routing())
     reader.poll()
+    routes.poll()
     try:
         if once:
             time.sleep(interval)  # the rates are measured over this interval
-            console.print(_view(client, keys, reader, _workers_alive(obj)))
+            console.print(_view(client, keys, reader, routes, _workers_alive(obj)))
             return
         with Live(console=console, screen=False, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(_view(client, keys, reader, _workers_alive(obj)), refresh=True)
+                live.update(_view(client, keys, reader, routes, _workers_alive(obj)), refresh=True)
     finally:
         client.close()
 
@@ -90,11 +93,19 @@ def _workers_alive(obj: CliContext) -> list[str] | None:
     return sorted(name for reply in replies for name in reply)
 
 
-def _view(client: Any, keys: Any, reader: Any, workers: list[str] | None) -> Group:
+def _view(client: Any, keys: Any, reader: Any, route_reader: Any, workers: list[str] | None) -> Group:
     from bus.monitor.snapshot import snapshot
 
     activity = reader.poll()
     snap = snapshot(client, keys)
+    routes = Table(title="routes (done/s and mean publish-to-done latency over the interval; log routes' lag)",
+                   title_justify="left")  # fmt: skip
+    for column in ("route", "done/s", "latency ms", "done", "lag", "pending", "oldest waiting s"):
+        routes.add_column(column, justify="left" if column == "route" else "right")
+    for r in route_reader.poll():
+        waiting = None if r.oldest_waiting_ms is None else f"{r.oldest_waiting_ms / 1000:.1f}"
+        routes.add_row(r.route, f"{r.per_second:.1f}", "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                       str(r.done), _or_dash(r.lag), _or_dash(r.pending), _or_dash(waiting))  # fmt: skip
     events = Table(title=f"events/s (last {activity.seconds:.1f}s)", title_justify="left")
     events.add_column("event type")
     events.add_column("events/s", justify="right")
@@ -113,4 +124,8 @@ def _view(client: Any, keys: Any, reader: Any, workers: list[str] | None) -> Gro
     switches = ", ".join(f"{s} ({why})" for s, why in sorted(snap.kill_switches.items())) or "none"
     bus.add_row("kill switches", switches)
     bus.add_row("workers alive", "broker unreachable" if workers is None else f"{len(workers)} {' '.join(workers)}")
-    return Group(events, tasks, bus)
+    return Group(events, routes, tasks, bus)
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)

@@ -69,10 +69,9 @@ def _show_lag(obj: CliContext, symbol: str | None, as_json: bool) -> None:
     """Each log route's consumer group per symbol (what ``XINFO GROUPS`` on the log shows)."""
     from bus.core.keys import Keys
     from bus.dispatch.logroutes.monitor import route_lag
-    from bus.dispatch.routing import RoutingTable
 
     s = obj.settings
-    table = RoutingTable.from_file(s.routes_file) if s.routes_file else RoutingTable.default()
+    table = obj.routing()
     client = obj.client()
     try:
         rows = route_lag(client, Keys(s.key_prefix), table, [symbol] if symbol else None)

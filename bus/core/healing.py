@@ -44,6 +44,7 @@ from bus.core.steps import Command, Steps
 from bus.core.subscription import Counters, Subscription
 from bus.core.wire import (
     MAX_SEQ,
+    TRACE_FIELD,
     Id,
     LogEntries,
     checked_id,
@@ -54,6 +55,7 @@ from bus.core.wire import (
 )
 from bus.errors import BusPermissionError, EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class Healer:
                 return self._of_channel(sub, chan, Arrival(TradeEvent.from_dict(obj), None, "", None))
             number, prev, prev_t = obj.pop("n", None), obj.pop("prev", ""), obj.pop("prev_t", "")
             bus = obj.pop("bus", None)
+            traced = obj.pop(TRACE_FIELD, None)  # the publish's trace context, when it was traced
             if bus != self._prefix:
                 if type(bus) is not str:
                     raise EventValidationError(f"bus is not a key prefix: {type(bus).__name__}", field="bus")
@@ -122,6 +125,8 @@ class Healer:
             event = TradeEvent.from_trusted_dict(obj)
             if not self._fits(chan, event):
                 raise EventValidationError(f"a {event.event_type.value} event of {event.symbol}", field="channel")
+            if traced is not None:
+                tracing.carry(event, traced)
         except (orjson.JSONDecodeError, EventValidationError, ValueError, TypeError) as e:
             self.counters.malformed += 1
             log.warning("malformed message on %s skipped: %s", sub.name, e)

@@ -9,7 +9,10 @@ end
 -- server time in ms, as redispatch compares), PUBLISH with log_id / n / prev / prev_t / bus. Returns id, reached.
 -- heads: '_' the symbol's last log id, one field per type its last id, '#' the entries numbered so far; n
 -- numbers each entry in the symbol's log (entry field and broadcast), so a subscriber counts what a trim lost.
-local function log_event(run, event, chan, t, tracked)
+-- flag: '1' tracked, '' or '0' not, then the publish span's W3C traceparent when traced: the entry's 'tp'
+-- field and the broadcast's 'tp' (with no tracer nothing follows the flag and nothing is added).
+local function log_event(run, event, chan, t, flag)
+  local tracked, tp = string.sub(flag, 1, 1) == '1', string.sub(flag, 2)
   local pt = run.prev_t[t]
   if run.prev == nil then
     local h = redis.call('HMGET', run.heads, '_', t, '#')
@@ -19,13 +22,18 @@ local function log_event(run, event, chan, t, tracked)
   end
   run.n = run.n + 1
   local n = tostring(run.n)  -- as text once (each number argument is formatted)
-  local id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n)
+  local id
+  if tp == '' then
+    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n)
+  else
+    id = redis.call('XADD', run.log, 'MAXLEN', '~', run.maxlen, '*', 'type', t, 'event', event, 'n', n, 'tp', tp)
+  end
   redis.call('HSET', run.heads, '_', id, t, id, '#', n)
   if tracked then
     redis.call('ZADD', run.pending, string.match(id, '^%d+'), id)
   end
   local msg = '{"log_id":"' .. id .. '","n":' .. n .. ',"prev":"' .. run.prev .. '","prev_t":"' .. pt .. run.bus
-    .. string.sub(event, 2)
+    .. (tp == '' and '' or '"tp":"' .. tp .. '",') .. string.sub(event, 2)
   local reached = redis.call('PUBLISH', chan, msg)
   run.prev, run.prev_t[t] = id, id
   return id, reached

@@ -16,7 +16,7 @@ local run = new_run(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 local out, failed, i, k = {}, {}, 3, 0
 while i <= w do
   local last = i + 4 + tonumber(ARGV[i + 4])
-  local id, reached = log_event(run, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] ~= '')
+  local id, reached = log_event(run, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
   k = k + 1
   if not run_staged(run, id, i + 5, last) then failed[#failed + 1] = k end
   out[#out + 1] = id

@@ -8,7 +8,8 @@
 -- wake flags (all in the same {symbol} slot)
 -- ARGV[1] log maxlen (approximate), ARGV[2] key prefix, ARGV[3] origin (the numbering's identity: the
 -- numbers of another origin are never compared, that event is logged), then per event: its number,
--- event JSON, channel, event type, '' or '1' (track dispatch: ZADD the pending entry), and the count
+-- event JSON, channel, event type, '' or '1' (track dispatch: ZADD the pending entry; then the traceparent
+-- when traced, log_event.lua), and the count
 -- of the ARGV items that follow for its staged commands (log_event.lua: run_staged); then, with
 -- log routes, the wake-up arguments (wake.lua).
 -- Returns {log_id, subscribers, logged_now} per event: logged_now 0 for a skipped event, whose
@@ -34,7 +35,7 @@ while i <= w do
     out[#out + 1] = 0
     skipped = true
   else
-    local id, reached = log_event(run, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4] ~= '')
+    local id, reached = log_event(run, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     out[#out + 1] = id
     out[#out + 1] = reached
     out[#out + 1] = 1

@@ -106,15 +106,15 @@ class Publisher:
         tracer = tracing.active_tracer()
         if tracer is None:
             return (yield from self._publish_one_steps(event))
-        with tracing.publish_span(tracer, event) as span:
-            receipt = yield from self._publish_one_steps(event)
+        with tracing.publish_span(tracer, event) as span:  # its context rides with the event (log, broadcast)
+            receipt = yield from self._publish_one_steps(event, tracing.current_traceparent())
             span.set_attribute("tradebus.log_id", receipt.log_id)
             return receipt
 
-    def _publish_one_steps(self, event: TradeEvent) -> Steps[PublishReceipt]:
+    def _publish_one_steps(self, event: TradeEvent, traceparent: str | None = None) -> Steps[PublishReceipt]:
         recorder = metrics.RECORDER
         started = perf_counter() if recorder is not None else 0.0
-        item = self.stager.stage(self.stager.prepare(event))
+        item = self.stager.stage(self.stager.prepare(event, traceparent))
         if not self.effects and self.durability is None and event.symbol in self._symbols_sent:
             # one command does it: EVALSHA publish.lua (task messages and wake-ups included)
             reply = yield from PUBLISH.steps(item.keys, item.args)
@@ -315,7 +315,7 @@ class Publisher:
         transaction): log + broadcast, its log routes' wake flags and, with the broker on the bus's server,
         its event routes' task messages commit with the caller's writes. What must be sent after (a
         separate broker; Celery's publish signals) is appended to ``hooks``, called with the EXEC results."""
-        item = self.stager.stage(self.stager.prepare(event))
+        item = self.stager.stage(self.stager.prepare(event, tracing.current_traceparent()))  # a drain batch's span
         PUBLISH.load(pipe)  # a NOSCRIPT inside MULTI would fail this command alone
         PUBLISH.stage(pipe, item.keys, item.args)
         at = len(pipe) - 1

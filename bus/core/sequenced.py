@@ -29,7 +29,7 @@ from bus.core.scripts import LuaScript, execute_pipeline
 from bus.core.staging import PRELUDE, Staged
 from bus.errors import DispatchError
 from bus.events.model import TradeEvent
-from bus.observability import metrics
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,48 @@ class SequencedPublisher:
     def publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
         """Publish ``(number, event)`` pairs (numbers increasing) in one pipeline. An event already logged
         under its number is skipped: ``receipt.already_logged``. Nothing is sent if any event is invalid."""
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return self._metered(events)
+        if len(events) == 1:  # the executor's publish: its span is current throughout (task messages too)
+            with tracing.publish_span(tracer, events[0][1]) as span:
+                receipts = self._metered(events, [span])
+                _close(span, receipts[0])
+                return receipts
+        spans = [tracing.start_publish_span(tracer, event) for _, event in events]  # an outbox flush
+        try:
+            receipts = self._metered(events, spans)
+            for span, receipt in zip(spans, receipts, strict=True):
+                _close(span, receipt)
+            return receipts
+        finally:
+            for span in spans:
+                span.end()
+
+    def _metered(self, events: Sequence[tuple[int, TradeEvent]], spans: Sequence[Any] = ()) -> list[PublishReceipt]:
         recorder = metrics.RECORDER
         if recorder is None:
-            return self._publish(events)
+            return self._publish(events, spans)
         started = perf_counter()
-        receipts = self._publish(events)
+        receipts = self._publish(events, spans)
         fresh = [(event, r) for (_, event), r in zip(events, receipts, strict=True) if not r.already_logged]
         recorder.record_publish([e.event_type.value for e, _ in fresh], perf_counter() - started,
                                 [n for _, r in fresh for n in r.dispatched],
                                 [n for _, r in fresh for n in r.not_dispatched])  # fmt: skip
         return receipts
 
-    def _publish(self, events: Sequence[tuple[int, TradeEvent]]) -> list[PublishReceipt]:
+    def _publish(self, events: Sequence[tuple[int, TradeEvent]], spans: Sequence[Any]) -> list[PublishReceipt]:
         p = self.publisher
-        prepared = [(seq, p.stager.prepare(event)) for seq, event in events]
-        if not prepared:
+        if spans:  # each event prepared and staged inside its publish span: the script carries its context
+            with_spans = list(zip(events, spans, strict=True))
+            prepared = [(seq, self._in(span, p.stager.prepare, event)) for (seq, event), span in with_spans]
+            items = [Numbered(seq, self._in(span, p.stager.stage, item))
+                     for (seq, item), (_, span) in zip(prepared, with_spans, strict=True)]  # fmt: skip
+        else:
+            prepared = [(seq, p.stager.prepare(event)) for seq, event in events]
+            items = [Numbered(seq, p.stager.stage(item)) for seq, item in prepared]  # all valid: their tasks now
+        if not items:
             return []
-        items = [Numbered(seq, p.stager.stage(item)) for seq, item in prepared]  # all valid: their tasks now
         new_symbols = {item.event.symbol for item in items} - self._symbols_sent
         durable = p.durability
         if len(items) == 1 and not p.effects and not new_symbols and durable is None:  # one command does it
@@ -127,6 +152,14 @@ class SequencedPublisher:
             # a resend's events count too: the script rewrote their mark, so WAIT covers the first write
             durable.check(results[-1], [r.log_id for r in receipts if r.log_id])
         return receipts
+
+    @staticmethod
+    def _in(span: Any, step: Any, arg: Any) -> Any:
+        """``step(arg)`` with ``span`` current; prepare gets the span's traceparent to carry."""
+        with tracing.current(span):
+            if isinstance(arg, TradeEvent):
+                return step(arg, tracing.current_traceparent())
+            return step(arg)
 
     def _script_call(self, run: list[Numbered]) -> tuple[list[Any], list[Any], WakeArgs | None]:
         """KEYS and ARGV of publish_sequenced.lua for a run of one symbol's events, and the log routes
@@ -201,3 +234,9 @@ class SequencedPublisher:
         except Exception:  # noqa: BLE001 - the events are logged; beat re-dispatches what stays pending
             log.exception("dispatch failed; %d event(s) left pending for re-dispatch", len(items))
             return [((), tuple(r.name for r in i.routes)) for i in items]
+
+
+def _close(span: Any, receipt: PublishReceipt) -> None:
+    span.set_attribute("tradebus.log_id", receipt.log_id)
+    if receipt.already_logged:  # a resend the script skipped: the event's trace is its first publish's
+        span.set_attribute("tradebus.already_logged", True)

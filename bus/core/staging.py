@@ -60,13 +60,14 @@ class Staged(NamedTuple):
     @property
     def tracked(self) -> bool:
         """The script records a pending-dispatch entry (the tasks are sent after it)."""
-        return self.args[_TRACKED] == b"1"
+        return self.args[_TRACKED][:1] == b"1"
 
     def run_args(self) -> list[Any]:
         """Its part of publish_many.lua's (and, after its number, publish_sequenced.lua's) ARGV: event JSON,
         channel, type, tracked ('' or '1'), the staged word count and the staged words."""
         a, n = self.args, self.args[_STAGED_COUNT]
-        return [a[_JSON], a[_CHANNEL], a[_TYPE], a[_TRACKED] if self.tracked else b"", n, *a[_STAGED : _STAGED + n]]
+        flag = a[_TRACKED] if a[_TRACKED] != b"0" else b""  # '' untracked and untraced (log_event.lua)
+        return [a[_JSON], a[_CHANNEL], a[_TYPE], flag, n, *a[_STAGED : _STAGED + n]]
 
 
 class Stager:
@@ -79,8 +80,9 @@ class Stager:
         self._symbol_keys: dict[str, tuple[str, str, str]] = {}
         self._channels: dict[tuple[str, EventType], tuple[str, str]] = {}  # channel, type value
 
-    def prepare(self, event: Any) -> Staged:
-        """Check, encode and route ``event``; nothing is staged yet (a batch is checked whole first)."""
+    def prepare(self, event: Any, traceparent: str | None = None) -> Staged:
+        """Check, encode and route ``event``; nothing is staged yet (a batch is checked whole first).
+        ``traceparent``: the publish span's context, carried in the log entry and the broadcast."""
         if not isinstance(event, TradeEvent):
             raise TypeError(f"publish() takes a TradeEvent, not {type(event).__name__}")
         payload = event.encode(self.max_event_bytes)
@@ -89,7 +91,10 @@ class Stager:
         tracked = bool(routes) and d is not None and not d.stages_in_bus_pipeline
         chan, type_value = self._channel_of(event)
         keys = list(self._keys_for(event.symbol))
-        args = [payload, chan, type_value, self.log_maxlen, b"1" if tracked else b"0", 0, self.keys.prefix]
+        flag = b"1" if tracked else b"0"
+        if traceparent:  # the flag, then the context (log_event.lua); none: byte-identical publish
+            flag += traceparent.encode()
+        args = [payload, chan, type_value, self.log_maxlen, flag, 0, self.keys.prefix]
         wake = self.waker.wake_for(event) if self.waker is not None else None
         if wake is not None:  # log routes: their wake flags are set in the same script (see wake.lua)
             keys += wake.keys

@@ -37,6 +37,7 @@ from bus.core.steps import run
 from bus.core.subscription import Counters, Handler, LostHandler, Subscription
 from bus.errors import BusPermissionError
 from bus.events.model import TradeEvent
+from bus.observability import tracing
 from bus.observability.logs import event_fields
 
 __all__ = ["ListenerHandle", "Subscriber"]
@@ -284,10 +285,11 @@ class Subscriber:
         healer.delivered(sub, arrival)
 
     def _deliver(self, sub: Subscription, event: TradeEvent) -> None:
-        for handler in sub.handlers:
-            try:
-                handler(event)
-                self.counters.delivered += 1
-            except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
-                self.counters.handler_errors += 1
-                log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))
+        with tracing.delivery_span(sub.name, event):  # a child of the event's publish, when traced
+            for handler in sub.handlers:
+                try:
+                    handler(event)
+                    self.counters.delivered += 1
+                except Exception:  # noqa: BLE001 - one bad handler must not stop the others or the loop
+                    self.counters.handler_errors += 1
+                    log.exception("handler %r failed on event %s", handler, event.event_id, extra=event_fields(event))

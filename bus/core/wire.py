@@ -1,9 +1,11 @@
 """The wire format: stream ids, log entries and broadcasts as publish.lua (and publish_many.lua) write them.
 
-Log entry fields: ``TYPE_FIELD`` (the event type value) and ``EVENT_FIELD`` (the event JSON). A
-broadcast is the event JSON with leading ``log_id``, ``prev`` (previous log id of the symbol),
-``prev_t`` (previous log id of the symbol + type) and ``bus`` (the key prefix) fields. Readers of the
-channels should use ``decode_broadcast``: ``TradeEvent.from_json`` refuses the extra fields.
+Log entry fields: ``TYPE_FIELD`` (the event type value), ``EVENT_FIELD`` (the event JSON) and, when the
+publish was traced, ``TRACE_FIELD`` (its W3C traceparent). A broadcast is the event JSON with leading
+``log_id``, ``prev`` (previous log id of the symbol), ``prev_t`` (previous log id of the symbol + type),
+``bus`` (the key prefix) and, when traced, ``tp`` fields. Readers of the channels should use
+``decode_broadcast``: ``TradeEvent.from_json`` refuses the extra fields. The readers here remember an
+event's trace context for ``bus.observability.tracing.context_of``.
 
 Log entries come back as bytes from the bus's own client and as str from a decoding one (the CLI's,
 some tests'); the readers here take either.
@@ -19,6 +21,7 @@ import orjson
 
 from bus.errors import EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +29,16 @@ log = logging.getLogger(__name__)
 TYPE_FIELD = "type"
 #: log entry field holding the event JSON
 EVENT_FIELD = "event"
+#: log entry (and broadcast) field holding the publish's W3C traceparent; absent when it was not traced
+TRACE_FIELD = "tp"
 #: the same names as the bus client (decode_responses=False) returns them
 TYPE_FIELD_B = TYPE_FIELD.encode()
 EVENT_FIELD_B = EVENT_FIELD.encode()
+TRACE_FIELD_B = TRACE_FIELD.encode()
 #: log entry field holding the entry's number in its symbol's log (1, 2, ...; publish.lua's HINCRBY)
 NUMBER_FIELD_B = b"n"
-#: broadcast fields publish.lua puts before the event's own (``n``: the entry's number)
-BROADCAST_META = ("log_id", "n", "prev", "prev_t", "bus")
+#: broadcast fields publish.lua puts before the event's own (``n``: the entry's number; ``tp``: when traced)
+BROADCAST_META = ("log_id", "n", "prev", "prev_t", "bus", TRACE_FIELD)
 
 Id = tuple[int, int]
 #: what XRANGE returns on the bus client (decode_responses=False): [(log id, {field: value})]
@@ -109,7 +115,16 @@ def entry_event(fields: Mapping[Any, Any]) -> TradeEvent:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
         raise EventValidationError(f"not valid JSON: {e}", field="json", value=payload[:80]) from None
-    return TradeEvent.from_trusted_dict(obj)
+    event = TradeEvent.from_trusted_dict(obj)
+    traced = entry_traceparent(fields)
+    if traced is not None:
+        tracing.carry(event, traced)
+    return event
+
+
+def entry_traceparent(fields: Mapping[Any, Any]) -> Any:
+    """The traceparent a log entry carries (bytes or str), or None."""
+    return fields.get(TRACE_FIELD_B) or fields.get(TRACE_FIELD)
 
 
 def decode_entry(fields: Mapping[Any, Any]) -> TradeEvent | None:
@@ -127,4 +142,7 @@ def decode_broadcast(raw: bytes | str) -> tuple[TradeEvent, dict[str, str]]:
     if type(obj) is not dict:
         raise EventValidationError("a broadcast must be a JSON object", field="json")
     meta = {k: obj.pop(k) for k in BROADCAST_META if k in obj}
-    return (TradeEvent.from_trusted_dict(obj) if meta else TradeEvent.from_dict(obj)), meta
+    event = TradeEvent.from_trusted_dict(obj) if meta else TradeEvent.from_dict(obj)
+    if TRACE_FIELD in meta:
+        tracing.carry(event, meta[TRACE_FIELD])
+    return event, meta

@@ -49,6 +49,7 @@ def collect(session: Session, env: DemoEnvironment, *, runtime: float, drained: 
         "events_by_type": dict(sorted(logged.events.items())),
         "tasks": _tasks(session, drained),
         "bus": _bus_figures(session),
+        "routes": _route_figures(session, env),
         "risk_breaches": logged.breaches,
         "kill_switch_refusals": session.strategy.refusals,
         "positions": positions,
@@ -191,6 +192,19 @@ def _bus_figures(session: Session) -> dict[str, Any]:
             "kill_switches": snap.kill_switches}  # fmt: skip
 
 
+def _route_figures(session: Session, env: DemoEnvironment) -> dict[str, Any]:
+    """Per route, what `tradebus top` shows and a scrape of the worker returns (tradebus_route_done,
+    tradebus_route_latency_mean_seconds, tradebus_logroute_*): events done, mean publish-to-done, lag."""
+    from bus.monitor.routes import RouteReader
+    from celery_app import routing_from_settings
+
+    out = {}
+    for r in RouteReader(session.bus.client, session.bus.keys, routing_from_settings(env.settings)).poll():
+        out[r.route] = {"done": r.done, "latency_mean_ms": None if r.latency_ms is None else round(r.latency_ms, 1),
+                        "lag": r.lag, "pending": r.pending}  # fmt: skip
+    return out
+
+
 def render(summary: dict[str, Any], console: Console) -> None:
     console.rule("[bold]tradebus demo: summary")
     console.print(
@@ -204,6 +218,14 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ev.add_row(k, str(v))
     console.print(ev)
     _render_tasks(summary["tasks"], console)
+    routes = Table(title="routes (publish -> done)", title_justify="left")
+    for c in ("route", "events done", "mean latency ms", "lag", "pending"):
+        routes.add_column(c, justify="left" if c == "route" else "right")
+    for name, r in summary["routes"].items():
+        routes.add_row(
+            name, *("-" if r[k] is None else str(r[k]) for k in ("done", "latency_mean_ms", "lag", "pending"))
+        )
+    console.print(routes)
     b = summary["bus"]
     switches = ", ".join(sorted(b["kill_switches"])) or "none"
     console.print(f"  pending dispatch {b['pending_dispatch']}, dead letters {b['dead_letters']}, "

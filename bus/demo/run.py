@@ -46,20 +46,31 @@ def run_demo(
     seed: int | None = None,
     say: Say = lambda msg: None,
     live_console: Console | None = None,
+    linger: float = 0.0,
+    on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run one demo session and return its summary. ``say`` hears progress; ``live_console``, when
-    given, shows a live table of the session."""
+    given, shows a live table of the session. With ``linger``, the summary goes to ``on_summary`` and the
+    worker and Redis stay up that many seconds more (scrape the worker's /metrics, run `tradebus top`)."""
     logging.getLogger(EXECUTOR_LOGGER).setLevel(logging.ERROR)
     started = time.monotonic()
     with DemoEnvironment(base, embedded=embedded, pool=pool, log=say) as env:
-        say(f"worker ready after {time.monotonic() - started:.1f}s; trading for {seconds:.0f}s")
+        say(f"worker ready after {time.monotonic() - started:.1f}s; trading for {seconds:.0f}s; watch it with "
+            f"TRADEBUS_KEY_PREFIX={env.prefix} tradebus top")  # fmt: skip
         session = _open_session(env, n_symbols=n_symbols, seed=seed)
         try:
             _trade(session, seconds=seconds, say=say, live_console=live_console)
             session.executor.flush()
             say("session over; waiting for the worker to finish the dispatched tasks")
             drained = _drain(session.timed, session.monitor, session.bus, routing_from_settings(env.settings))
-            return collect(session, env, runtime=time.monotonic() - started, drained=drained)
+            summary = collect(session, env, runtime=time.monotonic() - started, drained=drained)
+            if linger > 0:
+                if on_summary is not None:
+                    on_summary(summary)
+                say(f"lingering {linger:.0f}s: TRADEBUS_KEY_PREFIX={env.prefix} tradebus top; the worker's "
+                    f"/metrics on TRADEBUS_METRICS_PORT={env.settings.metrics_port or '(not set)'}")  # fmt: skip
+                time.sleep(linger)
+            return summary
         finally:
             session.close()
 

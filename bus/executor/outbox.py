@@ -34,6 +34,7 @@ from bus.core.bus import RedisEventBus
 from bus.core.sequenced import SequencedPublisher
 from bus.errors import BusError, EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability import metrics
 
 #: most events an outbox holds before it refuses more
 DEFAULT_OUTBOX_MAX_EVENTS = 100_000
@@ -213,6 +214,9 @@ class OutboxPublisher:
         self.queued = 0
         self.dropped = 0  # events refused by a full outbox (logged with their JSON) or invalid
         self.already_logged = 0  # resent events the bus had logged before (a crash or a lost reply)
+        self.flushes = 0  # flushes that sent queued events (Prometheus: tradebus_outbox_flushes_total)
+        self.flushed = 0  # queued events those flushes sent
+        metrics.track_outbox(self)  # read on scrape only
 
     @property
     def pending(self) -> int:
@@ -261,11 +265,18 @@ class OutboxPublisher:
                 except RETRYABLE as e:
                     self._next_try = self._clock() + self.retry_interval
                     self.log.info("outbox flush paused after %d events: %s", sent, e)
+                    self._count_flush(sent)
                     return sent
                 self.outbox.remove_many(seq for seq, _ in rows)
             if sent:
                 self.log.info("outbox flushed %d events to the bus", sent)
+            self._count_flush(sent)
         return sent
+
+    def _count_flush(self, sent: int) -> None:
+        if sent:
+            self.flushes += 1
+            self.flushed += sent
 
     def _flush_rows(self, rows: list[tuple[int, TradeEvent]]) -> int:
         """Publish ``rows``; the invalid ones are dropped. How many are in the log now."""

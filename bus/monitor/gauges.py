@@ -9,6 +9,8 @@ from typing import Any
 import redis
 
 from bus.core.keys import Keys
+from bus.dispatch.logroutes.monitor import log_routes, route_lag
+from bus.dispatch.routing import RoutingTable
 from bus.monitor.snapshot import snapshot
 
 log = logging.getLogger(__name__)
@@ -20,14 +22,19 @@ GAUGE_NAMES = (
     "tradebus_kill_switches_engaged",
     "tradebus_symbols",
     "tradebus_redis_up",
+    "tradebus_logroute_lag",
+    "tradebus_logroute_pending",
+    "tradebus_logroute_oldest_waiting_seconds",
+    "tradebus_route_done",
+    "tradebus_route_latency_mean_seconds",
 )
 
 
 class RedisGauges:
     """``registry.register(RedisGauges(client, keys))``: gauges computed when scraped, not kept."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client, self.keys = client, keys
+    def __init__(self, client: redis.Redis, keys: Keys, routing: RoutingTable | None = None) -> None:
+        self.client, self.keys, self.routing = client, keys, routing
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # no read of Redis at registration time
@@ -51,3 +58,37 @@ class RedisGauges:
             "tradebus_kill_switches_engaged", "Symbols whose kill switch is engaged.", value=len(snap.kill_switches)
         )
         yield GaugeMetricFamily("tradebus_symbols", "Symbols with an event log.", value=snap.symbols)
+        done = GaugeMetricFamily("tradebus_route_done", "Events whose route task or drain finished (the workers' "
+                                 "stats).", labels=["route"])  # fmt: skip
+        mean = GaugeMetricFamily("tradebus_route_latency_mean_seconds", "Mean seconds from publish to route done.",
+                                 labels=["route"])  # fmt: skip
+        for route, (n, mean_ms) in sorted(snap.route_latency().items()):
+            done.add_metric([route], n)
+            mean.add_metric([route], mean_ms / 1000)
+        yield done
+        yield mean
+        if self.routing is not None:
+            yield from self._log_routes(self.routing)
+
+    def _log_routes(self, routing: RoutingTable) -> Iterator[Any]:
+        """Per log route, summed over symbols (a label per symbol would grow without bound): XINFO GROUPS."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            groups = route_lag(self.client, self.keys, routing)
+        except redis.RedisError as e:
+            log.warning("metrics: log-route lag unreadable: %s", e)
+            return
+        lag = GaugeMetricFamily("tradebus_logroute_lag", "Log entries the route's groups have not read yet.",
+                                labels=["route"])  # fmt: skip
+        pending = GaugeMetricFamily("tradebus_logroute_pending", "Log entries read by a drainer, not acknowledged.",
+                                    labels=["route"])  # fmt: skip
+        oldest = GaugeMetricFamily("tradebus_logroute_oldest_waiting_seconds",
+                                   "Age of the oldest entry a route has not applied (0: caught up).",
+                                   labels=["route"])  # fmt: skip
+        for route in (r.name for r in log_routes(routing)):
+            mine = [g for g in groups if g.route == route]
+            lag.add_metric([route], sum(g.lag or 0 for g in mine))
+            pending.add_metric([route], sum(g.pending for g in mine))
+            oldest.add_metric([route], max((g.waiting_ms for g in mine), default=0) / 1000)
+        yield from (lag, pending, oldest)

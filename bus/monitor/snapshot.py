@@ -8,6 +8,20 @@ import redis
 
 from bus.core.keys import Keys
 
+#: stats hash fields per route, written by the workers (celery_app/tasks/base.py: count_run)
+DONE_PREFIX = "done:"
+LATENCY_PREFIX = "latency_ms:"
+
+
+def route_done_field(route: str) -> str:
+    """Events of ``route`` whose task or drain finished."""
+    return DONE_PREFIX + route
+
+
+def route_latency_field(route: str) -> str:
+    """Their publish-to-done milliseconds, summed."""
+    return LATENCY_PREFIX + route
+
 
 @dataclass(frozen=True)
 class BusSnapshot:
@@ -17,6 +31,15 @@ class BusSnapshot:
     symbols: int  # symbols with a log
     #: the stats hash: ``run:<task>``, ``retried:<task>``, ``dead_lettered:<task>`` -> count
     task_counts: dict[str, int] = field(default_factory=dict)
+
+    def route_latency(self) -> dict[str, tuple[int, float]]:
+        """Per route: events done and their mean publish-to-done milliseconds (the workers' figures)."""
+        out = {}
+        for key, n in self.task_counts.items():
+            if key.startswith(DONE_PREFIX) and n:
+                route = key.removeprefix(DONE_PREFIX)
+                out[route] = (n, self.task_counts.get(route_latency_field(route), 0) / n)
+        return out
 
     def tasks(self, what: str) -> dict[str, int]:
         """``what`` (run, retried, dead_lettered) per task name."""

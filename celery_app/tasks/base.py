@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
+from datetime import datetime
 from time import perf_counter
 from typing import Any
 
@@ -23,6 +25,7 @@ from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.routing import RetryPolicy
 from bus.errors import EventValidationError, SchemaVersionError
 from bus.events.model import TradeEvent
+from bus.monitor.snapshot import route_done_field, route_latency_field
 from bus.observability import metrics, tracing
 from bus.observability.logs import event_fields
 from celery_app.context import task_context
@@ -52,6 +55,17 @@ class TradebusTask(Task):
     def count(self, what: str, pipe: Any = None) -> None:
         """HINCRBY stats ``<what>:<task>`` (on ``pipe`` if given, to share its round trip)."""
         (pipe if pipe is not None else self.ctx.client).hincrby(self.ctx.keys.stats(), f"{what}:{self.name}", 1)
+
+    def count_run(self, route: str | None, done: int = 0, latency_ms: int = 0) -> None:
+        """HINCRBY stats ``run:<task>`` and, for ``done`` events of ``route``, their publish-to-done
+        milliseconds and count (what `tradebus top` and the demo summary show per route): one round trip."""
+        stats = self.ctx.keys.stats()
+        pipe = self.ctx.client.pipeline(transaction=False)
+        pipe.hincrby(stats, f"run:{self.name}", 1)
+        if route and done:
+            pipe.hincrby(stats, route_latency_field(route), latency_ms)
+            pipe.hincrby(stats, route_done_field(route), done)
+        pipe.execute()
 
     def observe(self, outcome: str, route: str | None) -> None:
         """Prometheus: the attempt's ``outcome`` (run, retried, dead_lettered) and seconds, when metrics are on."""
@@ -92,7 +106,10 @@ class TradebusTask(Task):
         except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered
             return self._on_failure(exc, raw, route)
         if not getattr(req, "tradebus_counted", False):
-            self.count("run")
+            waited = _since(req.tradebus_event.timestamp)  # the event's time: its publish, give or take the clocks
+            self.count_run(route, 1, int(waited * 1000))
+            if route and metrics.RECORDER is not None:
+                metrics.RECORDER.record_latency(route, (waited,))
         self.observe("run", route)
         return result
 
@@ -155,6 +172,14 @@ class TradebusTask(Task):
         log.error("task %s[%s] dead-lettered after %d attempt(s): %s", self.name, self.request.id, attempts, reason,
                   extra=event_fields(getattr(self.request, "tradebus_event", None), route))  # fmt: skip
         return {"dead_lettered": True, "reason": reason, "attempts": attempts}
+
+
+def _since(timestamp: str) -> float:
+    """Seconds from an event's ISO-8601 timestamp to now (0 when it is in the future or unreadable)."""
+    try:
+        return max(0.0, time.time() - datetime.fromisoformat(timestamp).timestamp())
+    except ValueError:
+        return 0.0
 
 
 def _reason(exc: BaseException) -> str:

@@ -58,8 +58,9 @@ class LogRouteTask(TradebusTask):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.tradebus_started = perf_counter()
         result = Task.__call__(self, *args, **kwargs)
-        self.count("run")
         route = args[0] if args else kwargs.get("route")
+        done = result if isinstance(result, dict) else {}
+        self.count_run(route if isinstance(route, str) else None, done.get("applied", 0), done.get("latency_ms", 0))
         self.observe("run", route if isinstance(route, str) else None)
         return result
 
@@ -97,7 +98,8 @@ def drain(self: Any, route: str, symbol: str, token: str | None = None) -> dict[
     if out.status in (drains.MORE, drains.RETRY):  # the same lease token: nothing overtakes the chain
         self.apply_async((route, symbol), {"token": out.token}, queue=r.queue, priority=r.priority,
                          countdown=out.countdown or None)  # fmt: skip
-    return {"status": out.status, "acked": out.acked, "dead_lettered": out.dead_lettered}
+    return {"status": out.status, "acked": out.acked, "dead_lettered": out.dead_lettered, "applied": out.applied,
+            "latency_ms": out.latency_ms}  # fmt: skip
 
 
 @shared_task(name=WAKE_TASK, base=LogRouteTask, bind=True)

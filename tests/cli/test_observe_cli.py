@@ -34,7 +34,15 @@ def test_metrics_prints_the_redis_side_gauges(
     with RedisEventBus(env["REDIS_URL"], key_prefix=key_prefix) as bus:
         bus.publish(TradeEvent.create_trade_failed(symbol, "x"))
     out, err = _tradebus(["metrics"], env).communicate(timeout=60)
-    gauges = {s.name: s.value for f in text_string_to_metric_families(out) for s in f.samples}
+    samples = [s for f in text_string_to_metric_families(out) for s in f.samples]
+    gauges = {s.name: s.value for s in samples if not s.labels}
+    # per log route (the default routes: state, risk), never per symbol; no group has read anything yet
+    by_route = {(s.name, s.labels["route"]): s.value for s in samples if s.labels}
+    assert by_route == {
+        (name, route): 0
+        for route in ("risk", "state")
+        for name in ("tradebus_logroute_lag", "tradebus_logroute_pending", "tradebus_logroute_oldest_waiting_seconds")
+    }, out
     assert gauges == {
         "tradebus_redis_up": 1,
         "tradebus_pending_dispatch": 0,

@@ -149,20 +149,24 @@ def test_workers_and_beat_carry_on_across_a_failover(
         assert sentinels.master_port() != old and sentinels.failovers() == 1  # ours, and no spurious other
         assert len(confirmed) >= total - fault_at  # most of them: only the switch's window is unconfirmed
 
-        # Then nothing confirmed is lost, the log route applied each logged event once, in log order, and
-        # the event route projected every logged order, all on the new master
+        # Then nothing confirmed is lost and the log route applied each logged event once, in log order, on
+        # the new master
         client = sentinels.master().client()
         logs = {s: wait_for(lambda s=s: logged_ids(client, keys, s), 10, "the new master's log") for s in SYMBOLS}
         in_log = {x for ids in logs.values() for x in ids}
         assert set(confirmed) <= in_log
         for s in SYMBOLS:
             wait_for(lambda s=s: applied(client, keys, "rec", s) == logs[s], 90,
-                     f"{s}: each logged event applied once, in order\n{tail(worker)}")  # fmt: skip
+                     f"{s}: each logged event applied once, in log order\n{tail(worker)}")  # fmt: skip
 
-        def unprojected() -> list[str]:
-            return [x for x in in_log if not get_order(client, keys, built[x].symbol, built[x].data["order_id"])]
-
-        wait_for(lambda: not unprojected(), 60, f"every logged order projected: {unprojected()}\n{tail(worker)}")
+        # ...and the event route runs on the new master: an order published now is projected. (Not every
+        # order of the switch's window: a task message a worker popped as the master switched can be lost,
+        # kombu records it unacked in a second write that the demoted or dead master never ships; README,
+        # "Sentinel and RabbitMQ". Log routes read the log instead.)
+        late = order(total + 2)
+        bus.publish(late)
+        wait_for(lambda: get_order(client, keys, late.symbol, late.data["order_id"]), 60,
+                 f"an order published after the switch projected\n{tail(worker)}")  # fmt: skip
 
         # ...and beat's wake job runs against the new master: an entry logged with no wake-up (a bus with
         # no dispatcher) is drained only by it

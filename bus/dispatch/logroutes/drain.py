@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError
 from bus.core.connection import SLOT_MOVED, refresh_slots, slot_client
 from bus.core.keys import Keys
 from bus.core.scripts import LuaScript
-from bus.core.wire import MAX_SEQ, format_id, parse_id
+from bus.core.wire import MAX_SEQ, entry_traceparent, format_id, parse_id
 from bus.dispatch.deadletters import dead_letter
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.effects import Batch, Effect, LogEntry
@@ -47,6 +47,7 @@ from bus.dispatch.logroutes.wake import CONSUMER
 from bus.dispatch.routing import Route
 from bus.errors import EventValidationError
 from bus.events.model import TradeEvent
+from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class Outcome:
     acked: int = 0
     dead_lettered: int = 0
     countdown: float = 0.0
+    applied: int = 0  # entries the route's effect applied (of acked)
+    latency_ms: int = 0  # their publish-to-commit milliseconds, summed (log id time to this clock)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class _Settled:
     """What one read turned into: ids to acknowledge (their effects staged), and what comes next."""
 
     acked: list[bytes] = field(default_factory=list)
+    applied: list[bytes] = field(default_factory=list)  # of acked: the entries the effect applied
     dead: int = 0
     retry_in: float | None = None  # an effect failed: keep the lease, retry after this many seconds
     isolate: bool = False  # an effect failed on several entries: commit nothing, re-read one at a time
@@ -162,6 +166,7 @@ class Drainer:
             if kind in (DONE, LOST):
                 out.status = kind
                 return out
+            started = time.perf_counter()
             tx = self.writer.pipeline(transaction=True)  # collects the effect's commands
             hooks: list[Callable[[list[Any]], None]] = []
             if kind == "gap":
@@ -197,6 +202,8 @@ class Drainer:
             self._check(results[: len(staged)], settled)
             for hook in hooks:
                 hook(results)
+            if settled.applied:
+                self._observe(out, settled.applied, time.perf_counter() - started)
             out.acked += len(settled.acked)
             out.dead_lettered += settled.dead
             if not go_on:
@@ -214,8 +221,21 @@ class Drainer:
                 if isinstance(reply, Exception):  # the script cache was lost mid-drain
                     reply = self._scripted(rt, NoScriptError(), token)
 
+    def _observe(self, out: Outcome, applied: list[bytes], seconds: float) -> None:
+        """Route latency (publish = the log id's time, to now) and, with metrics on, the batch's figures."""
+        now_ms = time.time() * 1000
+        published_ms = [int(i.partition(b"-")[0]) for i in applied]  # a log id's time (the bus client: bytes)
+        out.applied += len(applied)
+        out.latency_ms += max(0, int(len(applied) * now_ms - sum(published_ms)))
+        recorder = metrics.RECORDER
+        if recorder is not None:
+            recorder.record_batch(self.route.name, len(applied), seconds)
+            recorder.record_latency(self.route.name, [max(0.0, now_ms - t) / 1000 for t in published_ms])
+
     def _settle(self, tx: Any, raw: list[Any], deliveries: int, hooks: list[Any]) -> _Settled:
         settled, matching = _Settled(), []
+        tracer = tracing.active_tracer()
+        traced: list[Any] = []  # with a tracer: the matching entries' trace contexts (the batch span's links)
         for raw_id, raw_fields in raw:
             log_id = _text(raw_id)
             if not raw_fields:
@@ -232,6 +252,8 @@ class Drainer:
                 settled.acked.append(raw_id)  # not this route's: settled with nothing to do
                 continue
             matching.append((raw_id, LogEntry(log_id, event, payload)))
+            if tracer is not None:
+                traced.append(entry_traceparent(fields))
         # Handed out this often and never acknowledged: it kills its drainer. (A drainer that died, or a batch
         # whose effect failed, leaves its whole batch to be handed out once more, one entry at a time.)
         cap = max(self.route.retry.max_retries + 1, 2)
@@ -243,13 +265,16 @@ class Drainer:
         mark = len(tx.command_stack)
         batch = Batch(self.route, self.symbol, [e for _, e in matching], self.client, self.keys, tx,
                       self.context, self.publisher)  # fmt: skip
+        span = tracing.NOTHING if tracer is None else tracing.batch_span(tracer, self.route.name, self.symbol, traced)
         try:
-            self.effect(batch)
+            with span:
+                self.effect(batch)
         except Exception as exc:  # noqa: BLE001 - an effect's failure is retried or dead-lettered
             del tx.command_stack[mark:]
             return self._failed(tx, settled, matching, max(deliveries, 1), exc)
         hooks.extend(batch.hooks)
         settled.acked.extend(raw_id for raw_id, _ in matching)
+        settled.applied = [raw_id for raw_id, _ in matching]
         return settled
 
     def _failed(self, tx: Any, settled: _Settled, matching: list[Any], attempt: int, exc: Exception) -> _Settled:
