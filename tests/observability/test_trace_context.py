@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -35,17 +34,6 @@ from tests.logroute_effects import applied  # registers the tradebus_test.log_* 
 pytestmark = pytest.mark.redis
 
 RECORD = Route("rec", "tradebus_test.log_record", "tradebus.state", ("order.*",), mode=LOG)
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.set_tracer_provider(provider)
-    yield exporter
-    tracing.set_tracer_provider(None)
-    provider.shutdown()
 
 
 def order(i: int, symbol: str) -> TradeEvent:

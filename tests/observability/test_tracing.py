@@ -3,12 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from bus.core.bus import RedisEventBus
@@ -18,17 +13,6 @@ from bus.observability import tracing
 from tests.helpers import dispatcher_for, wait_for
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.set_tracer_provider(provider)
-    yield exporter
-    tracing.set_tracer_provider(None)
-    provider.shutdown()
 
 
 def test_no_tracer_configured_means_no_tracer() -> None:

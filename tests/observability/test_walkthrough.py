@@ -10,15 +10,11 @@ import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,21 +23,9 @@ from bus.dispatch.routing import DEFAULT_ROUTES, Route, RoutingTable
 from bus.embedded import free_port
 from bus.executor.builder import ExecutorBuilder
 from bus.executor.paper import PaperVenue
-from bus.observability import tracing
 from tests.helpers import cli_env, dispatcher_for, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.set_tracer_provider(provider)
-    yield exporter
-    tracing.set_tracer_provider(None)
-    provider.shutdown()
 
 
 def test_one_trace_from_the_executors_publish_to_each_task_and_drain(
