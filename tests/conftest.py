@@ -39,8 +39,9 @@ from bus.embedded import EmbeddedRedis, redis_answers
 from celery_app import make_celery
 from tests.helpers import delete_prefix, wait_for
 
-# subprocess_worker / worker_log: `celery -A celery_app worker` processes, for tests that kill workers
-pytest_plugins = ("tests.subprocess_workers", "tests.topology_servers")
+# subprocess_worker / worker_log: `celery -A celery_app worker` processes, for tests that kill workers;
+# vhost: a RabbitMQ vhost of the test's own
+pytest_plugins = ("tests.subprocess_workers", "tests.topology_servers", "tests.rabbitmq")
 
 # Databases the test suite uses on the shared server (bus / Celery broker), away from the default 0/1.
 TEST_BUS_DB = 9

@@ -27,6 +27,7 @@ from bus.dispatch.routing import RoutingTable
 from bus.errors import BusError
 from tests.helpers import wait_for
 from tests.logroute_effects import applied, routes_file
+from tests.rabbitmq import amqp_url
 from tests.topology_servers import ClusterSet
 from tests.worker.test_logroutes_workers import log_worker, publisher, tail
 
@@ -43,6 +44,14 @@ def cluster() -> Iterator[ClusterSet]:
     topology = ClusterSet(replicas=1).start()
     yield topology
     topology.close()
+
+
+@pytest.fixture(params=["redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def celery_broker(request: pytest.FixtureRequest, broker_url: str) -> str:
+    """The Celery broker beside the cluster: a database of the shared Redis, or RabbitMQ in a vhost of the
+    test's own. With RabbitMQ the log routes' wake-ups go out after the publish script (not in its MULTI)
+    and beat's wake job is the safety net; the promises must hold either way."""
+    return broker_url if request.param == "redis" else amqp_url(request.getfixturevalue("vhost"))
 
 
 def publish_retrying(
@@ -85,8 +94,8 @@ def drain_all(bus: RedisEventBus) -> None:
 
 
 def test_failover_and_a_killed_master_lose_no_confirmed_event(cluster: ClusterSet, key_prefix: str,
-                                                              broker_url: str) -> None:  # fmt: skip
-    s = Settings(redis_url=cluster.url, celery_broker_url=broker_url, key_prefix=key_prefix,
+                                                              celery_broker: str) -> None:  # fmt: skip
+    s = Settings(redis_url=cluster.url, celery_broker_url=celery_broker, key_prefix=key_prefix,
                  broker_key_prefix=f"{key_prefix}:", publish_replicas=1, publish_replicas_timeout_ms=2000)  # fmt: skip
     bus = RedisEventBus(settings=s, dispatcher=Dispatcher.from_settings(s, log_routes=FAST))
     sub = RedisEventBus(settings=s.model_copy(update={"dispatch": False}))
@@ -157,11 +166,11 @@ STATE = {"name": "state", "task": "tradebus.state.apply", "queue": "tradebus.sta
 
 
 def test_workers_drains_resume_across_a_failover_and_a_killed_master_each_entry_once(
-    cluster: ClusterSet, key_prefix: str, broker_url: str, tmp_path: Path
+    cluster: ClusterSet, key_prefix: str, celery_broker: str, tmp_path: Path
 ) -> None:
     """Real workers (prefork, with beat) drain a recorder route and the state projection while the masters
     change: every log entry is applied once, in log order, on whichever master serves the symbol now."""
-    s = Settings(redis_url=cluster.url, celery_broker_url=broker_url, key_prefix=key_prefix,
+    s = Settings(redis_url=cluster.url, celery_broker_url=celery_broker, key_prefix=key_prefix,
                  broker_key_prefix=f"{key_prefix}:", publish_replicas=1, publish_replicas_timeout_ms=2000)  # fmt: skip
     routes = routes_file(tmp_path / "routes.json", [RECORD, STATE])
     unsure: set[str] = set()

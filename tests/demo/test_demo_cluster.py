@@ -5,7 +5,6 @@ RabbitMQ on queues of the demo's own, and every key and queue of the run gone af
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -13,21 +12,11 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from tests.demo.test_demo import DEMO_BUDGET_SECONDS, check_summary, run_demo
 from tests.helpers import cli_env
+from tests.rabbitmq import AMQP_URL, skip_without_rabbitmq
 from tests.topology_servers import ClusterSet
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def _rabbit_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 pytestmark = [pytest.mark.slow, pytest.mark.celery, pytest.mark.rabbitmq,
-              pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672")]  # fmt: skip
+              skip_without_rabbitmq]  # fmt: skip
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import amqp.exceptions
 import pytest
 import redis
@@ -17,19 +15,8 @@ from bus.events.model import TradeEvent
 from celery_app import make_celery
 from celery_app.config import QUORUM_DELIVERY_LIMIT
 from tests.helpers import wait_for
+from tests.rabbitmq import AMQP_URL, skip_without_rabbitmq
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def _rabbit_answers() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-skip_without_rabbitmq = pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672")
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq, skip_without_rabbitmq]
 
 

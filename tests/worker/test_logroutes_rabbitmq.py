@@ -16,11 +16,11 @@ from bus.dispatch.routing import LOG, Route, RoutingTable
 from bus.events.model import TradeEvent
 from celery_app import make_celery
 from tests.helpers import wait_for
-from tests.worker.test_celery_rabbitmq import AMQP_URL, _rabbit_answers
+from tests.rabbitmq import AMQP_URL, skip_without_rabbitmq
 
 pytestmark = [
     pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq,
-    pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672"),
+    skip_without_rabbitmq,
 ]  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from bus.dispatch.routing import Route, RoutingTable
 from bus.events.model import TradeEvent
 from celery_app import make_celery
 from tests.helpers import dispatcher_for, wait_for
-from tests.worker.test_celery_rabbitmq import AMQP_URL, skip_without_rabbitmq
+from tests.rabbitmq import AMQP_URL, skip_without_rabbitmq
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery]
 

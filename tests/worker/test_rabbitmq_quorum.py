@@ -11,10 +11,7 @@ its own (``rabbitmqctl add_vhost``), against ``celery -A celery_app worker`` sub
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,43 +25,20 @@ from bus.dispatch.dispatcher import Dispatcher
 from bus.events.model import TradeEvent
 from tests.helpers import wait_for
 from tests.logroute_effects import routes_file
+from tests.rabbitmq import amqp_url, close_connections, rabbit_answers, rabbitmqctl
 from tests.worker.rabbit_tasks import attempts_key, effects_key, release_key
-from tests.worker.test_celery_rabbitmq import _rabbit_answers
 
 pytestmark = [
     pytest.mark.redis, pytest.mark.celery, pytest.mark.rabbitmq, pytest.mark.faults, pytest.mark.slow,
-    pytest.mark.skipif(not _rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672"),
-    pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="no rabbitmqctl to create a vhost with"),
+    pytest.mark.skipif(not rabbit_answers(), reason="no RabbitMQ answering on 127.0.0.1:5672"),
 ]  # fmt: skip
 
 QUEUE = "tradebus.notify"  # the route's queue, inside the test's own vhost
 TASKS = "tests.worker.rabbit_tasks"
 
 
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    """A RabbitMQ vhost of this test's own (guest may use it), deleted afterwards with everything in it."""
-    name = f"tbtest-{uuid.uuid4().hex[:10]}"
-    try:
-        rabbitmqctl("add_vhost", name)
-    except RuntimeError as e:
-        pytest.skip(f"cannot create a RabbitMQ vhost: {e}")
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield name
-    finally:
-        rabbitmqctl("delete_vhost", name)
-
-
 def settings_for(redis_url: str, key_prefix: str, vhost: str, routes: str) -> Settings:
-    return LoadEnvironmentVariables(None, redis_url=redis_url, celery_broker_url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+    return LoadEnvironmentVariables(None, redis_url=redis_url, celery_broker_url=amqp_url(vhost),
                                     key_prefix=key_prefix, rabbitmq_quorum_queues=True, routes_file=routes,
                                     task_modules=(TASKS,))  # fmt: skip
 
@@ -150,15 +124,6 @@ def test_the_workers_connection_closed_mid_task_redelivers_it_and_the_effect_hap
     assert client.get(attempts) == b"2"
     assert "Connection to broker lost" in worker_log(s)
     client.close()
-
-
-def close_connections(vhost: str) -> int:
-    """``rabbitmqctl close_connection`` for every connection of ``vhost`` (no other vhost is touched)."""
-    pids = [line.strip() for line in rabbitmqctl("list_connections", "-p", vhost, "pid").splitlines() if line.strip()]
-    pids = [p for p in pids if p.startswith("<")]
-    for pid in pids:
-        rabbitmqctl("close_connection", pid, "tradebus test: connection killed mid-task")
-    return len(pids)
 
 
 def test_publisher_confirms_report_a_refused_publish_as_not_dispatched(
