@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.exceptions import RedisClusterException
 
 from bus.config import Settings
 from bus.config.topology import Topology
@@ -45,7 +46,7 @@ async def read_nodes(client: redis.asyncio.Redis) -> None:
     """On a Cluster, (re-)read its nodes and slot map before a new unpooled connection picks a node (a node
     that died is gone from it once its replica took over); nothing to do on one server."""
     if isinstance(client, RedisCluster):
-        with contextlib.suppress(redis.RedisError, OSError):
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
             await client.initialize()  # the first time: the client learns its nodes on its first command
             await client.nodes_manager.initialize()
 

@@ -41,6 +41,8 @@ from bus.observability import tracing
 from bus.observability.logs import event_fields
 
 log = logging.getLogger(__name__)
+# Jitter from a generator of our own: the global one belongs to the application (which may seed it).
+_JITTER = random.Random()
 
 #: deliveries the reader may queue ahead of a slow consumer
 DEFAULT_BUFFER = 1000
@@ -188,7 +190,7 @@ class AsyncSubscriber:
         await self._drop()
         self.counters.reconnects += 1
         log.warning("%s (%s: %s); reconnecting in %.2fs", what, type(e).__name__, e, delay)
-        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        await asyncio.sleep(delay * (0.5 + _JITTER.random() / 2))
 
     def on_lost_events(self, callback: LostHandler) -> None:
         """Call ``callback(LostEvents)`` (in the reader task) when events a subscription needs were

@@ -10,7 +10,15 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MasterDownError, MovedError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection, SentinelManagedSSLConnection
 
@@ -194,9 +202,10 @@ SLOT_MOVED = (MovedError, AskError, ClusterDownError, TryAgainError, ReadOnlyErr
 
 def refresh_slots(client: redis.Redis | RedisCluster) -> None:
     """Re-read the Cluster's slot map (after a MOVED or a lost master); a no-op on one server. A Cluster
-    that cannot answer now is left for the next call to ask again."""
+    that cannot answer now is left for the next call to ask again (redis-py's RedisClusterException is
+    no RedisError: let through, it stopped a subscriber's rotation to the next live node)."""
     if isinstance(client, RedisCluster):
-        with contextlib.suppress(redis.RedisError, OSError):
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
             client.nodes_manager.initialize()
 
 

@@ -43,6 +43,8 @@ from bus.observability.logs import event_fields
 __all__ = ["ListenerHandle", "Subscriber"]
 
 log = logging.getLogger(__name__)
+# Jitter from a generator of our own: the global one belongs to the application (which may seed it).
+_JITTER = random.Random()
 
 #: seconds the loop waits for data before checking stop() and health
 POLL_SECONDS = 0.1
@@ -193,7 +195,7 @@ class Subscriber:
         self._drop()
         self.counters.reconnects += 1
         log.warning("%s (%s: %s); reconnecting in %.2fs", what, type(e).__name__, e, delay)
-        self._stop.wait(delay * (0.5 + random.random() / 2))
+        self._stop.wait(delay * (0.5 + _JITTER.random() / 2))
 
     def _permission_error(self, e: Exception) -> BusPermissionError:
         user = node_pool(self._client).connection_kwargs.get("username")

@@ -31,6 +31,8 @@ from bus.observability.logs import event_fields
 from celery_app.context import task_context
 
 log = logging.getLogger(__name__)
+# Jitter from a generator of our own: the global one belongs to the application (which may seed it).
+_JITTER = random.Random()
 #: what RabbitMQ's delay queues put before a routing key (kombu.transport.native_delayed_delivery: 28 bits)
 DELAYED_PREFIX = re.compile(r"^(?:[01]\.){28}")
 # Seconds a redelivery counter lives: longer than any visibility timeout after which Redis redelivers.
@@ -144,7 +146,7 @@ class TradebusTask(Task):
         policy = self.retry_policy(route)
         retryable = getattr(exc, "retryable", True) is not False and not isinstance(exc, EventValidationError)
         if retryable and req.retries < policy.max_retries:
-            countdown = min(policy.countdown(req.retries, random.random()), self.ctx.max_countdown)
+            countdown = min(policy.countdown(req.retries, _JITTER.random()), self.ctx.max_countdown)
             try:
                 self.count("retried")
                 self.observe("retried", route)

@@ -246,9 +246,11 @@ def test_a_subscriber_whose_node_is_killed_reconnects_to_another_and_heals(key_p
     """Each new pub/sub connection goes to the next node of the slot map: killing the node a subscriber
     listens on, it reconnects to a live one and reads what it missed from the log (self-healing subscribers)."""
     topology = ClusterSet(replicas=1).start()
+    buses: list[RedisEventBus] = []
     try:
         s = Settings(redis_url=topology.url, dispatch=False, key_prefix=key_prefix)
         pub, sub = RedisEventBus(settings=s), RedisEventBus(settings=s)
+        buses += [sub, pub]
         seen: list[str] = []
         sub.subscribe_all("XAUUSD", lambda e: seen.append(e.event_id))
         handle = sub.listen_in_thread()
@@ -266,7 +268,7 @@ def test_a_subscriber_whose_node_is_killed_reconnects_to_another_and_heals(key_p
         logged = wait_for(lambda: log_of(pub, "XAUUSD"), RETRY_BOUND_S, "the log after the kill")
         wait_for(lambda: seen == logged, RETRY_BOUND_S, f"every log entry delivered once, in order: {seen}")
         assert [i for i in dict.fromkeys(logged)] == [e.event_id for e in events]
-        sub.close()
-        pub.close()
     finally:
+        for bus in buses:  # no listener outlives the test, passed or failed
+            bus.close()
         topology.close()

@@ -50,6 +50,8 @@ from bus.events.model import TradeEvent
 from bus.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
+# Jitter from a generator of our own: the global one belongs to the application (which may seed it).
+_JITTER = random.Random()
 
 READ = LuaScript("bus.dispatch.logroutes", "drain.lua")
 #: Drainer.run outcomes
@@ -289,7 +291,7 @@ class Drainer:
             why = _reason(exc) if retryable else f"not retryable: {_reason(exc)}"
             self._dead(tx, settled, raw_id, entry.payload, why, attempt)
             return settled
-        settled.retry_in = policy.countdown(attempt - 1, random.random())
+        settled.retry_in = policy.countdown(attempt - 1, _JITTER.random())
         log.warning("%s/%s: effect failed on %s (attempt %d, retry in %.2fs): %s", self.route.name, self.symbol,
                     entry.log_id, attempt, settled.retry_in, _reason(exc))  # fmt: skip
         return settled
