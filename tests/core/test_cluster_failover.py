@@ -1,7 +1,8 @@
 """A 3-master Redis Cluster with a replica each, which the test fails over: ``CLUSTER FAILOVER`` on a replica (a
 planned switch), then a master SIGKILLed (its replica is promoted after the node timeout). Publishes wait for
 one replica (TRADEBUS_PUBLISH_REPLICAS=1, replicated publish) and are retried by the caller within a bound;
-a subscriber heals from the log; the log routes' drains resume on the new masters; nothing confirmed is lost."""
+a subscriber heals from the log; the log routes' drains resume on the new masters; nothing confirmed is lost.
+The tests with a Celery broker run twice: on a Redis database, and on RabbitMQ (a vhost of their own)."""
 
 from __future__ import annotations
 
