@@ -18,6 +18,7 @@ from datetime import datetime
 from time import perf_counter
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Ignore, Reject, Retry
 
@@ -67,7 +68,12 @@ class TradebusTask(Task):
         if route and done:
             pipe.hincrby(stats, route_latency_field(route), latency_ms)
             pipe.hincrby(stats, route_done_field(route), done)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            # Statistics only, counted after the work is done: a Redis outage (a failover) must not turn a
+            # task that ran into a failed one, nor retry its effect for a counter.
+            log.warning("task statistics not counted (%s: %s)", type(e).__name__, e)
 
     def observe(self, outcome: str, route: str | None) -> None:
         """Prometheus: the attempt's ``outcome`` (run, retried, dead_lettered) and seconds, when metrics are on."""

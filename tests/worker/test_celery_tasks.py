@@ -152,3 +152,29 @@ def test_pickle_message_is_refused(settings, redis_client, worker_app, worker) -
     assert get_order(redis_client, keys, "XAUUSD", "pickled") is None
     assert redis_client.hget(keys.stats(), "run:tradebus.state.apply") == "1"
     assert app.conf.accept_content == ["json"] and json.dumps(app.conf.task_serializer) == '"json"'
+
+
+def test_a_task_whose_statistics_cannot_be_counted_still_succeeds_once(
+    settings, redis_client, worker_app, worker
+) -> None:
+    # Given the stats hash unwritable (WRONGTYPE: what a Redis outage after the task's work looks like to
+    # the statistics write, minus the outage)
+    from celery.signals import task_failure, task_retry, task_success
+
+    redis_client.set(Keys(settings.key_prefix).stats(), "not a hash")
+    app = worker_app(RoutingTable([Route("rec", "tradebus_test.record", "tradebus.state", ("order.*",))]))
+    outcomes: list[str] = []
+    receivers = {"success": task_success, "retry": task_retry, "failure": task_failure}
+    handlers = {name: (lambda name=name, **_: outcomes.append(name)) for name in receivers}
+    for name, signal in receivers.items():
+        signal.connect(handlers[name], weak=False)
+    try:
+        with _bus(settings, app) as bus, worker():
+            bus.publish(TradeEvent.create_order_created("XAUUSD", "s1", "BUY", 2000.0, 1.0))
+            wait_for(lambda: outcomes, what="the task's outcome")
+    finally:
+        for name, signal in receivers.items():
+            signal.disconnect(handlers[name])
+    # Then the task ran its effect once and succeeded: statistics are not worth a retry of the effect
+    assert outcomes == ["success"]
+    assert redis_client.lrange(_k(settings, "ran"), 0, -1) == ["rec|order.created|XAUUSD"]
