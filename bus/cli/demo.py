@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -9,6 +13,25 @@ import typer
 from bus.cli.common import EXIT_PROBLEM, EXIT_USAGE, CliContext, CliError, console, print_json
 
 POOLS = ("prefork", "threads", "solo")
+
+
+@contextmanager
+def _leaving_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, a supervisor's stop) leaves through the demo's context managers, which stop its
+    worker and embedded Redis: Python's default SIGTERM ends the process without running them, and both
+    would outlive it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:
@@ -51,18 +74,19 @@ def demo(
         else:
             render(summary, console)
 
-    summary = run_demo(
-        obj.settings,
-        seconds=seconds,
-        n_symbols=symbols,
-        embedded=embedded,
-        pool=pool,
-        seed=seed,
-        say=say,
-        live_console=console if not as_json and console.is_terminal else None,
-        linger=linger,
-        on_summary=show,
-    )
+    with _leaving_on_sigterm():
+        summary = run_demo(
+            obj.settings,
+            seconds=seconds,
+            n_symbols=symbols,
+            embedded=embedded,
+            pool=pool,
+            seed=seed,
+            say=say,
+            live_console=console if not as_json and console.is_terminal else None,
+            linger=linger,
+            on_summary=show,
+        )
     if not linger:
         show(summary)
     if not summary["ok"]:

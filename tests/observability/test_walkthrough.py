@@ -92,6 +92,18 @@ def _scrape(port: int) -> list[Any]:
         return [s for f in text_string_to_metric_families(r.read().decode()) for s in f.samples]
 
 
+def _processes_with(environ_entry: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``environ_entry`` (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and environ_entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_operator_walkthrough_top_during_the_demo_and_a_scrape_matching_its_summary(
     redis_url: str, tmp_path: Path
@@ -129,6 +141,8 @@ def test_operator_walkthrough_top_during_the_demo_and_a_scrape_matching_its_summ
         if demo.stdout:
             demo.stdout.close()
         client.close()
+    # A terminated demo stops its worker (and an embedded Redis) on its way out: nothing of it lives on
+    wait_for(lambda: not _processes_with(f"TRADEBUS_KEY_PREFIX={prefix}"), 30, "the demo's worker to stop")
 
     def value(name: str, **labels: str) -> float:
         return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
