@@ -26,10 +26,10 @@ from importlib import resources
 from pathlib import Path
 
 import redis
-from bench_memory import callgrind_total
+from bench_memory import CallgrindServer
 
 from bus import TradeEvent
-from bus.embedded import EmbeddedRedis, free_port, redis_server_binary
+from bus.embedded import EmbeddedRedis, redis_server_binary
 
 
 def publish_body(core: Path) -> str:
@@ -58,37 +58,14 @@ def run_round(client: redis.Redis, body: str, n: int, payload: bytes, prefix: st
 
 def server_instructions(bodies: dict[str, str], n: int, payload: bytes) -> dict[str, float]:
     """redis-server instructions per EVALSHA of each script body (``n`` calls each, after 400 to warm up)."""
-    import shutil
-    import tempfile
-
-    port, out = free_port(), Path(tempfile.mkdtemp(prefix="tradebus-cg-"))
-    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p",
-                               redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    client = redis.Redis(port=port)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    with CallgrindServer(redis_server_binary()) as server:
         result = {}
-        for dump, (label, body) in enumerate(bodies.items(), start=1):
-            run_round(client, body, 400, payload, f"warm-{label}")
-            subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
-            run_round(client, body, n, payload, f"cg-{label}")
-            subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-            result[label] = callgrind_total(out / f"cg.{server.pid}.{dump}") / n
+        for label, body in bodies.items():
+            run_round(server.client, body, 400, payload, f"warm-{label}")
+            server.zero()
+            run_round(server.client, body, n, payload, f"cg-{label}")
+            result[label] = server.dump() / n
         return result
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(60)
-        shutil.rmtree(out, ignore_errors=True)
 
 
 PUBLISH_LOOP = """

@@ -161,34 +161,53 @@ def callgrind_total(dump: Path) -> int:
     return int(next(line for line in dump.read_text().splitlines() if line.startswith("summary:")).split()[1])
 
 
-def server_instructions(binary: str, events: list[TradeEvent], layout: Any) -> float:
-    """Instructions redis-server runs per event to apply ``events`` (pipelined by 100), after a warm-up."""
-    port, out = free_port(), Path(tempfile.mkdtemp(prefix="tradebus-cg-"))
-    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", binary, "--port",
-                               str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    client = redis.Redis(port=port)
-    try:
-        deadline = time.monotonic() + 60
+class CallgrindServer:
+    """A private redis-server under valgrind's callgrind: ``zero()`` resets its count, ``dump()`` returns
+    the instructions it ran since."""
+
+    def __init__(self, binary: str) -> None:
+        self.port, self.out, self.dumps = free_port(), Path(tempfile.mkdtemp(prefix="tradebus-cg-")), 0
+        self.process = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}/cg.%p",
+                                         binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.client = redis.Redis(port=self.port)
+
+    def __enter__(self) -> CallgrindServer:
+        deadline = time.monotonic() + 60  # valgrind starts a server slowly
         while True:
             try:
-                client.ping()
-                break
+                self.client.ping()
+                return self
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
+                    self.__exit__()
                     raise
                 time.sleep(0.2)
+
+    def zero(self) -> None:
+        subprocess.run(["callgrind_control", "-z", str(self.process.pid)], check=True, capture_output=True)
+
+    def dump(self) -> int:
+        subprocess.run(["callgrind_control", "-d", str(self.process.pid)], check=True, capture_output=True)
+        self.dumps += 1
+        return callgrind_total(self.out / f"cg.{self.process.pid}.{self.dumps}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(60)
+        shutil.rmtree(self.out, ignore_errors=True)
+
+
+def server_instructions(binary: str, events: list[TradeEvent], layout: Any) -> float:
+    """Instructions redis-server runs per event to apply ``events`` (pipelined by 100), after a warm-up."""
+    with CallgrindServer(binary) as server:
         warm, run = events[:400], events[400:]
-        project(client, OldKeys("warm"), warm, layout, 100)
-        subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True)
-        project(client, OldKeys("run"), run, layout, 100)
-        subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-        return callgrind_total(out / f"cg.{server.pid}.1") / len(run)
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(60)
-        shutil.rmtree(out, ignore_errors=True)
+        project(server.client, OldKeys("warm"), warm, layout, 100)
+        server.zero()
+        project(server.client, OldKeys("run"), run, layout, 100)
+        return server.dump() / len(run)
 
 
 def client_instructions(layout_name: str, n: int, baseline: str) -> float:
