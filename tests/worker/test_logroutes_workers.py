@@ -31,6 +31,7 @@ from bus.events.model import TradeEvent
 from celery_app import make_celery
 from tests.helpers import dispatcher_for, wait_for
 from tests.logroute_effects import applied, routes_file
+from tests.subprocess_workers import stop_group
 
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.faults, pytest.mark.slow]
 
@@ -69,13 +70,7 @@ def log_worker(settings: Settings, name: str, routes: str, *, beat: bool = False
         wait_for(lambda: b"ready." in log_path.read_bytes(), timeout=60, what=f"worker {name} ready")
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc)
 
 
 def tail(proc: subprocess.Popen[bytes]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from bus.core.state import get_order
 from celery_app import make_celery
 from tests.helpers import wait_for
 from tests.logroute_effects import applied, routes_file
+from tests.subprocess_workers import stop_group
 from tests.topology_servers import SentinelSet
 from tests.worker.test_dead_worker import INCLUDE, LOST_TIMEOUT, _k, _kill_group, _send
 from tests.worker.test_logroutes_workers import ENV, RECORD, log_worker, publisher, tail
@@ -80,13 +80,7 @@ def beat(settings: Settings, routes: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc)
 
 
 def logged_ids(client: redis.Redis, keys: Keys, symbol: str) -> list[str] | None:
