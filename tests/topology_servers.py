@@ -54,7 +54,7 @@ class SentinelSet:
         try:
             master = self._server()
             replica = self._server("--replicaof", "127.0.0.1", str(master.port))
-            wait_for(lambda: self._info(replica).get("master_link_status") == "up", 10, "replica in sync")
+            wait_for(lambda: replication_info(replica).get("master_link_status") == "up", 10, "replica in sync")
             for _ in range(3):
                 self._sentinel(master.port)
             # a failover needs the sentinels to know the replica and each other (hello messages, ~2 s)
@@ -95,13 +95,13 @@ class SentinelSet:
             if len(ports) != 1 or old in ports:
                 return None
             port = ports.pop()
-            return port if self._info(self.servers[port]).get("role") == "master" else None
+            return port if replication_info(self.servers[port]).get("role") == "master" else None
 
         return int(wait_for(promoted, timeout, "a new master"))
 
     def role(self, port: int) -> str | None:
         """What the server on ``port`` says it is ("master", "slave"), None when it does not answer."""
-        return self._info(self.servers[port]).get("role")
+        return replication_info(self.servers[port]).get("role")
 
     def failovers(self) -> int:
         """How many failovers the sentinels have run (the master's config epoch): a test that caused one
@@ -124,7 +124,9 @@ class SentinelSet:
         client = server.client(socket_timeout=2)
         client.replicaof("127.0.0.1", self.master_port())
         client.close()
-        wait_for(lambda: self._info(server).get("master_link_status") == "up", timeout, "the old master a replica")
+        wait_for(
+            lambda: replication_info(server).get("master_link_status") == "up", timeout, "the old master a replica"
+        )
 
     def pause(self, server: EmbeddedRedis) -> None:
         assert server.process is not None
@@ -176,15 +178,16 @@ class SentinelSet:
             return None
         return int(addr[1]) if addr else None
 
-    @staticmethod
-    def _info(server: EmbeddedRedis) -> dict[str, Any]:
-        client = server.client(socket_timeout=2)
-        try:
-            return dict(client.info("replication"))
-        except redis.RedisError:
-            return {}
-        finally:
-            client.close()
+
+def replication_info(server: EmbeddedRedis) -> dict[str, Any]:
+    """``INFO replication`` of ``server``; empty while it does not answer."""
+    client = server.client(socket_timeout=2)
+    try:
+        return dict(client.info("replication"))
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
 
 
 def cluster_port() -> int:
@@ -272,7 +275,7 @@ class ClusterSet:
         raise RuntimeError(f"no live node knows the master of {key!r}")
 
     def replica_of(self, master_port: int) -> EmbeddedRedis:
-        return next(s for s in self.alive() if self._info(s).get("master_port") == master_port)
+        return next(s for s in self.alive() if replication_info(s).get("master_port") == master_port)
 
     def failover(self, master_port: int) -> int:
         """CLUSTER FAILOVER on a replica of ``master_port`` (a planned switch, no write lost); returns the
@@ -282,7 +285,7 @@ class ClusterSet:
         for attempt in ("", "", "FORCE"):
             self._ask(replica, "CLUSTER", "FAILOVER", *([attempt] if attempt else []))
             try:
-                wait_for(lambda: self._info(replica).get("role") == "master", 8, f"{replica.port} promoted")
+                wait_for(lambda: replication_info(replica).get("role") == "master", 8, f"{replica.port} promoted")
                 break
             except AssertionError:
                 continue
@@ -335,7 +338,7 @@ class ClusterSet:
         slots = self._slots()
         if len(slots) < self.masters or any(len(r) < 3 + self.replicas for r in slots):
             return False
-        infos = [self._info(s) for s in self.alive()]
+        infos = [replication_info(s) for s in self.alive()]
         replicas = [i for i in infos if i.get("role") == "slave"]
         return len(replicas) == self.masters * self.replicas and all(
             i.get("master_link_status") == "up" for i in replicas
@@ -346,15 +349,5 @@ class ClusterSet:
         client = server.client(socket_timeout=2)
         try:
             return client.execute_command(*command)
-        finally:
-            client.close()
-
-    @staticmethod
-    def _info(server: EmbeddedRedis) -> dict[str, Any]:
-        client = server.client(socket_timeout=2)
-        try:
-            return dict(client.info("replication"))
-        except redis.RedisError:
-            return {}
         finally:
             client.close()
