@@ -253,6 +253,7 @@ class RedisEventBus:
         return other
 
     def close(self) -> None:
+        self.publisher.close()
         if self._subscriber is not None:
             self._subscriber.close()
         if self._ping_conn is not None:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import redis
 from redis.cluster import RedisCluster
 
-from bus.core.connection import SLOT_MOVED, refresh_slots, slot_client
+from bus.core.connection import SLOT_MOVED, HeldConnection, refresh_slots, slot_client
 from bus.core.dispatching import RouteNames, TaskDispatcher, WakeArgs
 from bus.core.durability import Durability
 from bus.core.keys import Keys
@@ -91,10 +91,15 @@ class Publisher:
         #: replicas each publish waits for (bus.core.durability); None: confirmed once the master has it
         self.durability = durability
         self._symbols_sent: set[str] = set()
+        #: the connection single publishes send their one script call on (bus/core/connection.py)
+        self.held = HeldConnection(client)
 
     def publish(self, event: TradeEvent) -> PublishReceipt:
         """Log + broadcast ``event`` atomically in one round trip (plus routed tasks, see module doc)."""
-        return run(self.client, self.publish_steps(event))
+        return run(self.held, self.publish_steps(event))
+
+    def close(self) -> None:
+        self.held.close()
 
     def publish_many(self, events: Iterable[TradeEvent]) -> list[PublishReceipt]:
         """Publish a batch in one pipeline (one round trip). Nothing is sent if any event is invalid."""
