@@ -84,12 +84,18 @@ def _show_lag(obj: CliContext, symbol: str | None, as_json: bool) -> None:
         console.print("no log route has a group yet (nothing it takes was published)")
         return
     t = Table(title="log routes: each symbol's consumer group", title_justify="left")
-    for c in ("symbol", "route", "lag", "pending", "drainer", "oldest waiting", "last delivered"):
+    # lag: unread entries the route takes; unread: Redis's lag (XINFO GROUPS), other types included
+    for c in ("symbol", "route", "lag", "unread", "pending", "drainer", "oldest waiting", "last delivered"):
         t.add_column(c)
     for g in rows:
-        t.add_row(g.symbol, g.route, "?" if g.lag is None else str(g.lag), str(g.pending), "yes" if g.drainer else "-",
-                  f"{g.waiting_ms / 1000:.1f}s" if g.waiting_ms else "-", g.last_delivered)  # fmt: skip
+        t.add_row(g.symbol, g.route, _or_unknown(g.lag), _or_unknown(g.unread), str(g.pending),
+                  "yes" if g.drainer else "-", f"{g.waiting_ms / 1000:.1f}s" if g.waiting_ms else "-",
+                  g.last_delivered)  # fmt: skip
     console.print(t)
+
+
+def _or_unknown(n: int | None) -> str:
+    return "?" if n is None else str(n)
 
 
 def _read_state(bus: RedisEventBus, sym: str | None, *, positions: bool, orders: bool) -> dict[str, SymbolState]:

@@ -193,7 +193,7 @@ def _drain(timed: TimedBus, monitor: TaskMonitor, bus: Any, routing: Any) -> boo
     def done() -> bool:
         if not timed.expected_tasks <= monitor.finished:
             return False
-        return caught_up(bus.client, bus.keys, routing, route_lag(bus.client, bus.keys, routing))
+        return caught_up(route_lag(bus.client, bus.keys, routing))
 
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:

@@ -79,7 +79,7 @@ class RedisGauges:
         except redis.RedisError as e:
             log.warning("metrics: log-route lag unreadable: %s", e)
             return
-        lag = GaugeMetricFamily("tradebus_logroute_lag", "Log entries the route's groups have not read yet.",
+        lag = GaugeMetricFamily("tradebus_logroute_lag", "Unread log entries of the types the route takes.",
                                 labels=["route"])  # fmt: skip
         pending = GaugeMetricFamily("tradebus_logroute_pending", "Log entries read by a drainer, not acknowledged.",
                                     labels=["route"])  # fmt: skip

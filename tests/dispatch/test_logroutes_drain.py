@@ -21,7 +21,7 @@ from bus.dispatch.dispatcher import Dispatcher
 from bus.dispatch.logroutes.config import LogRouteConfig
 from bus.dispatch.logroutes.drain import BUSY, DONE, LOST, MORE, RETRY, Drainer
 from bus.dispatch.logroutes.effects import effect_for
-from bus.dispatch.logroutes.monitor import route_lag, stale
+from bus.dispatch.logroutes.monitor import GroupLag, caught_up, route_lag, stale
 from bus.dispatch.messages import redis_queue_key
 from bus.dispatch.routing import LOG, RetryPolicy, Route, RoutingTable
 from bus.events.model import TradeEvent
@@ -100,6 +100,27 @@ def test_one_wake_up_while_pending_then_drained_in_order_once(steady_bus, broker
     # the next publish wakes the route again
     bus.publish(order(999))
     assert broker.llen(queue_key(settings)) == 2
+
+
+def test_lag_counts_only_the_types_the_route_takes(bus) -> None:
+    """Entries of other types wake nobody and wait unread for the route's next drain: Redis's lag counts
+    them (``unread``), the route's lag does not, so a caught-up route reads 0 (the demo's risk route read
+    ~16 at the end before)."""
+    first, second = order(1), order(2)
+    bus.publish(first)
+    assert drainer(bus).run().status == DONE
+    for i in range(3):  # the route takes order.* only
+        bus.publish(TradeEvent.create_position_opened("XAUUSD", f"p{i}", 2000.0, 1.0, "LONG"))
+
+    def rec() -> GroupLag:
+        return next(g for g in route_lag(bus.client, bus.keys, bus.dispatcher.routing) if g.route == "rec")
+
+    assert (rec().lag, rec().unread) == (0, 3) and caught_up([rec()])
+    bus.publish(second)  # one entry the route takes, after the others
+    assert (rec().lag, rec().unread) == (1, 4) and not caught_up([rec()])
+    assert drainer(bus).run().status == DONE  # applies it, acknowledges the others on the way
+    assert (rec().lag, rec().unread, rec().pending) == (0, 0, 0)
+    assert applied(bus.client, bus.keys, "rec", "XAUUSD") == [first.event_id, second.event_id]
 
 
 def test_the_wake_up_message_travels_once_and_a_lost_copy_is_made_good(bus, broker, settings) -> None:

@@ -107,8 +107,8 @@ def test_wake_up_not_sent_on_a_separate_broker_that_is_down_is_covered_by_beat(s
 
 
 def test_doctor_health_of_the_groups() -> None:
-    def g(lag: int, drainer: bool = False, waiting_ms: int = 0) -> GroupLag:
-        return GroupLag("state", "XAUUSD", lag, 0, "0-0", drainer, waiting_ms)
+    def g(lag: int, drainer: bool = False, waiting_ms: int = 0, unread: int | None = None) -> GroupLag:
+        return GroupLag("state", "XAUUSD", lag, 0, "0-0", drainer, waiting_ms, lag if unread is None else unread)
 
     assert health([], stuck_after_ms=1000, log_maxlen=100) is None  # no log route has a group yet
     assert health([g(0)], stuck_after_ms=1000, log_maxlen=100)[0] == "ok"
@@ -117,6 +117,9 @@ def test_doctor_health_of_the_groups() -> None:
     assert status == "warn" and "no drainer" in detail and "state/XAUUSD" in detail and "beat" in fix
     status, detail, _ = health([g(60, drainer=True, waiting_ms=5000)], stuck_after_ms=1000, log_maxlen=100)
     assert status == "warn" and "TRADEBUS_LOG_MAXLEN" in detail  # trimming would overtake the route
+    # entries of types the route does not take count too: trimming takes any unread entry
+    status, detail, _ = health([g(0, drainer=True, unread=60)], stuck_after_ms=1000, log_maxlen=100)
+    assert status == "warn" and "TRADEBUS_LOG_MAXLEN" in detail
 
 
 def test_beat_trim_keeps_what_a_log_route_has_not_acknowledged(bus) -> None:

@@ -2,8 +2,13 @@
 
 ``route_lag`` reads ``XINFO GROUPS`` of each symbol's log (what an operator sees with plain redis-cli),
 plus whether a drainer holds the lease and how long the oldest waiting entry has waited (from its log
-id's time, against the server's clock). ``stale`` picks the groups beat must wake: entries waiting (new
-or pending) longer than the grace period and no lease holder. That covers a drainer that died (its lease
+id's time, against the server's clock). A group's ``lag`` counts the unread entries its route takes:
+Redis's own lag (``unread``) also counts entries of types the route does not take, which wake nobody and
+wait, unread, for the route's next drain to acknowledge them (a risk route beside a stream of order
+events would otherwise show a lag that never falls to 0 while nothing is left to apply).
+
+``stale`` picks the groups beat must wake: entries waiting (new or pending) longer than the grace period
+and no lease holder. That covers a drainer that died (its lease
 expired, its pending entries wait for the next drainer), a wake-up lost with a separate broker, and entries
 no publish woke the route for (events the route does not take: acknowledged by the next drain).
 """
@@ -20,17 +25,20 @@ from bus.core.wire import LogEntries, parse_id
 from bus.dispatch.routing import LOG, Route, RoutingTable
 
 Status = Literal["ok", "warn"]
+#: unread entries route_lag reads per group to tell the route's own from the others (beyond: counted as its own)
+LAG_SCAN = 1000
 
 
 @dataclass(frozen=True)
 class GroupLag:
     route: str
     symbol: str
-    lag: int | None  # entries not yet read by the group (None: Redis cannot tell, e.g. after XDEL)
+    lag: int | None  # unread entries the route takes (None: Redis cannot tell, e.g. after XDEL)
     pending: int  # read by a drainer and not yet acknowledged
     last_delivered: str
     drainer: bool  # a drainer holds the lease
-    waiting_ms: int  # age of the oldest waiting entry (0: nothing waits)
+    waiting_ms: int  # age of the oldest waiting entry, of any type (0: nothing waits)
+    unread: int | None = None  # Redis's lag: every unread entry, the types the route does not take too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,33 +75,33 @@ def route_lag(
             pipe.xpending(keys.log(symbol), route.name)
         else:  # a placeholder that names a key: a Cluster pipeline refuses keyless commands (ECHO)
             pipe.exists(keys.log(symbol))
-        pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=1)
+        unread = g.get("lag")  # the unread entries, to count those the route takes
+        scan = min(int(unread), LAG_SCAN) if unread else 1
+        pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=max(scan, 1))
     replies = pipe.execute(raise_on_error=False)
     out = []
     for i, (symbol, route, g) in enumerate(found):
         held, pend, nxt = replies[3 * i : 3 * i + 3]
+        rows = cast(LogEntries, nxt) if isinstance(nxt, list) else []
         oldest = [pend["min"]] if isinstance(pend, dict) and pend.get("min") else []
-        oldest += [nxt[0][0]] if isinstance(nxt, list) and nxt else []
+        oldest += [rows[0][0]] if rows else []
         waited = max((now_ms - parse_id(x)[0] for x in oldest), default=0)
-        lag = g.get("lag")
-        out.append(GroupLag(route.name, symbol, None if lag is None else int(lag), int(g["pending"]),
-                            _text(g["last-delivered-id"]), bool(held), max(0, waited)))  # fmt: skip
+        unread = None if g.get("lag") is None else int(g["lag"])
+        lag = None if unread is None else _taken(route, symbol, rows[:unread]) + max(0, unread - len(rows))
+        out.append(GroupLag(route.name, symbol, lag, int(g["pending"]), _text(g["last-delivered-id"]), bool(held),
+                            max(0, waited), unread))  # fmt: skip
     return out
 
 
-def caught_up(client: redis.Redis, keys: Keys, routing: RoutingTable, lags: list[GroupLag]) -> bool:
-    """Every group has applied every entry its route takes. Entries a route does not take wake nobody, so
-    they may wait in its lag until its next drain (or beat's wake job) acknowledges them."""
-    for g in lags:
-        if g.pending:
-            return False
-        route = routing.get(g.route)
-        if not g.lag or route is None:
-            continue
-        rows = cast(LogEntries, client.xrange(keys.log(g.symbol), f"({g.last_delivered}", "+", count=min(g.lag, 1000)))
-        if g.lag > 1000 or any(route.matches(_text(f.get(b"type", b"")), g.symbol) for _, f in rows):
-            return False
-    return True
+def _taken(route: Route, symbol: str, rows: LogEntries) -> int:
+    """How many of the log entries ``rows`` are of a type ``route`` takes."""
+    return sum(route.matches(_text(fields.get(b"type", b"")), symbol) for _, fields in rows)
+
+
+def caught_up(lags: list[GroupLag]) -> bool:
+    """Every group has applied every entry its route takes (entries of other types may still wait unread:
+    see ``GroupLag.unread``)."""
+    return not any(g.pending or g.lag for g in lags)
 
 
 def oldest_needed(client: redis.Redis, keys: Keys, symbol: str) -> str | None:
@@ -127,7 +135,7 @@ def health(lags: list[GroupLag], *, stuck_after_ms: int, log_maxlen: int) -> tup
     if not lags:
         return None
     stuck = stale(lags, stuck_after_ms)
-    near_cap = [g for g in lags if (g.lag or 0) > log_maxlen // 2]
+    near_cap = [g for g in lags if (g.unread or 0) > log_maxlen // 2]  # trimming takes unread entries of any type
     waiting = sum((g.lag or 0) + g.pending for g in lags)
     detail = f"{len(lags)} group(s), {waiting} entries waiting; see `tradebus state --lag`"
     if not stuck and not near_cap:
