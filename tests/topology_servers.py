@@ -107,6 +107,18 @@ class SentinelSet:
 
         return int(wait_for(promoted, timeout, "a new master"))
 
+    def wait_for_online_replica(self, timeout: float = 30) -> None:
+        """Until the current master lists a replica that is online (its sync done): what a publish with
+        WAIT 1 needs. After SENTINEL FAILOVER the old master is still being turned into one for a while."""
+
+        def online() -> bool:
+            info = replication_info(self.master())
+            return any(
+                info.get(f"slave{i}", {}).get("state") == "online" for i in range(info.get("connected_slaves", 0))
+            )
+
+        wait_for(online, timeout, "an online replica of the new master")
+
     def role(self, port: int) -> str | None:
         """What the server on ``port`` says it is ("master", "slave"), None when it does not answer."""
         return replication_info(self.servers[port]).get("role")
