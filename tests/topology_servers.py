@@ -139,8 +139,14 @@ class SentinelSet:
         """Start the (killed) server on ``port`` again as a replica of the current master, as an operator
         restarts a failed master (Sentinel would convert it too, but only after ~8 s of it claiming to be
         master); returns once its link is up (its data replaced by the master's)."""
+        self.servers[port].start()
+        self.demote(port, timeout)
+
+    def demote(self, port: int, timeout: float = 30) -> None:
+        """REPLICAOF the current master on the server on ``port`` (an old master), as an operator does
+        rather than wait the ~8 s Sentinel lets an instance claim the wrong role before converting it;
+        returns once its link is up."""
         server = self.servers[port]
-        server.start()
         client = server.client(socket_timeout=2)
         client.replicaof("127.0.0.1", self.master_port())
         client.close()
