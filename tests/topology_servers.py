@@ -4,6 +4,7 @@ a Sentinel set (a master, a replica, three sentinels) and a 3-master Cluster. Ne
 from __future__ import annotations
 
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +22,9 @@ from tests.helpers import wait_for
 
 #: how quickly sentinels call a silent master down: short, so a failover takes a second or two
 DOWN_AFTER_MS = 400
+#: a master starts a (diskless) full sync at once: by default it waits 5 s for more replicas to share it,
+#: which every replica's first sync and every rejoin paid
+SYNC_AT_ONCE = ("--repl-diskless-sync-delay", "0")
 
 
 def binary_or_skip(name: str = "redis-server") -> str:
@@ -55,13 +59,17 @@ class SentinelSet:
             master = self._server()
             replica = self._server("--replicaof", "127.0.0.1", str(master.port))
             wait_for(lambda: replication_info(replica).get("master_link_status") == "up", 10, "replica in sync")
-            for _ in range(3):
-                self._sentinel(master.port)
-            # a failover needs the sentinels to know the replica and each other (hello messages, ~2 s)
+            # Each sentinel's file names the replica and the other two (what Sentinel itself writes there
+            # once it has found them): found by INFO (every 10 s) and hello messages (every 2 s) instead,
+            # a set took ~7 s to be ready for a failover.
+            peers = [(free_port(), secrets.token_hex(20)) for _ in range(3)]  # port, 40-hex run id
+            for port, myid in peers:
+                self._sentinel(port, myid, master.port, replica.port, [p for p in peers if p[0] != port])
+            # a failover needs every sentinel linked to the replica (its INFO read) and to the other two
             for port, _ in self.sentinels:
                 s = self._sentinel_client(port)
-                wait_for(lambda s=s: len(s.sentinel_slaves(self.name)) == 1, 10, "sentinel sees the replica")
-                wait_for(lambda s=s: len(s.sentinel_sentinels(self.name)) == 2, 10, "sentinels see each other")
+                wait_for(lambda s=s: _linked(s.sentinel_slaves(self.name), 1), 10, "sentinel sees the replica")
+                wait_for(lambda s=s: _linked(s.sentinel_sentinels(self.name), 2), 10, "sentinels see each other")
         except BaseException:
             self.close()
             raise
@@ -99,6 +107,18 @@ class SentinelSet:
 
         return int(wait_for(promoted, timeout, "a new master"))
 
+    def wait_for_online_replica(self, timeout: float = 30) -> None:
+        """Until the current master lists a replica that is online (its sync done): what a publish with
+        WAIT 1 needs. After SENTINEL FAILOVER the old master is still being turned into one for a while."""
+
+        def online() -> bool:
+            info = replication_info(self.master())
+            return any(
+                info.get(f"slave{i}", {}).get("state") == "online" for i in range(info.get("connected_slaves", 0))
+            )
+
+        wait_for(online, timeout, "an online replica of the new master")
+
     def role(self, port: int) -> str | None:
         """What the server on ``port`` says it is ("master", "slave"), None when it does not answer."""
         return replication_info(self.servers[port]).get("role")
@@ -119,8 +139,14 @@ class SentinelSet:
         """Start the (killed) server on ``port`` again as a replica of the current master, as an operator
         restarts a failed master (Sentinel would convert it too, but only after ~8 s of it claiming to be
         master); returns once its link is up (its data replaced by the master's)."""
+        self.servers[port].start()
+        self.demote(port, timeout)
+
+    def demote(self, port: int, timeout: float = 30) -> None:
+        """REPLICAOF the current master on the server on ``port`` (an old master), as an operator does
+        rather than wait the ~8 s Sentinel lets an instance claim the wrong role before converting it;
+        returns once its link is up."""
         server = self.servers[port]
-        server.start()
         client = server.client(socket_timeout=2)
         client.replicaof("127.0.0.1", self.master_port())
         client.close()
@@ -148,18 +174,22 @@ class SentinelSet:
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _server(self, *args: str) -> EmbeddedRedis:
-        server = EmbeddedRedis(binary=self.binary, extra_args=args).start()
+        server = EmbeddedRedis(binary=self.binary, extra_args=(*SYNC_AT_ONCE, *args)).start()
         self.servers[server.port] = server
         return server
 
-    def _sentinel(self, master_port: int) -> None:
-        port = free_port()
+    def _sentinel(
+        self, port: int, myid: str, master_port: int, replica_port: int, peers: list[tuple[int, str]]
+    ) -> None:
         conf = self.directory / f"sentinel-{port}.conf"  # sentinel rewrites its file: one each
+        known = "".join(f"sentinel known-sentinel {self.name} 127.0.0.1 {p} {i}\n" for p, i in peers)
         conf.write_text(
             f"port {port}\nbind 127.0.0.1\ndir {self.directory}\nlogfile {self.directory}/sentinel-{port}.log\n"
+            f"sentinel myid {myid}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
             f"sentinel failover-timeout {self.name} 3000\n"
+            f"sentinel known-replica {self.name} 127.0.0.1 {replica_port}\n" + known
         )
         process = subprocess.Popen(
             [self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -208,6 +238,15 @@ def _free(port: int) -> bool:
         return True
 
 
+def _linked(instances: list[dict[str, Any]], count: int) -> bool:
+    """``count`` instances (SENTINEL REPLICAS / SENTINEL SENTINELS) are listed, each connected and, for a
+    replica, its INFO read (a sentinel that never read it cannot pick it in a failover)."""
+    return len(instances) == count and all(
+        not i["is_disconnected"] and not i["is_sdown"] and (not i["is_slave"] or i.get("master-link-status") == "ok")
+        for i in instances
+    )
+
+
 def _answers(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
@@ -231,6 +270,11 @@ class ClusterSet:
         try:
             for _ in range(self.masters * (1 + self.replicas)):
                 args = (
+                    *SYNC_AT_ONCE,
+                    # CLUSTER SLOTS lists a replica once its replication offset is not 0, which an idle
+                    # master moves only with its PING to replicas: every 10 s by default
+                    "--repl-ping-replica-period",
+                    "1",
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",

@@ -158,6 +158,7 @@ def test_workers_and_beat_carry_on_across_a_failover(
         # kombu records it unacked in a second write that the demoted or dead master never ships; README,
         # "Sentinel and RabbitMQ". Log routes read the log instead.)
         late = order(total + 2)
+        sentinels.wait_for_online_replica()  # WAIT 1 can be met: the old master is a replica in sync again
         bus.publish(late)
         wait_for(lambda: get_order(client, keys, late.symbol, late.data["order_id"]), 60,
                  f"an order published after the switch projected\n{tail(worker)}")  # fmt: skip
