@@ -242,15 +242,21 @@ def test_publish_racing_the_end_of_a_drain_strands_nothing(bus, broker, settings
 
     Each round publishes one event while the previous event's drain is committing: the effect signals
     that its batch is staged (its transaction, with the drain's last read and the release of the lease and
-    flag, goes out next), the publisher spins 0-400 us and publishes. So publishes land before that commit
-    (its read must take them) or after it (they must find no flag and wake a new drain). Nothing else
-    publishes and there is no beat: an event whose wake-up is lost is never applied and its round times
-    out. Two threads take the wake-ups off the broker list, as workers would."""
+    flag, goes out next) and, every other round at random, holds the commit back 0-400 us while the
+    publisher publishes at once. So publishes land before that commit (its read must take them) or after
+    it (they must find no flag and wake a new drain). (The pause is in the drainer, a sleep that lets the
+    publishing thread run: a publisher spinning after the signal held the GIL while the drainer's commit
+    went out first, and almost every publish landed after it; with a pause every round, before it.)
+    Nothing else publishes and there is no beat: an event whose wake-up is lost is never applied and its
+    round times out. Two threads take the wake-ups off the broker list, as workers would."""
     staged = threading.Event()
+    jitter = random.Random(240)
 
     def record_and_signal(batch):
         effect_for(RECORD)(batch)
         staged.set()
+        if jitter.random() < 0.5:
+            time.sleep(jitter.random() * 0.0004)
 
     stop, errors, drains = threading.Event(), [], []
 
@@ -278,9 +284,6 @@ def test_publish_racing_the_end_of_a_drain_strands_nothing(bus, broker, settings
             bus.publish(e)
             published.append(e.event_id)
             assert staged.wait(5), f"round {i}: event {e.event_id} stranded (no drain took it)"
-            spin_until = time.perf_counter() + random.random() * 0.0004
-            while time.perf_counter() < spin_until:
-                pass
             if i + 1 < rounds:
                 continue  # the next publish races this batch's commit
             wait_for(lambda: bus.client.llen(key) == rounds, timeout=5, what="the last event applied")
