@@ -95,7 +95,12 @@ def test_awaited_publish_and_event_stream_across_a_failover(
             while not set(logged) <= set(seen):
                 assert time.monotonic() < deadline, "the stream did not catch up from the new master's log"
                 await asyncio.sleep(0.05)  # polling with a deadline: the consumer task fills `seen`
-            assert [x for x in seen if x in set(logged)] == logged and len(seen) == len(set(seen))
+            assert [x for x in seen if x in set(logged)] == logged  # each log entry once, in log order
+            # After SIGKILL an event may be in the log twice: the crash lost a publish's reply after the replica had
+            # the entry, and the caller's retry logged it again (at-least-once publish, README; the executor's
+            # outbox is the exactly-once path). Seen once per entry, so twice. A planned switch loses no reply.
+            if fault == "SENTINEL FAILOVER":
+                assert len(seen) == len(set(seen))
             if fault == "SIGKILL master":  # re-resolved the master through the sentinels
                 assert stream.counters.reconnects >= 1
             consumer.cancel()

@@ -94,7 +94,12 @@ def test_publish_and_subscribe_across_a_failover(sentinels: SentinelSet, key_pre
         assert set(acknowledged[promoted_at:]) <= set(logged)
     # the subscriber followed the master, healed its gap from the log: every logged event once, in order
     wait_for(lambda: set(logged) <= set(seen), 20, "subscriber caught up from the new master's log")
-    assert [x for x in seen if x in set(logged)] == logged and len(seen) == len(set(seen))
+    assert [x for x in seen if x in set(logged)] == logged  # each log entry once, in log order
+    # After SIGKILL an event may be in the log twice: the crash lost a publish's reply after the replica had
+    # the entry, and the caller's retry logged it again (at-least-once publish, README; the executor's
+    # outbox is the exactly-once path). Seen once per entry, so twice. A planned switch loses no reply.
+    if fault == "SENTINEL FAILOVER":
+        assert len(seen) == len(set(seen))
     if fault == "SIGKILL master":  # re-resolved the master through the sentinels
         assert sub.counters.reconnects >= 1
     # (after SENTINEL FAILOVER a subscriber may stay on the demoted master: the new master's broadcasts
