@@ -8,9 +8,9 @@ wait, unread, for the route's next drain to acknowledge them (a risk route besid
 events would otherwise show a lag that never falls to 0 while nothing is left to apply).
 
 ``stale`` picks the groups beat must wake: entries waiting (new or pending) longer than the grace period
-and no lease holder. That covers a drainer that died (its lease
-expired, its pending entries wait for the next drainer), a wake-up lost with a separate broker, and entries
-no publish woke the route for (events the route does not take: acknowledged by the next drain).
+and no lease holder. That covers a drainer that died (its lease expired, its pending entries wait for the
+next drainer), a wake-up lost with a separate broker, and entries no publish woke the route for (events
+the route does not take: acknowledged by the next drain).
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def route_lag(
             pipe.xpending(keys.log(symbol), route.name)
         else:  # a placeholder that names a key: a Cluster pipeline refuses keyless commands (ECHO)
             pipe.exists(keys.log(symbol))
-        unread = g.get("lag")  # the unread entries, to count those the route takes
-        scan = min(int(unread), LAG_SCAN) if unread else 1
-        pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=max(scan, 1))
+        # the unread entries (to count those the route takes), or the next one (its age: waiting_ms)
+        scan = min(int(g["lag"]), LAG_SCAN) if g.get("lag") else 1
+        pipe.xrange(keys.log(symbol), f"({_text(g['last-delivered-id'])}", "+", count=scan)
     replies = pipe.execute(raise_on_error=False)
     out = []
     for i, (symbol, route, g) in enumerate(found):
