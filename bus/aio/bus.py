@@ -25,7 +25,13 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from bus.aio.cluster import read_nodes
-from bus.aio.connection import blocking_twin, close_async_client, make_async_client, raw_async_connection
+from bus.aio.connection import (
+    AsyncHeldConnection,
+    blocking_twin,
+    close_async_client,
+    make_async_client,
+    raw_async_connection,
+)
 from bus.aio.steps import run
 from bus.aio.stream import EventStream, Types, Wanted, stop_reader, subscriptions_for
 from bus.aio.subscriber import DEFAULT_BUFFER, AsyncSubscriber
@@ -83,6 +89,8 @@ class AsyncRedisEventBus:
             effects=self._effects(apply_state),
             durability=Durability.from_settings(s),
         )
+        #: the connection single publishes send their one script call on (bus/aio/connection.py)
+        self._held = AsyncHeldConnection(self.client)
         # A dispatcher is blocking: it is attached to a blocking client of the same server, used from
         # its worker thread only (pending-dispatch bookkeeping after a separate broker's send).
         self._dispatch_client: redis.Redis | None = None
@@ -112,7 +120,7 @@ class AsyncRedisEventBus:
 
         Cancelled while awaiting Redis, the event is either logged and broadcast whole or not at all."""
         try:
-            return await run(self.client, self.publisher.publish_steps(event))
+            return await run(self._held, self.publisher.publish_steps(event))
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise unreachable(self.where, e) from None
 
@@ -294,6 +302,7 @@ class AsyncRedisEventBus:
         """Stop ``listen()`` and release the connections this bus opened (a given client stays open)."""
         if self._loop is not None:
             self.stop()
+        await self._held.aclose()
         if self._ping_conn is not None:
             await self._ping_conn.disconnect()
             self._ping_conn = None
