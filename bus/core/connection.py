@@ -237,10 +237,10 @@ class HeldConnection:
     ~20 us a command (the pool's lock, a readiness poll of the socket, four observability counters):
     about a sixth of a publish's whole round trip on loopback. Commands sent here keep what matters of
     ``execute_command``: the client's retry policy (a broken connection is dropped and the command re-sent,
-    ``BUS_RETRIES``), its health checks, error replies raised (NOSCRIPT as NoScriptError, a demoted
-    Sentinel master as a connection error). Replies are raw (no response callbacks): callers send only
-    scripts, whose replies have none. A command that finds the connection busy (another thread publishing),
-    and every command of a Cluster or Sentinel client, goes through ``client.execute_command`` instead."""
+    ``BUS_RETRIES``), its health checks, error replies raised (NOSCRIPT as NoScriptError). Replies are
+    raw (no response callbacks): callers send only scripts, whose replies have none. A command that finds
+    the connection busy (another thread publishing), and every command of a Cluster, Sentinel or asyncio
+    client (bus/aio/connection.py has its own), goes through ``client.execute_command`` instead."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
